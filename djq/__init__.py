@@ -1,0 +1,69 @@
+"""djq: a file-based producer/consumer queue for seeing and teaching lock contention.
+
+The core is imported here; the toolkit modules are imported explicitly when wanted.
+``import djq`` never imports pandas, matplotlib or ipywidgets.
+"""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+
+from .client import Consumer as Consumer
+from .client import Producer as Producer
+from .client import QueueLike as QueueLike
+from .errors import BrokerError as BrokerError
+from .errors import BrokerProtocolError as BrokerProtocolError
+from .errors import BrokerUnavailable as BrokerUnavailable
+from .errors import ConfigError as ConfigError
+from .errors import CorruptQueueError as CorruptQueueError
+from .errors import DjqError as DjqError
+from .errors import LeaseError as LeaseError
+from .errors import LeaseLost as LeaseLost
+from .errors import LockTimeout as LockTimeout
+from .errors import PayloadError as PayloadError
+from .errors import StorageError as StorageError
+from .errors import UnknownTask as UnknownTask
+from .errors import UnsupportedVersion as UnsupportedVersion
+from .metrics import LockRecorder as LockRecorder
+from .model import EventType as EventType
+from .model import Lease as Lease
+from .model import LockKind as LockKind
+from .model import QueueConfig as QueueConfig
+from .model import QueueStats as QueueStats
+from .model import Task as Task
+from .model import TaskState as TaskState
+from .queue import Queue as Queue
+
+try:
+    __version__ = version("djq")
+except PackageNotFoundError:  # running from a source tree that was never installed
+    __version__ = "0+unknown"
+
+__all__ = [
+    "BrokerError",
+    "BrokerProtocolError",
+    "BrokerUnavailable",
+    "ConfigError",
+    "Consumer",
+    "CorruptQueueError",
+    "DjqError",
+    "EventType",
+    "Lease",
+    "LeaseError",
+    "LeaseLost",
+    "LockKind",
+    "LockRecorder",
+    "LockTimeout",
+    "PayloadError",
+    "Producer",
+    "Queue",
+    "QueueConfig",
+    "QueueLike",
+    "QueueStats",
+    "StorageError",
+    "Task",
+    "TaskState",
+    "UnknownTask",
+    "UnsupportedVersion",
+    "__version__",
+]

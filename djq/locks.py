@@ -1,0 +1,326 @@
+"""The locks that guard ``Queue.json``, each one measured.
+
+The lock kind is an experimental variable (``model.LockKind``):
+
+* ``"flock"``: ``fcntl.flock`` on ``Queue.json.lock``, waiting in the kernel. No polling:
+  the kernel wakes the next waiter when the holder releases. The default.
+* ``"filelock"``: ``filelock.FileLock`` on the same file: non-blocking tries, sleeping
+  ``poll_interval`` between them (the package's 0.05 s unless told otherwise). It uses
+  ``flock`` underneath, so it excludes ``"flock"`` users of the same queue too.
+* ``"soft"``: ``filelock.SoftFileLock``: a marker file ``Queue.json.softlock`` that exists
+  while held. It does not exclude the other two kinds: never mix it with them on one
+  queue.
+
+The lock file of ``flock`` and ``filelock`` is separate from ``Queue.json`` (which is
+replaced on every write, so a lock on it would protect nothing) and is never deleted
+(deleting it lets two holders in at once). There is no silent fallback between kinds.
+
+Every lock records when it was requested, acquired and released
+(``time.perf_counter_ns``): running totals always (``stats()``), and every acquisition
+when a ``metrics.LockRecorder`` is attached. Nothing is logged or formatted while the
+lock is held. Imports from djq: ``errors``, ``model``, ``metrics``.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import inspect
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any, Final, Protocol, runtime_checkable
+
+import filelock
+
+from .errors import ConfigError, LockTimeout, StorageError
+from .metrics import LockRecorder, LockStatistics
+from .model import LockKind
+
+__all__ = ["FileLockLock", "FlockLock", "Lock", "SoftLock", "lock_path", "make"]
+
+_NS: Final = 1e9
+_FILELOCK_PARAMS: Final = inspect.signature(filelock.FileLock.__init__).parameters
+# filelock 4 unlinks its lock file on release unless told not to, and may fall back to a
+# soft lock on file systems without flock: both would break the rules above.
+_FILELOCK_SAFETY: Final[dict[str, Any]] = {
+    name: value
+    for name, value in (("preserve_lock_file", True), ("fallback_to_soft", False))
+    if name in _FILELOCK_PARAMS
+}
+
+
+@runtime_checkable
+class Lock(Protocol):
+    """What a queue needs of a lock. Pass any object like this as ``Queue(lock=...)``."""
+
+    path: Path
+    recorder: LockRecorder | None
+
+    def acquire(self, *, timeout: float | None = None, op: str = "") -> None:
+        """Block until held (``timeout`` None), or raise ``LockTimeout`` after ``timeout`` s."""
+
+    def release(self) -> None:
+        """Release the lock."""
+
+    def stats(self) -> LockStatistics:
+        """Return running totals of this lock in this process."""
+
+    def close(self) -> None:
+        """Release any file the lock keeps open."""
+
+
+class _MeasuredLock:
+    """Times every acquisition; subclasses implement ``_acquire`` and ``_release``."""
+
+    def __init__(self, path: Path, *, recorder: LockRecorder | None = None) -> None:
+        self.path = path
+        self.recorder = recorder
+        self._op = ""
+        self._requested_ns = self._acquired_ns = 0
+        self._acquisitions = self._timeouts = 0
+        self._wait_ns_total = self._hold_ns_total = self._wait_ns_max = 0
+
+    def acquire(self, *, timeout: float | None = None, op: str = "") -> None:
+        """Block until held (``timeout`` None), or raise ``LockTimeout`` after ``timeout`` s."""
+        requested = time.perf_counter_ns()
+        try:
+            self._acquire(timeout)
+        except LockTimeout:
+            self._timeouts += 1
+            raise
+        self._acquired_ns = time.perf_counter_ns()
+        self._requested_ns = requested
+        self._op = op
+
+    def release(self) -> None:
+        """Release the lock, then account for the acquisition."""
+        self._release()
+        released = time.perf_counter_ns()
+        wait = self._acquired_ns - self._requested_ns
+        self._acquisitions += 1
+        self._wait_ns_total += wait
+        self._wait_ns_max = max(self._wait_ns_max, wait)
+        self._hold_ns_total += released - self._acquired_ns
+        if self.recorder is not None:
+            self.recorder.record(self._op, self._requested_ns, self._acquired_ns, released)
+
+    def stats(self) -> LockStatistics:
+        """Return running totals of this lock in this process."""
+        return LockStatistics(
+            acquisitions=self._acquisitions,
+            timeouts=self._timeouts,
+            wait_s_total=self._wait_ns_total / _NS,
+            hold_s_total=self._hold_ns_total / _NS,
+            wait_s_max=self._wait_ns_max / _NS,
+        )
+
+    def __enter__(self) -> _MeasuredLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({str(self.path)!r})"
+
+    def _timeout_error(self, timeout: float) -> LockTimeout:
+        return LockTimeout(path=str(self.path), timeout=timeout)
+
+    def _acquire(self, timeout: float | None) -> None:
+        raise NotImplementedError
+
+    def _release(self) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Release any file the lock keeps open."""
+
+
+class FlockLock(_MeasuredLock):
+    """``fcntl.flock`` on a lock file that is never deleted; waits in the kernel.
+
+    A finite ``timeout`` on a busy lock waits in a helper thread with its own file
+    descriptor (flock has no timeout of its own); ``timeout=None`` blocks in the caller.
+    Not shared across ``fork()``: a child opens its own file (a shared descriptor would
+    share the lock with the parent).
+    """
+
+    def __init__(self, path: Path, *, recorder: LockRecorder | None = None, mode: int = 0o600) -> None:
+        """Describe the lock; the file is opened at the first acquire."""
+        super().__init__(path, recorder=recorder)
+        self.mode = mode
+        self._fd: int | None = None
+        self._pid = 0
+        self._held: int | None = None
+
+    def _open(self) -> int:
+        flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+        try:
+            return os.open(self.path, flags, self.mode)
+        except FileNotFoundError:
+            try:
+                self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+                return os.open(self.path, flags, self.mode)
+            except OSError as exc:
+                raise _lock_error(self.path, exc) from exc
+        except OSError as exc:
+            raise _lock_error(self.path, exc) from exc
+
+    def _shared_fd(self) -> int:
+        if self._fd is None or self._pid != os.getpid():
+            self._fd = self._open()  # a forked child's inherited copy is left alone
+            self._pid = os.getpid()
+        return self._fd
+
+    def _acquire(self, timeout: float | None) -> None:
+        while True:
+            fd = self._shared_fd()
+            if timeout is None:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            else:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    if timeout <= 0:
+                        raise self._timeout_error(timeout) from None
+                    fd = self._wait_in_thread(timeout)
+            if self._is_current(fd):
+                self._held = fd
+                return
+            self._drop(fd)  # the lock file was deleted or replaced under us: lock the new one
+
+    def _is_current(self, fd: int) -> bool:
+        try:
+            st = os.stat(self.path, follow_symlinks=False)
+        except FileNotFoundError:
+            return False
+        held = os.fstat(fd)
+        return (st.st_dev, st.st_ino) == (held.st_dev, held.st_ino) and held.st_nlink > 0
+
+    def _drop(self, fd: int) -> None:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+        if fd == self._fd:
+            self._fd = None
+
+    def _wait_in_thread(self, timeout: float) -> int:
+        fd = self._open()  # its own open file description, so a late grant can't leak to us
+        got = threading.Event()
+        guard = threading.Lock()
+        cancelled = False
+
+        def wait() -> None:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            with guard:
+                if cancelled:
+                    fcntl.flock(fd, fcntl.LOCK_UN)
+                    os.close(fd)
+                    return
+                got.set()
+
+        threading.Thread(target=wait, name="djq-flock-wait", daemon=True).start()
+        if not got.wait(timeout):
+            with guard:
+                if not got.is_set():
+                    cancelled = True
+                    raise self._timeout_error(timeout)
+        return fd
+
+    def _release(self) -> None:
+        fd, self._held = self._held, None
+        if fd is None:
+            raise RuntimeError(f"{self!r} is not held")
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        if fd != self._fd:
+            os.close(fd)
+
+    def close(self) -> None:
+        """Close the lock file (releasing the lock if held)."""
+        if self._fd is not None and self._pid == os.getpid():
+            os.close(self._fd)
+        self._fd = None
+
+
+class FileLockLock(_MeasuredLock):
+    """``filelock.FileLock``: tries without blocking, sleeping ``poll_interval`` between tries."""
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        recorder: LockRecorder | None = None,
+        poll_interval: float | None = None,
+        mode: int = 0o600,
+    ) -> None:
+        """Describe the lock; ``poll_interval`` None keeps filelock's own default."""
+        super().__init__(path, recorder=recorder)
+        self.poll_interval = poll_interval
+        self._lock = self._make(mode)
+
+    def _make(self, mode: int) -> filelock.BaseFileLock:
+        return filelock.FileLock(self.path, mode=mode, thread_local=False, **_FILELOCK_SAFETY)
+
+    def _acquire(self, timeout: float | None) -> None:
+        try:
+            self._lock.acquire(timeout=-1 if timeout is None else timeout, poll_interval=self.poll_interval)
+        except filelock.Timeout as exc:
+            raise self._timeout_error(timeout or 0.0) from exc
+        except OSError as exc:
+            raise _lock_error(self.path, exc) from exc
+
+    def _release(self) -> None:
+        self._lock.release()
+
+
+class SoftLock(FileLockLock):
+    """``filelock.SoftFileLock``: a marker file that exists while the lock is held.
+
+    A holder killed while holding leaves the marker behind; filelock decides when such a
+    marker is stale. It does not exclude ``flock`` or ``filelock`` users of the same queue.
+    """
+
+    def _make(self, mode: int) -> filelock.BaseFileLock:
+        return filelock.SoftFileLock(self.path, mode=mode, thread_local=False)
+
+
+def lock_path(queue_path: Path, kind: LockKind) -> Path:
+    """Return the lock file ``kind`` uses for the queue at ``queue_path``."""
+    suffix = ".softlock" if kind is LockKind.SOFT else ".lock"
+    return queue_path.with_name(queue_path.name + suffix)
+
+
+def make(
+    kind: LockKind | str,
+    queue_path: Path,
+    *,
+    poll_interval: float | None = None,
+    recorder: LockRecorder | None = None,
+    mode: int = 0o600,
+) -> Lock:
+    """Return a new lock of ``kind`` for the queue at ``queue_path``.
+
+    Raises:
+        ConfigError: ``kind`` is not a lock kind, or ``poll_interval`` is given for ``flock``.
+    """
+    try:
+        kind = LockKind(kind)
+    except ValueError:
+        kinds = ", ".join(repr(k.value) for k in LockKind)
+        raise ConfigError(f"lock must be one of {kinds}, not {kind!r}", field="lock") from None
+    path = lock_path(queue_path, kind)
+    if kind is LockKind.FLOCK:
+        if poll_interval is not None:
+            raise ConfigError(
+                "flock does not poll: poll_interval is for 'filelock' and 'soft'", field="poll_interval"
+            )
+        return FlockLock(path, recorder=recorder, mode=mode)
+    cls = SoftLock if kind is LockKind.SOFT else FileLockLock
+    return cls(path, recorder=recorder, poll_interval=poll_interval, mode=mode)
+
+
+def _lock_error(path: Path, exc: OSError) -> StorageError:
+    return StorageError(
+        f"cannot open the lock file {path}: {exc.strerror or exc}", path=str(path), errno=exc.errno
+    )

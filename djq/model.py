@@ -1,0 +1,189 @@
+"""The plain data of djq: tasks, leases, kinds, config, statistics and named defaults.
+
+Stdlib only; imports nothing from djq but ``errors``. Every record is a frozen,
+keyword-only dataclass; every kind is a ``StrEnum`` whose values are what ``Queue.json``
+stores.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final, TypeAlias
+
+from .errors import ConfigError
+
+__all__ = [
+    "DEFAULT_FSYNC",
+    "DEFAULT_LEASE_DURATION",
+    "DEFAULT_LOCK",
+    "DEFAULT_LOCK_TIMEOUT",
+    "DEFAULT_MAX_ATTEMPTS",
+    "DEFAULT_MAX_FILE_BYTES",
+    "DEFAULT_MAX_PAYLOAD_BYTES",
+    "DEFAULT_QUEUE_PATH",
+    "JSON",
+    "MAX_LEASE_DURATION",
+    "MIN_LEASE_DURATION",
+    "EventType",
+    "Lease",
+    "LockKind",
+    "QueueConfig",
+    "QueueStats",
+    "Task",
+    "TaskState",
+]
+
+#: Any value orjson can write and read back unchanged: dict with str keys, list, str,
+#: int (64-bit), finite float, bool, None. ``Any`` appears in djq only behind this alias.
+JSON: TypeAlias = Any
+
+DEFAULT_QUEUE_PATH: Final = Path("data/Queue.json")  #: relative to the working folder
+DEFAULT_LEASE_DURATION: Final = 30.0  #: seconds; the SQS visibility-timeout default
+MIN_LEASE_DURATION: Final = 0.001  #: seconds; shorter leases only make sense in tests
+MAX_LEASE_DURATION: Final = 12 * 3600.0  #: seconds; the SQS maximum
+DEFAULT_MAX_ATTEMPTS: Final = 5  #: deliveries before dead letters; never 1 (see SQS)
+DEFAULT_LOCK_TIMEOUT: Final = None  #: wait for the lock as long as it takes
+DEFAULT_FSYNC: Final = True  #: a put is on disk when it returns
+DEFAULT_MAX_PAYLOAD_BYTES: Final = 1 << 20  #: 1 MiB encoded, the SQS maximum message size
+DEFAULT_MAX_FILE_BYTES: Final = 1 << 30  #: 1 GiB; a larger Queue.json is refused unread
+
+
+class TaskState(enum.StrEnum):
+    """Who owns a task: the queue (ready), a consumer's lease, nobody (dead), or done."""
+
+    READY = "ready"  #: waiting in the queue (maybe delayed until ``available_at``)
+    LEASED = "leased"  #: held by a consumer until ``lease_expires_at``
+    DEAD = "dead"  #: delivered ``max_attempts`` times without an ack; kept for inspection
+    DONE = "done"  #: acked; the task has left the file and only the counter remains
+
+
+class EventType(enum.StrEnum):
+    """Everything a client can ask of a queue, directly or through the broker."""
+
+    PUT = "put"
+    PUT_MANY = "put_many"
+    LEASE = "lease"
+    ACK = "ack"
+    NACK = "nack"
+    EXTEND = "extend"
+    REQUEUE = "requeue"
+    PURGE = "purge"
+    REAP = "reap"
+    STATS = "stats"
+    PEEK = "peek"
+    PING = "ping"
+    SHUTDOWN = "shutdown"
+
+
+class LockKind(enum.StrEnum):
+    """The lock that guards ``Queue.json``; an experimental variable."""
+
+    FLOCK = "flock"  #: fcntl.flock, blocking in the kernel; the next waiter wakes at release
+    FILELOCK = "filelock"  #: filelock.FileLock: non-blocking tries with a poll interval
+    SOFT = "soft"  #: filelock.SoftFileLock: a marker file that exists while held
+
+
+DEFAULT_LOCK: Final = LockKind.FLOCK  #: no polling, about 100x cheaper than filelock
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Task:
+    """A snapshot of one task, as a call returned it.
+
+    A leased task carries ``token`` and ``lease_expires_at``; pass it back to
+    ``ack``, ``nack`` or ``extend``. Times are wall-clock epoch seconds.
+    """
+
+    id: str
+    payload: JSON
+    priority: int = 0
+    state: TaskState = TaskState.READY
+    attempts: int = 0  #: deliveries so far (raised by every lease)
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS
+    enqueued_at: float = 0.0
+    available_at: float = 0.0
+    owner: str | None = None
+    token: str | None = None
+    lease_expires_at: float | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Lease:
+    """A reference to one lease: enough to ack, nack or extend without the whole task."""
+
+    id: str
+    token: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class QueueStats:
+    """Counts of one queue at one moment (``Queue.stats()``)."""
+
+    ready: int  #: can be leased now
+    delayed: int  #: ready, but not before their ``available_at``
+    leased: int  #: under a lease that has not expired
+    expired: int  #: under a lease that has expired; reclaimed by the next lease
+    dead: int  #: in the dead letters
+    put_total: int  #: tasks ever put
+    acked_total: int  #: tasks ever acked
+    dead_total: int  #: times a task went to the dead letters
+    file_bytes: int  #: size of Queue.json; 0 when it does not exist yet
+
+    @property
+    def total(self) -> int:
+        """Tasks in the file, in any state."""
+        return self.ready + self.delayed + self.leased + self.expired + self.dead
+
+
+def _check_seconds(name: str, value: float | None, *, low: float, high: float) -> None:
+    if value is None:
+        return
+    if not isinstance(value, int | float) or isinstance(value, bool) or math.isnan(value):
+        raise ConfigError(f"{name} must be a number of seconds, not {value!r}", field=name)
+    if not low <= value <= high:
+        raise ConfigError(f"{name} must be between {low:g} and {high:g} s, not {value!r}", field=name)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class QueueConfig:
+    """How a queue is opened. Validated on creation; raises ``ConfigError`` naming the field.
+
+    Variants for sweeps are ``dataclasses.replace(config, fsync=False)``.
+    """
+
+    path: Path = DEFAULT_QUEUE_PATH
+    lock: LockKind = DEFAULT_LOCK
+    lock_timeout: float | None = DEFAULT_LOCK_TIMEOUT  #: seconds; None waits for ever
+    poll_interval: float | None = None  #: seconds between tries ("filelock"/"soft"); None: theirs
+    fsync: bool = DEFAULT_FSYNC
+    lease: float = DEFAULT_LEASE_DURATION  #: seconds
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS
+    max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES
+    max_file_bytes: int = DEFAULT_MAX_FILE_BYTES
+    file_mode: int = 0o600
+
+    def __post_init__(self) -> None:
+        """Check every field; raise ``ConfigError`` naming the first bad one."""
+        object.__setattr__(self, "path", Path(self.path))
+        try:
+            object.__setattr__(self, "lock", LockKind(self.lock))
+        except ValueError:
+            kinds = ", ".join(repr(k.value) for k in LockKind)
+            raise ConfigError(f"lock must be one of {kinds}, not {self.lock!r}", field="lock") from None
+        _check_seconds("lock_timeout", self.lock_timeout, low=0.0, high=math.inf)
+        _check_seconds("poll_interval", self.poll_interval, low=1e-6, high=60.0)
+        _check_seconds("lease", self.lease, low=MIN_LEASE_DURATION, high=MAX_LEASE_DURATION)
+        for name in ("max_attempts", "max_payload_bytes", "max_file_bytes"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigError(f"{name} must be a positive integer, not {value!r}", field=name)
+        if not isinstance(self.fsync, bool):
+            raise ConfigError(f"fsync must be True or False, not {self.fsync!r}", field="fsync")
+
+    def replace(self, **changes: Any) -> QueueConfig:
+        """Return a copy with ``changes`` applied (and validated)."""
+        return dataclasses.replace(self, **changes)

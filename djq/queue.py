@@ -1,0 +1,423 @@
+"""``Queue``: the direct client. Lock, read the file if it changed, apply a rule, write.
+
+Every call follows one path: take the lock, load the state (only re-read when the file
+changed), apply one pure transition from ``state``, replace the file atomically if
+something changed, release. Reads (``stats``, ``peek``, ``dead``) take no lock: the file
+is only ever replaced whole, so any read sees one complete version. No queue rule lives
+here. Imports from djq: ``errors``, ``model``, ``state``, ``storage``, ``locks``,
+``metrics``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import secrets
+import threading
+import time
+from collections.abc import Callable, Iterable
+from functools import partial
+from pathlib import Path
+from typing import Final, TypeVar
+
+from . import locks, state
+from .errors import ConfigError, CorruptQueueError, LeaseError, StorageError
+from .locks import Lock
+from .metrics import LockRecorder
+from .model import (
+    DEFAULT_FSYNC,
+    DEFAULT_LEASE_DURATION,
+    DEFAULT_LOCK,
+    DEFAULT_LOCK_TIMEOUT,
+    DEFAULT_MAX_ATTEMPTS,
+    DEFAULT_MAX_FILE_BYTES,
+    DEFAULT_MAX_PAYLOAD_BYTES,
+    DEFAULT_QUEUE_PATH,
+    JSON,
+    MAX_LEASE_DURATION,
+    MIN_LEASE_DURATION,
+    Lease,
+    LockKind,
+    QueueConfig,
+    QueueStats,
+    Task,
+    TaskState,
+)
+from .storage import QueueFile, check_payload, temp_files
+
+__all__ = ["Clock", "Queue"]
+
+Clock = Callable[[], float]
+_T = TypeVar("_T")
+_IDLE_POLL_MIN: Final = 0.001  #: seconds; first pause of a waiting get
+_IDLE_POLL_MAX: Final = 0.05  #: seconds; longest pause between looks at the file
+
+
+class Queue:
+    """A producer/consumer queue in one JSON file, shared by any number of processes.
+
+    Delivery is at-least-once: a leased task that is not acked before its lease expires
+    is delivered again, its ``attempts`` raised; after ``max_attempts`` deliveries it goes
+    to the dead letters. ``put`` returns once the task is in the file (and on disk, with
+    ``fsync``). A ``Queue`` object is safe to share between threads (calls are serialized)
+    and is reopened in a forked child; it is POSIX-only.
+
+    Args:
+        path: the queue file; created (with its folder) at the first write.
+        lock: a lock kind (``"flock"``, ``"filelock"``, ``"soft"``) or a ``locks.Lock``.
+        lease: default lease length of ``get``, in seconds.
+        max_attempts: deliveries before a task goes to the dead letters.
+        fsync: make every change durable before the call returns.
+        lock_timeout: seconds to wait for the lock; None waits for ever.
+        poll_interval: seconds between tries of a polling lock (``"filelock"``, ``"soft"``).
+        max_payload_bytes: largest encoded payload ``put`` accepts.
+        max_file_bytes: largest queue file djq reads.
+        clock: wall-clock time source (``time.time``); tests pass a fake one.
+        recorder: receives every lock acquisition (``metrics.LockRecorder``).
+
+    Example:
+        >>> import djq, tempfile, pathlib
+        >>> q = djq.Queue(pathlib.Path(tempfile.mkdtemp()) / "Queue.json")
+        >>> _ = q.put({"n": 1})
+        >>> task = q.get()
+        >>> task.payload
+        {'n': 1}
+        >>> q.ack(task)
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str] = DEFAULT_QUEUE_PATH,
+        *,
+        lock: LockKind | str | Lock = DEFAULT_LOCK,
+        lease: float = DEFAULT_LEASE_DURATION,
+        max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+        fsync: bool = DEFAULT_FSYNC,
+        lock_timeout: float | None = DEFAULT_LOCK_TIMEOUT,
+        poll_interval: float | None = None,
+        max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
+        max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
+        clock: Clock = time.time,
+        recorder: LockRecorder | None = None,
+    ) -> None:
+        """Describe the queue; nothing on disk is touched until the first call."""
+        custom = lock if isinstance(lock, Lock) else None
+        self._config = QueueConfig(
+            path=Path(path),
+            lock=DEFAULT_LOCK if custom is not None else lock,  # type: ignore[arg-type]
+            lock_timeout=lock_timeout,
+            poll_interval=poll_interval,
+            fsync=fsync,
+            lease=lease,
+            max_attempts=max_attempts,
+            max_payload_bytes=max_payload_bytes,
+            max_file_bytes=max_file_bytes,
+        )
+        self._custom_lock = custom
+        self._clock = clock
+        self._recorder = recorder
+        self._mutex = threading.Lock()
+        self._pid = -1
+        self._open()
+
+    @classmethod
+    def from_config(cls, config: QueueConfig, **options: object) -> Queue:
+        """Open the queue a ``QueueConfig`` describes (``options``: ``clock``, ``recorder``)."""
+        return cls(
+            config.path,
+            lock=config.lock,
+            lease=config.lease,
+            max_attempts=config.max_attempts,
+            fsync=config.fsync,
+            lock_timeout=config.lock_timeout,
+            poll_interval=config.poll_interval,
+            max_payload_bytes=config.max_payload_bytes,
+            max_file_bytes=config.max_file_bytes,
+            **options,  # type: ignore[arg-type]
+        )
+
+    def _open(self) -> None:
+        config = self._config
+        self._file = QueueFile(
+            config.path, fsync=config.fsync, mode=config.file_mode, max_file_bytes=config.max_file_bytes
+        )
+        if self._custom_lock is not None:
+            self._lock: Lock = self._custom_lock
+        else:
+            self._lock = locks.make(
+                config.lock, config.path, poll_interval=config.poll_interval, recorder=self._recorder
+            )
+        self._pid = os.getpid()
+        self._cleaned = False
+
+    def _check_process(self) -> None:
+        if self._pid != os.getpid():  # forked: never share the parent's lock or file
+            self._mutex = threading.Lock()
+            self._open()
+
+    @property
+    def config(self) -> QueueConfig:
+        """The validated configuration of this queue."""
+        return self._config
+
+    @property
+    def path(self) -> Path:
+        """The queue file."""
+        return self._config.path
+
+    @property
+    def lock(self) -> Lock:
+        """The lock guarding the file (``queue.lock.stats()`` has its running totals)."""
+        return self._lock
+
+    @property
+    def file(self) -> QueueFile:
+        """The storage object (``reads`` and ``writes`` count what it did)."""
+        return self._file
+
+    def close(self) -> None:
+        """Close the files this object keeps open. The queue itself stays on disk."""
+        with self._mutex:
+            self._file.close()
+            self._lock.close()
+
+    def __enter__(self) -> Queue:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Queue({str(self.path)!r}, lock={self._lock!r})"
+
+    def _locked(self, op: str, change: Callable[[state.QueueState, float], _T]) -> _T:
+        """Run ``change`` on the current state under the lock; write if it changed anything."""
+        self._check_process()
+        with self._mutex:
+            self._lock.acquire(timeout=self._config.lock_timeout, op=op)
+            try:
+                if not self._cleaned:
+                    self._file.remove_temp_files()  # under the lock: no live writer has one
+                    self._cleaned = True
+                current = self._file.load()
+                before = current.revision
+                try:
+                    result = change(current, self._clock())
+                except LeaseError:
+                    raise  # the state machine changed nothing
+                except BaseException:
+                    self._file.invalidate()
+                    raise
+                if current.revision != before:
+                    self._file.save(current)
+                return result
+            finally:
+                self._lock.release()
+
+    def _read(self) -> state.QueueState:
+        return self._file.load()
+
+    def put(self, payload: JSON, *, priority: int = 0, delay: float = 0.0) -> str:
+        """Add a task; return its id once it is in the file.
+
+        Args:
+            payload: any JSON value that survives an orjson round trip unchanged.
+            priority: higher is delivered first; FIFO within a priority.
+            delay: seconds before the task can be leased.
+
+        Raises:
+            PayloadError: the payload is not storable; nothing was touched.
+            StorageError: the file could not be read or written; it is unchanged.
+        """
+        return self.put_many([payload], priority=priority, delay=delay)[0]
+
+    def put_many(self, payloads: Iterable[JSON], *, priority: int = 0, delay: float = 0.0) -> list[str]:
+        """Add several tasks under one lock and one write; return their ids in order."""
+        _check_priority(priority)
+        _check_seconds("delay", delay, low=0.0, high=math.inf)
+        limit = self._config.max_payload_bytes
+        copies = tuple(check_payload(p, max_bytes=limit) for p in payloads)
+        if not copies:
+            return []
+        attempts = self._config.max_attempts
+        tasks = self._locked(
+            "put",
+            lambda s, now: state.put_many(
+                s, copies, priority=priority, delay=delay, max_attempts=attempts, now=now
+            ),
+        )
+        return [t.id for t in tasks]
+
+    def get(
+        self, *, lease: float | None = None, timeout: float | None = 0.0, owner: str | None = None
+    ) -> Task | None:
+        """Lease the next task; return it, or None when none came in time.
+
+        Args:
+            lease: seconds the lease lasts; None uses the queue's default.
+            timeout: 0 does not wait; None waits until a task comes; a number waits up to
+                that many seconds. Waiting looks at the file's metadata, not the lock,
+                until the file changes or a delayed task or lease comes due.
+            owner: who holds the lease, stored in the file (default ``pid-<pid>``).
+        """
+        duration = self._config.lease if lease is None else lease
+        _check_seconds("lease", duration, low=MIN_LEASE_DURATION, high=MAX_LEASE_DURATION)
+        if timeout is not None:
+            _check_seconds("timeout", timeout, low=0.0, high=math.inf)
+        holder = owner or f"pid-{os.getpid()}"
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            task = self._locked(
+                "lease", partial(_lease, token=secrets.token_hex(8), owner=holder, duration=duration)
+            )
+            if task is not None or timeout == 0:
+                return task
+            if not self._wait_for_change(deadline):
+                return None
+
+    def _wait_for_change(self, deadline: float | None) -> bool:
+        """Sleep until the file changed or something comes due; False when time ran out."""
+        with self._mutex:
+            due = state.next_deadline(self._file.load(), now=self._clock())
+        pause = _IDLE_POLL_MIN
+        while True:
+            left = math.inf if deadline is None else deadline - time.monotonic()
+            if left <= 0:
+                return False
+            until_due = math.inf if due is None else due - self._clock()
+            if until_due <= 0:
+                return True
+            time.sleep(min(pause, left, until_due))
+            pause = min(pause * 2, _IDLE_POLL_MAX)
+            with self._mutex:
+                if self._file.has_changed():
+                    return True
+
+    def ack(self, task: Task | Lease) -> None:
+        """Finish a leased task: it is never delivered again.
+
+        Raises:
+            LeaseLost: the lease expired and the task was leased again (or acked, nacked,
+                requeued, purged). Nothing changed.
+        """
+        task_id, token = _held(task)
+        self._locked("ack", lambda s, now: state.ack(s, task_id, token, now=now))
+
+    def nack(self, task: Task | Lease, *, delay: float = 0.0) -> TaskState:
+        """Give a leased task back; return ``READY``, or ``DEAD`` if its attempts are used up.
+
+        Args:
+            task: the leased task.
+            delay: seconds before it can be leased again.
+
+        Raises:
+            LeaseLost: the token no longer holds the task.
+        """
+        task_id, token = _held(task)
+        _check_seconds("delay", delay, low=0.0, high=math.inf)
+        return self._locked("nack", lambda s, now: state.nack(s, task_id, token, delay=delay, now=now))
+
+    def extend(self, task: Task | Lease, *, lease: float | None = None) -> Task:
+        """Renew a lease for ``lease`` seconds from now; return the renewed task.
+
+        Raises:
+            LeaseLost: the token no longer holds the task.
+        """
+        task_id, token = _held(task)
+        duration = self._config.lease if lease is None else lease
+        _check_seconds("lease", duration, low=MIN_LEASE_DURATION, high=MAX_LEASE_DURATION)
+        return self._locked(
+            "extend", lambda s, now: state.extend(s, task_id, token, duration=duration, now=now)
+        )
+
+    def requeue(self, task_id: str) -> Task:
+        """Move a dead task back to ready with its attempts reset; return it.
+
+        Raises:
+            UnknownTask: no dead task has this id.
+        """
+        return self._locked("requeue", lambda s, now: state.requeue(s, task_id, now=now))
+
+    def purge(self, *, dead_only: bool = False) -> int:
+        """Remove every task (or only the dead letters); return how many were removed."""
+        states = frozenset({TaskState.DEAD}) if dead_only else None
+        return self._locked("purge", lambda s, now: state.purge(s, states=states, now=now))
+
+    def stats(self) -> QueueStats:
+        """Count the tasks in each state (reads the file, takes no lock)."""
+        self._check_process()
+        with self._mutex:
+            current = self._read()
+            return state.stats(current, now=self._clock(), file_bytes=self._file.file_bytes())
+
+    def peek(self, limit: int = 10) -> list[Task]:
+        """Return up to ``limit`` ready tasks in delivery order, without leasing them."""
+        self._check_process()
+        with self._mutex:
+            return state.peek(self._read(), limit, now=self._clock())
+
+    def dead(self) -> list[Task]:
+        """Return the dead letters."""
+        self._check_process()
+        with self._mutex:
+            return state.dead(self._read())
+
+    def check(self, *, fix: bool = False) -> list[str]:
+        """Validate the queue's files; return the problems found (empty when healthy).
+
+        Never repairs anything unless ``fix``; then it only removes temp files left by
+        crashed writers (under the lock). A corrupt ``Queue.json`` is reported, never
+        rewritten.
+        """
+        problems = []
+        self._check_process()
+        with self._mutex:
+            try:
+                self._file.invalidate()
+                self._file.load()
+            except CorruptQueueError as exc:
+                problems.append(f"corrupt: {exc.reason}")
+            except StorageError as exc:
+                problems.append(str(exc))
+            mode = _mode(self.path)
+            if mode is not None and mode & 0o077:
+                problems.append(f"{self.path} is mode {mode:o}; djq creates it 600 (owner only)")
+        leftovers = temp_files(self.path)
+        if leftovers and fix:
+            with self._mutex:
+                self._lock.acquire(timeout=self._config.lock_timeout, op="check")
+                try:
+                    self._file.remove_temp_files()
+                finally:
+                    self._lock.release()
+        elif leftovers:
+            names = ", ".join(p.name for p in leftovers)
+            problems.append(f"temp files left by crashed writers (check --fix removes them): {names}")
+        return problems
+
+
+def _lease(current: state.QueueState, now: float, *, token: str, owner: str, duration: float) -> Task | None:
+    return state.lease(current, token=token, owner=owner, duration=duration, now=now)
+
+
+def _held(task: Task | Lease) -> tuple[str, str]:
+    if task.token is None:
+        raise ConfigError(f"task {task.id} is not leased: pass the task get() returned", field="task")
+    return task.id, task.token
+
+
+def _mode(path: Path) -> int | None:
+    try:
+        return path.lstat().st_mode & 0o777
+    except OSError:
+        return None
+
+
+def _check_priority(priority: int) -> None:
+    if type(priority) is not int:
+        raise ConfigError(f"priority must be an integer, not {priority!r}", field="priority")
+
+
+def _check_seconds(name: str, value: float, *, low: float, high: float) -> None:
+    if type(value) not in (int, float) or math.isnan(value) or not low <= value <= high:
+        raise ConfigError(f"{name} must be seconds between {low:g} and {high:g}, not {value!r}", field=name)

@@ -1,0 +1,462 @@
+"""The rules of the queue, as pure transitions over plain data.
+
+Two rules for this module: everything that decides a task's fate lives here, and it
+knows nothing about files, locks, processes or clocks. Time comes in as ``now`` (wall
+clock epoch seconds, read by the caller); lease tokens come in from the caller too.
+``QueueState`` is mutated in place (for speed: the broker applies a batch and writes
+once), but only by the functions here. A transition that raises leaves the state
+exactly as it was.
+
+Order: among ready tasks whose ``available_at <= now``, the highest ``priority`` first,
+FIFO (by ``seq``) within a priority. ``attempts`` counts deliveries: every lease raises
+it, and a task whose lease expires or is nacked after ``max_attempts`` deliveries goes to
+the dead letters instead of back to ready (the SQS receive-count rule).
+
+Example:
+    >>> s = QueueState()
+    >>> put(s, {"n": 1}, now=0.0).id
+    '1'
+    >>> task = lease(s, token="t1", owner="me", duration=30.0, now=1.0)
+    >>> (task.id, task.attempts, task.lease_expires_at)
+    ('1', 1, 31.0)
+    >>> ack(s, "1", "t1", now=2.0)
+    >>> (len(s.tasks), s.acked_total)
+    (0, 1)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Final
+
+from .errors import LeaseLost, UnknownTask
+from .model import DEFAULT_MAX_ATTEMPTS, JSON, EventType, QueueStats, Task, TaskState
+
+__all__ = [
+    "TRANSITIONS",
+    "Ack",
+    "Event",
+    "Extend",
+    "LeaseNext",
+    "Nack",
+    "Purge",
+    "Put",
+    "PutMany",
+    "QueueState",
+    "Reap",
+    "Record",
+    "Requeue",
+    "ack",
+    "apply",
+    "dead",
+    "extend",
+    "lease",
+    "nack",
+    "next_deadline",
+    "peek",
+    "purge",
+    "put",
+    "put_many",
+    "reap",
+    "requeue",
+    "stats",
+]
+
+#: The state changes that are a plain function of (state, event). Attempts, dead
+#: letters, token checks and order are explicit code below.
+TRANSITIONS: Final[Mapping[tuple[TaskState, EventType], TaskState]] = {
+    (TaskState.READY, EventType.LEASE): TaskState.LEASED,
+    (TaskState.LEASED, EventType.ACK): TaskState.DONE,
+    (TaskState.LEASED, EventType.NACK): TaskState.READY,  # DEAD when attempts run out
+    (TaskState.LEASED, EventType.REAP): TaskState.READY,  # DEAD when attempts run out
+    (TaskState.LEASED, EventType.EXTEND): TaskState.LEASED,
+    (TaskState.DEAD, EventType.REQUEUE): TaskState.READY,
+}
+
+
+@dataclass(slots=True, kw_only=True)
+class Record:
+    """One task as the state holds it (mutable; ``Task`` is its frozen snapshot)."""
+
+    id: str
+    seq: int
+    payload: JSON
+    priority: int = 0
+    state: TaskState = TaskState.READY
+    attempts: int = 0
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS
+    enqueued_at: float = 0.0
+    available_at: float = 0.0
+    owner: str | None = None
+    token: str | None = None
+    lease_expires_at: float | None = None
+
+    def snapshot(self) -> Task:
+        """Return the frozen ``Task`` a caller sees."""
+        return Task(
+            id=self.id,
+            payload=self.payload,
+            priority=self.priority,
+            state=self.state,
+            attempts=self.attempts,
+            max_attempts=self.max_attempts,
+            enqueued_at=self.enqueued_at,
+            available_at=self.available_at,
+            owner=self.owner,
+            token=self.token,
+            lease_expires_at=self.lease_expires_at,
+        )
+
+    def _release(self, state: TaskState) -> None:
+        self.state = state
+        self.owner = self.token = self.lease_expires_at = None
+
+
+@dataclass(slots=True, kw_only=True)
+class QueueState:
+    """Every live task (ready, leased, dead) by id, in put order, and the counters."""
+
+    tasks: dict[str, Record] = field(default_factory=dict)
+    next_seq: int = 1
+    put_total: int = 0
+    acked_total: int = 0
+    dead_total: int = 0
+    revision: int = 0  #: raised by every transition that changes something
+
+
+# Events: the same transitions as data, for callers that queue them up (the broker).
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Put:
+    """Append one task."""
+
+    payload: JSON
+    priority: int = 0
+    delay: float = 0.0
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PutMany:
+    """Append several tasks at once."""
+
+    payloads: tuple[JSON, ...]
+    priority: int = 0
+    delay: float = 0.0
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LeaseNext:
+    """Lease the next task to ``owner`` for ``duration`` seconds under ``token``."""
+
+    token: str
+    owner: str
+    duration: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Ack:
+    """Finish a leased task."""
+
+    id: str
+    token: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Nack:
+    """Give a leased task back, available again after ``delay`` seconds."""
+
+    id: str
+    token: str
+    delay: float = 0.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Extend:
+    """Renew a lease for ``duration`` seconds from now."""
+
+    id: str
+    token: str
+    duration: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Requeue:
+    """Move a dead task back to ready, its attempts reset."""
+
+    id: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Purge:
+    """Remove every task in ``states`` (all states when None)."""
+
+    states: frozenset[TaskState] | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Reap:
+    """Reclaim every expired lease."""
+
+
+Event = Put | PutMany | LeaseNext | Ack | Nack | Extend | Requeue | Purge | Reap
+
+
+def apply(state: QueueState, event: Event, *, now: float) -> object:
+    """Apply one event; return what the matching function returns.
+
+    Raises:
+        LeaseLost: ack, nack or extend with a token that no longer holds the task.
+        UnknownTask: requeue of an id that is not in the dead letters.
+    """
+    match event:
+        case Put():
+            return put(
+                state, event.payload, priority=event.priority, delay=event.delay,
+                max_attempts=event.max_attempts, now=now,
+            )  # fmt: skip
+        case PutMany():
+            return put_many(
+                state, event.payloads, priority=event.priority, delay=event.delay,
+                max_attempts=event.max_attempts, now=now,
+            )  # fmt: skip
+        case LeaseNext():
+            return lease(state, token=event.token, owner=event.owner, duration=event.duration, now=now)
+        case Ack():
+            ack(state, event.id, event.token, now=now)
+            return None
+        case Nack():
+            return nack(state, event.id, event.token, delay=event.delay, now=now)
+        case Extend():
+            return extend(state, event.id, event.token, duration=event.duration, now=now)
+        case Requeue():
+            return requeue(state, event.id, now=now)
+        case Purge():
+            return purge(state, states=event.states, now=now)
+        case Reap():
+            return reap(state, now=now)
+
+
+def put(
+    state: QueueState,
+    payload: JSON,
+    *,
+    priority: int = 0,
+    delay: float = 0.0,
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+    now: float,
+) -> Task:
+    """Append a task; it can be leased from ``now + delay`` on. Returns its snapshot."""
+    return put_many(state, (payload,), priority=priority, delay=delay, max_attempts=max_attempts, now=now)[0]
+
+
+def put_many(
+    state: QueueState,
+    payloads: Iterable[JSON],
+    *,
+    priority: int = 0,
+    delay: float = 0.0,
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+    now: float,
+) -> list[Task]:
+    """Append several tasks in order; return their snapshots."""
+    added = []
+    for payload in payloads:
+        seq = state.next_seq
+        record = Record(
+            id=str(seq),
+            seq=seq,
+            payload=payload,
+            priority=priority,
+            max_attempts=max_attempts,
+            enqueued_at=now,
+            available_at=now + delay,
+        )
+        state.tasks[record.id] = record
+        state.next_seq = seq + 1
+        added.append(record.snapshot())
+    if added:
+        state.put_total += len(added)
+        state.revision += 1
+    return added
+
+
+def _retire(state: QueueState, record: Record, *, available_at: float) -> None:
+    """Take a task off its lease: back to ready, or to the dead letters if used up."""
+    if record.attempts >= record.max_attempts:
+        record._release(TaskState.DEAD)
+        state.dead_total += 1
+    else:
+        record._release(TaskState.READY)
+        record.available_at = available_at
+
+
+def reap(state: QueueState, *, now: float) -> list[str]:
+    """Reclaim every lease that expired at or before ``now``; return the reclaimed ids."""
+    expired = [
+        r
+        for r in state.tasks.values()
+        if r.state is TaskState.LEASED and r.lease_expires_at is not None and r.lease_expires_at <= now
+    ]
+    for record in expired:
+        _retire(state, record, available_at=record.available_at)
+    if expired:
+        state.revision += 1
+    return [r.id for r in expired]
+
+
+def _next_ready(state: QueueState, now: float) -> Record | None:
+    best: Record | None = None
+    for r in state.tasks.values():
+        if r.state is TaskState.READY and r.available_at <= now:
+            if best is None or r.priority > best.priority:
+                best = r  # dict order is seq order for puts; ties keep the earlier one
+            elif r.priority == best.priority and r.seq < best.seq:
+                best = r
+    return best
+
+
+def lease(state: QueueState, *, token: str, owner: str, duration: float, now: float) -> Task | None:
+    """Reclaim expired leases, then lease the next ready task; None when none is ready."""
+    reap(state, now=now)
+    record = _next_ready(state, now)
+    if record is None:
+        return None
+    record.state = TaskState.LEASED
+    record.attempts += 1
+    record.owner = owner
+    record.token = token
+    record.lease_expires_at = now + duration
+    state.revision += 1
+    return record.snapshot()
+
+
+def _held(state: QueueState, task_id: str, token: str) -> Record:
+    record = state.tasks.get(task_id)
+    if record is None or record.state is not TaskState.LEASED or record.token != token:
+        raise LeaseLost(task_id=task_id, token=token)
+    return record
+
+
+def ack(state: QueueState, task_id: str, token: str, *, now: float) -> None:
+    """Finish a leased task: it leaves the queue for good.
+
+    A lease that expired but was not reclaimed yet still holds: its ack succeeds.
+
+    Raises:
+        LeaseLost: the token no longer holds the task.
+    """
+    _held(state, task_id, token)
+    del state.tasks[task_id]
+    state.acked_total += 1
+    state.revision += 1
+
+
+def nack(state: QueueState, task_id: str, token: str, *, delay: float = 0.0, now: float) -> TaskState:
+    """Give a leased task back; return its new state (``READY``, or ``DEAD`` when used up).
+
+    Raises:
+        LeaseLost: the token no longer holds the task.
+    """
+    record = _held(state, task_id, token)
+    _retire(state, record, available_at=now + delay)
+    state.revision += 1
+    return record.state
+
+
+def extend(state: QueueState, task_id: str, token: str, *, duration: float, now: float) -> Task:
+    """Renew a lease: it now expires ``duration`` seconds after ``now``.
+
+    Raises:
+        LeaseLost: the token no longer holds the task.
+    """
+    record = _held(state, task_id, token)
+    record.lease_expires_at = now + duration
+    state.revision += 1
+    return record.snapshot()
+
+
+def requeue(state: QueueState, task_id: str, *, now: float) -> Task:
+    """Move a dead task back to ready at once, its attempts reset to 0.
+
+    Raises:
+        UnknownTask: no dead task has this id.
+    """
+    record = state.tasks.get(task_id)
+    if record is None or record.state is not TaskState.DEAD:
+        raise UnknownTask(f"no dead task with id {task_id!r}", task_id=task_id)
+    record.state = TaskState.READY
+    record.attempts = 0
+    record.available_at = now
+    state.revision += 1
+    return record.snapshot()
+
+
+def purge(state: QueueState, *, states: frozenset[TaskState] | None = None, now: float) -> int:
+    """Remove every task (or every task in ``states``); return how many were removed."""
+    doomed = [r.id for r in state.tasks.values() if states is None or r.state in states]
+    for task_id in doomed:
+        del state.tasks[task_id]
+    if doomed:
+        state.revision += 1
+    return len(doomed)
+
+
+def peek(state: QueueState, limit: int, *, now: float) -> list[Task]:
+    """Return up to ``limit`` ready tasks in delivery order, delayed ones last; change nothing."""
+    ready = [r for r in state.tasks.values() if r.state is TaskState.READY and r.available_at <= now]
+    later = [r for r in state.tasks.values() if r.state is TaskState.READY and r.available_at > now]
+    ready.sort(key=lambda r: (-r.priority, r.seq))
+    later.sort(key=lambda r: (r.available_at, -r.priority, r.seq))
+    return [r.snapshot() for r in (ready + later)[: max(limit, 0)]]
+
+
+def dead(state: QueueState) -> list[Task]:
+    """Return the dead letters in put order."""
+    return [r.snapshot() for r in state.tasks.values() if r.state is TaskState.DEAD]
+
+
+def next_deadline(state: QueueState, *, now: float) -> float | None:
+    """Return the earliest moment after ``now`` the state can change by itself, or None.
+
+    That is the first ``available_at`` of a delayed task or ``lease_expires_at`` of a
+    lease. A waiting consumer need not look again before then unless the file changed.
+    """
+    moments = [
+        r.available_at if r.state is TaskState.READY else r.lease_expires_at
+        for r in state.tasks.values()
+        if r.state is not TaskState.DEAD
+    ]
+    return min((m for m in moments if m is not None and m > now), default=None)
+
+
+def stats(state: QueueState, *, now: float, file_bytes: int = 0) -> QueueStats:
+    """Count the tasks in each state at ``now``."""
+    ready = delayed = leased = expired = dead_ = 0
+    for r in state.tasks.values():
+        if r.state is TaskState.READY:
+            if r.available_at <= now:
+                ready += 1
+            else:
+                delayed += 1
+        elif r.state is TaskState.LEASED:
+            if r.lease_expires_at is not None and r.lease_expires_at <= now:
+                expired += 1
+            else:
+                leased += 1
+        else:
+            dead_ += 1
+    return QueueStats(
+        ready=ready,
+        delayed=delayed,
+        leased=leased,
+        expired=expired,
+        dead=dead_,
+        put_total=state.put_total,
+        acked_total=state.acked_total,
+        dead_total=state.dead_total,
+        file_bytes=file_bytes,
+    )
