@@ -6,7 +6,7 @@ The core is imported here; the toolkit modules are imported explicitly when want
 
 from __future__ import annotations
 
-from importlib.metadata import PackageNotFoundError, version
+import importlib.metadata as _metadata
 
 from .client import Consumer as Consumer
 from .client import Producer as Producer
@@ -35,8 +35,8 @@ from .model import TaskState as TaskState
 from .queue import Queue as Queue
 
 try:
-    __version__ = version("djq")
-except PackageNotFoundError:  # running from a source tree that was never installed
+    __version__ = _metadata.version("djq")
+except _metadata.PackageNotFoundError:  # running from a source tree that was never installed
     __version__ = "0+unknown"
 
 __all__ = [
