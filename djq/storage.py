@@ -92,7 +92,7 @@ def encode(state: QueueState) -> bytes:
         {
             "id": r.id,
             "seq": r.seq,
-            "state": r.state.value,
+            "state": r.state,  # orjson writes a StrEnum as its value
             "priority": r.priority,
             "attempts": r.attempts,
             "max_attempts": r.max_attempts,
