@@ -21,6 +21,7 @@ from .errors import LeaseError as LeaseError
 from .errors import LeaseLost as LeaseLost
 from .errors import LockTimeout as LockTimeout
 from .errors import PayloadError as PayloadError
+from .errors import SimulationError as SimulationError
 from .errors import StorageError as StorageError
 from .errors import UnknownTask as UnknownTask
 from .errors import UnsupportedVersion as UnsupportedVersion
@@ -60,6 +61,7 @@ __all__ = [
     "QueueConfig",
     "QueueLike",
     "QueueStats",
+    "SimulationError",
     "StorageError",
     "Task",
     "TaskState",

@@ -12,6 +12,7 @@ This module imports nothing from djq. The tree::
     │   └── CorruptQueueError(ValueError)  not a djq queue or not parseable; never overwritten
     │       └── UnsupportedVersion    written by a newer djq
     ├── LockTimeout(TimeoutError)     the lock was not acquired in time
+    ├── SimulationError(RuntimeError) a simulation's workers could not start
     └── BrokerError
         ├── BrokerUnavailable(ConnectionError)  no broker answers at the address
         └── BrokerProtocolError       malformed, unauthenticated or out-of-order message
@@ -36,6 +37,7 @@ __all__ = [
     "LeaseLost",
     "LockTimeout",
     "PayloadError",
+    "SimulationError",
     "StorageError",
     "UnknownTask",
     "UnsupportedVersion",
@@ -184,6 +186,13 @@ class LockTimeout(DjqError, TimeoutError):
             path=path,
             timeout=timeout,
         )
+
+
+class SimulationError(DjqError, RuntimeError):
+    """A simulation could not run: its workers did not start, or failed before the start.
+
+    Workers that fail during a run do not raise: the run reports them.
+    """
 
 
 class BrokerError(DjqError):

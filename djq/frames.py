@@ -1,0 +1,224 @@
+"""Workers' raw records -> tidy pandas DataFrames with units in column names, and a summary.
+
+The first module allowed to import pandas. Times are seconds from the run's start (the
+moment every worker passed the start barrier), measured with ``time.perf_counter_ns``
+in the workers. Imports from djq: ``model``, ``metrics``, ``workers``.
+
+Frames:
+
+* ``ops``: one row per client call: worker, role, op, start_s, end_s, duration_s, n, ok.
+* ``tasks``: one row per task put: task_id, producer, consumer, attempts, acks, created_s,
+  put_s, got_s, acked_s, queue_wait_s (first delivery - put), service_s (ack - last
+  delivery), latency_s (ack - created).
+* ``locks``: one row per lock acquisition: worker, role, op, requested_s, acquired_s,
+  released_s, wait_s, hold_s, handoff_s (this acquire - the previous release, by anyone),
+  contended (the lock was held when this one asked).
+* ``depth``: the queue file sampled over time by the runner: time_s, ready, delayed,
+  leased, depth (all tasks in the file).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Final
+
+import numpy as np
+import pandas as pd
+
+from .workers import worker_name
+
+__all__ = [
+    "DEPTH_COLUMNS",
+    "LOCK_COLUMNS",
+    "OP_COLUMNS",
+    "TASK_COLUMNS",
+    "depth_frame",
+    "jain_index",
+    "lock_frame",
+    "op_frame",
+    "summarize",
+    "task_frame",
+]
+
+OP_COLUMNS: Final = ["worker", "role", "op", "start_s", "end_s", "duration_s", "n", "ok"]
+TASK_COLUMNS: Final = [
+    "task_id", "producer", "consumer", "attempts", "acks", "created_s", "put_s", "got_s",
+    "acked_s", "queue_wait_s", "service_s", "latency_s",
+]  # fmt: skip
+LOCK_COLUMNS: Final = [
+    "worker", "role", "op", "requested_s", "acquired_s", "released_s", "wait_s", "hold_s",
+    "handoff_s", "contended",
+]  # fmt: skip
+DEPTH_COLUMNS: Final = ["time_s", "ready", "delayed", "leased", "depth"]
+_NS: Final = 1e9
+
+
+def _raw_ops(records: list[dict[str, Any]], t0_ns: int) -> pd.DataFrame:
+    rows = [
+        (worker_name(r["role"], r["index"]), r["role"], op, start, end, ids, ok, extra)
+        for r in records
+        for op, start, end, ids, ok, extra in r["ops"]
+    ]
+    raw = pd.DataFrame(
+        rows, columns=["worker", "role", "op", "start_ns", "end_ns", "task_ids", "ok", "extra"]
+    )
+    raw["start_s"] = (raw["start_ns"] - t0_ns) / _NS
+    raw["end_s"] = (raw["end_ns"] - t0_ns) / _NS
+    raw["duration_s"] = raw["end_s"] - raw["start_s"]
+    raw["n"] = raw["task_ids"].map(len).astype("int64")
+    raw["ok"] = raw["ok"].astype(bool)
+    return raw
+
+
+def op_frame(records: list[dict[str, Any]], t0_ns: int) -> pd.DataFrame:
+    """One row per client call, as the client saw it."""
+    raw = _raw_ops(records, t0_ns)
+    return raw[OP_COLUMNS].sort_values("start_s", kind="stable").reset_index(drop=True)
+
+
+def _exploded(raw: pd.DataFrame, op: str) -> pd.DataFrame:
+    part = raw[(raw["op"] == op) & (raw["n"] > 0)]
+    return part.explode("task_ids").rename(columns={"task_ids": "task_id"})
+
+
+def task_frame(records: list[dict[str, Any]], t0_ns: int) -> pd.DataFrame:
+    """One row per task put, with its whole life: put, deliveries, ack."""
+    raw = _raw_ops(records, t0_ns)
+    puts = _exploded(raw, "put")
+    tasks = pd.DataFrame(
+        {
+            "task_id": puts["task_id"].astype(str),
+            "producer": puts["worker"],
+            "created_s": (puts["extra"] - t0_ns) / _NS,
+            "put_s": puts["end_s"],
+        }
+    ).drop_duplicates("task_id")
+    gets = _exploded(raw, "get").sort_values("end_s", kind="stable")
+    delivered = gets.groupby("task_id").agg(
+        got_s=("end_s", "min"), last_got_s=("end_s", "max"), attempts=("extra", "max")
+    )
+    acks = _exploded(raw, "ack")
+    acks = acks[acks["ok"]]
+    acked = acks.groupby("task_id").agg(
+        acked_s=("end_s", "min"), acks=("end_s", "size"), consumer=("worker", "first")
+    )
+    tasks = tasks.join(delivered, on="task_id").join(acked, on="task_id")
+    tasks["attempts"] = tasks["attempts"].fillna(0).astype("int64")
+    tasks["acks"] = tasks["acks"].fillna(0).astype("int64")
+    tasks["queue_wait_s"] = tasks["got_s"] - tasks["put_s"]
+    tasks["service_s"] = tasks["acked_s"] - tasks["last_got_s"]
+    tasks["latency_s"] = tasks["acked_s"] - tasks["created_s"]
+    return tasks[TASK_COLUMNS].sort_values("put_s", kind="stable").reset_index(drop=True)
+
+
+def lock_frame(records: list[dict[str, Any]], t0_ns: int) -> pd.DataFrame:
+    """One row per lock acquisition, ordered by when it was acquired."""
+    rows = [
+        (worker_name(r["role"], r["index"]), r["role"], op, req, acq, rel)
+        for r in records
+        for op, req, acq, rel in r["locks"]
+    ]
+    raw = pd.DataFrame(rows, columns=["worker", "role", "op", "req", "acq", "rel"])
+    raw = raw.sort_values("acq", kind="stable").reset_index(drop=True)
+    previous_release = raw["rel"].shift(1)
+    frame = pd.DataFrame(
+        {
+            "worker": raw["worker"],
+            "role": raw["role"],
+            "op": raw["op"],
+            "requested_s": (raw["req"] - t0_ns) / _NS,
+            "acquired_s": (raw["acq"] - t0_ns) / _NS,
+            "released_s": (raw["rel"] - t0_ns) / _NS,
+            "wait_s": (raw["acq"] - raw["req"]) / _NS,
+            "hold_s": (raw["rel"] - raw["acq"]) / _NS,
+            "handoff_s": (raw["acq"] - previous_release) / _NS,
+            "contended": (raw["req"] < previous_release).astype(bool),
+        }
+    )
+    return frame[LOCK_COLUMNS]
+
+
+def depth_frame(samples: list[tuple[int, int, int, int]], t0_ns: int) -> pd.DataFrame:
+    """The runner's samples of the queue file: (t_ns, ready, delayed, leased)."""
+    frame = pd.DataFrame(samples, columns=["t_ns", "ready", "delayed", "leased"])
+    frame["time_s"] = (frame["t_ns"] - t0_ns) / _NS
+    frame["depth"] = frame["ready"] + frame["delayed"] + frame["leased"]
+    return frame[DEPTH_COLUMNS].reset_index(drop=True)
+
+
+def jain_index(counts: pd.Series | list[float]) -> float:
+    """Jain's fairness index, (sum x)^2 / (n * sum x^2): 1 when all equal, 1/n when one takes all."""
+    x = np.asarray(counts, dtype=float)
+    if x.size == 0 or not np.any(x):
+        return math.nan
+    return float(x.sum() ** 2 / (x.size * np.square(x).sum()))
+
+
+def _quantiles(prefix: str, values: pd.Series) -> dict[str, float]:
+    values = values.dropna()
+    if values.empty:
+        return {f"{prefix}_{q}_s": math.nan for q in ("p50", "p95", "p99", "max")}
+    p50, p95, p99 = values.quantile([0.5, 0.95, 0.99]).tolist()
+    return {
+        f"{prefix}_p50_s": p50,
+        f"{prefix}_p95_s": p95,
+        f"{prefix}_p99_s": p99,
+        f"{prefix}_max_s": values.max(),
+    }
+
+
+def _owner_changes(locks: pd.DataFrame) -> int:
+    workers = locks["worker"]
+    return int((workers != workers.shift(1)).sum() - 1) if len(workers) else 0
+
+
+def _littles_law(tasks: pd.DataFrame, depth: pd.DataFrame, duration: float) -> dict[str, float]:
+    """L (time-average depth sampled from the file) against lambda * W (from the clients)."""
+    done = tasks.dropna(subset=["acked_s"])
+    if done.empty or depth.empty or duration <= 0:
+        return {"littles_law_L": math.nan, "littles_law_lambda_W": math.nan, "littles_law_error": math.nan}
+    d = depth[(depth["time_s"] >= 0) & (depth["time_s"] <= duration)].sort_values("time_s")
+    times = np.append(d["time_s"].to_numpy(), duration)
+    area = float(np.sum(d["depth"].to_numpy() * np.diff(times)))
+    mean_depth = area / (duration - times[0]) if len(d) and duration > times[0] else math.nan
+    lam_w = len(done) / duration * float((done["acked_s"] - done["put_s"]).mean())
+    error = abs(mean_depth - lam_w) / lam_w if lam_w > 0 else math.nan
+    return {"littles_law_L": mean_depth, "littles_law_lambda_W": lam_w, "littles_law_error": error}
+
+
+def summarize(
+    tasks: pd.DataFrame, locks: pd.DataFrame, depth: pd.DataFrame, *, expected: int
+) -> dict[str, Any]:
+    """Throughput, percentiles, lock statistics, fairness and the correctness oracle.
+
+    ``lost`` (put and never acked) and ``acked_twice`` must both be 0 on a completed run.
+    """
+    acked = tasks.dropna(subset=["acked_s"])
+    duration = float(acked["acked_s"].max()) if len(acked) else math.nan
+    consumers = acked.groupby("consumer").size()
+    held = locks["hold_s"].sum()
+    overlaps = int((locks["handoff_s"] < 0).sum())
+    summary: dict[str, Any] = {
+        "tasks": expected,
+        "put": len(tasks),
+        "acked": len(acked),
+        "lost": int(expected - len(acked)),
+        "acked_twice": int((tasks["acks"] > 1).sum()),
+        "redelivered": int((tasks["attempts"] > 1).sum()),
+        "duration_s": duration,
+        "throughput_per_s": len(acked) / duration if duration > 0 else math.nan,
+        **_quantiles("latency", acked["latency_s"]),
+        **_quantiles("queue_wait", acked["queue_wait_s"]),
+        **_quantiles("lock_wait", locks["wait_s"]),
+        "lock_hold_mean_s": float(locks["hold_s"].mean()) if len(locks) else math.nan,
+        "lock_acquisitions": len(locks),
+        "lock_utilisation": float(held / duration) if duration > 0 else math.nan,
+        "contended_share": float(locks["contended"].mean()) if len(locks) else math.nan,
+        "owner_changes": _owner_changes(locks),
+        "lock_overlaps": overlaps,
+        "handoff_mean_s": float(locks["handoff_s"].mean()) if len(locks) > 1 else math.nan,
+        "starvation_s": float(locks["wait_s"].max()) if len(locks) else math.nan,
+        "jain_fairness": jain_index(consumers.to_numpy()),
+    }
+    summary.update(_littles_law(tasks, depth, duration))
+    return summary

@@ -1,0 +1,474 @@
+"""Simulations: N producer and M consumer processes against one ``Queue.json``, measured.
+
+``simulate(...)`` spawns the workers (``djq.workers``, which import only the core), starts
+them together at a barrier, samples the queue file while they run, stops when every task
+is acked (or at ``time_limit``, reported as such), and returns a ``Run`` of pandas
+DataFrames (``djq.frames``). ``sweep(grid)`` runs a grid of simulations and returns one
+summary row per run. Imports from djq: the core, ``workers``, ``frames``.
+
+Example::
+
+    from djq import sim
+    run = sim.simulate(producers=4, consumers=4, tasks=2_000, lock="filelock")
+    run.summary["throughput_per_s"], run.summary["lock_wait_p99_s"]
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import itertools
+import math
+import multiprocessing
+import os
+import platform
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Final
+
+import orjson
+import pandas as pd
+
+from . import frames
+from .errors import ConfigError, SimulationError
+from .model import LockKind, QueueConfig
+from .queue import Queue
+from .workers import Dist, WorkerSpec, main, worker_name
+
+__all__ = ["Run", "SimConfig", "load", "simulate", "sweep"]
+
+FILELOCK_POLL_INTERVAL: Final = 0.05  #: seconds; filelock's own default, when none is given
+_START_TIMEOUT: Final = 120.0  #: seconds for every worker to reach the start barrier
+_MODES: Final = ("direct",)
+_START_METHODS: Final = ("spawn", "forkserver", "fork")
+
+
+def _dist(name: str, value: float | str | Dist) -> Dist:
+    """Accept 0.002, "0.002", "exp:0.002" or a Dist; seconds."""
+    if isinstance(value, Dist):
+        return value
+    kind, _, mean = str(value).rpartition(":") if isinstance(value, str) else ("", "", value)
+    try:
+        seconds = float(mean)
+    except ValueError:
+        raise ConfigError(f"{name} must be seconds, or 'exp:MEAN', not {value!r}", field=name) from None
+    if kind not in ("", "const", "exp") or not math.isfinite(seconds) or seconds < 0:
+        raise ConfigError(f"{name} must be seconds >= 0, or 'exp:MEAN', not {value!r}", field=name)
+    return Dist(kind=kind or "const", mean=seconds)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SimConfig:
+    """How a simulation runs; stored on the ``Run`` so a result says how it was produced.
+
+    Times are in seconds. ``fsync`` is off by default: the simulation studies the lock and
+    the file, and fsync is a variable of its own (turn it on to see its cost).
+    """
+
+    producers: int = 2
+    consumers: int = 2
+    tasks: int = 1_000
+    lock: LockKind = LockKind.FLOCK
+    poll_interval: float | None = None  #: "filelock"/"soft" only; None: filelock's 0.05 s
+    mode: str = "direct"
+    fsync: bool = False
+    payload_bytes: int = 100
+    work: Dist = field(default_factory=Dist)  #: consumer time per task ("exp:0.002" or 0.002)
+    think: Dist = field(default_factory=Dist)  #: producer pause between puts (closed loop)
+    rate: float | None = None  #: puts per second per producer, Poisson (open loop)
+    batch: int = 1  #: tasks per put_many call
+    lease: float = 30.0
+    max_attempts: int = 5
+    start_method: str = "spawn"  #: "spawn" works everywhere, notebooks included
+    seed: int = 0
+    path: Path | None = None  #: folder of the run; a fresh temporary folder when None
+    progress: bool = False
+    time_limit: float = 300.0
+    sample_interval: float = 0.01  #: seconds between the runner's looks at the queue file
+
+    def __post_init__(self) -> None:
+        """Validate every field; raise ``ConfigError`` naming the first bad one."""
+        for name in ("producers", "consumers", "tasks", "batch", "max_attempts"):
+            value = getattr(self, name)
+            if type(value) is not int or value < 1:
+                raise ConfigError(f"{name} must be a positive integer, not {value!r}", field=name)
+        if type(self.payload_bytes) is not int or self.payload_bytes < 0:
+            raise ConfigError("payload_bytes must be an integer >= 0", field="payload_bytes")
+        object.__setattr__(self, "work", _dist("work", self.work))
+        object.__setattr__(self, "think", _dist("think", self.think))
+        if self.path is not None:
+            object.__setattr__(self, "path", Path(self.path))
+        if self.mode not in _MODES:
+            raise ConfigError(f"mode must be one of {_MODES}, not {self.mode!r}", field="mode")
+        if self.start_method not in _START_METHODS:
+            raise ConfigError(f"start_method must be one of {_START_METHODS}", field="start_method")
+        if self.rate is not None and not (isinstance(self.rate, int | float) and self.rate > 0):
+            raise ConfigError(f"rate must be puts per second > 0, not {self.rate!r}", field="rate")
+        for name in ("time_limit", "sample_interval"):
+            if not isinstance(getattr(self, name), int | float) or getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be seconds > 0", field=name)
+        queue = self.queue_config(Path("Queue.json"))  # validates lock, lease, poll_interval
+        object.__setattr__(self, "lock", queue.lock)
+        if queue.lock is LockKind.FLOCK and self.poll_interval is not None:
+            raise ConfigError(
+                "flock does not poll: poll_interval is for 'filelock' and 'soft'", field="poll_interval"
+            )
+
+    def queue_config(self, path: Path) -> QueueConfig:
+        """The queue every worker opens."""
+        return QueueConfig(
+            path=path,
+            lock=self.lock,
+            poll_interval=self.poll_interval,
+            fsync=self.fsync,
+            lease=self.lease,
+            max_attempts=self.max_attempts,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able values (distributions as "exp:MEAN" strings)."""
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        for name in ("work", "think"):
+            out[name] = f"{out[name].kind}:{out[name].mean:g}"
+        out["lock"] = self.lock.value
+        out["path"] = None if self.path is None else str(self.path)
+        return out
+
+
+@dataclass(kw_only=True)
+class Run:
+    """One simulation's results: tidy frames (see ``djq.frames``) and a summary.
+
+    ``summary["lost"]`` and ``summary["acked_twice"]`` are the correctness oracle: both
+    are 0 on every completed run.
+    """
+
+    config: SimConfig
+    tasks: pd.DataFrame
+    locks: pd.DataFrame
+    ops: pd.DataFrame
+    depth: pd.DataFrame
+    workers: pd.DataFrame
+    summary: pd.Series
+    path: Path | None = None
+
+    def save(self, folder: str | os.PathLike[str]) -> Path:
+        """Write the frames as CSV, the summary and the config as JSON; return the folder."""
+        out = Path(folder)
+        out.mkdir(parents=True, exist_ok=True)
+        for name in ("tasks", "locks", "ops", "depth", "workers"):
+            getattr(self, name).to_csv(out / f"{name}.csv", index=False)
+        (out / "summary.json").write_bytes(_json(self.summary.to_dict()))
+        (out / "config.json").write_bytes(_json(self.config.to_dict()))
+        return out
+
+    def to_chrome_trace(self, file: str | os.PathLike[str]) -> Path:
+        """Write lock wait and hold spans per worker as a Chrome trace (open in Perfetto)."""
+        names = sorted(self.locks["worker"].unique())
+        tids = {name: i + 1 for i, name in enumerate(names)}
+        events: list[dict[str, Any]] = [
+            {"ph": "M", "name": "thread_name", "pid": 1, "tid": tid, "args": {"name": name}}
+            for name, tid in tids.items()
+        ]
+        for row in self.locks.itertuples(index=False):
+            tid = tids[row.worker]
+            for kind, start, dur in (
+                ("wait", row.requested_s, row.wait_s),
+                ("hold", row.acquired_s, row.hold_s),
+            ):
+                events.append(
+                    {"name": f"{kind} {row.op}", "cat": kind, "ph": "X", "pid": 1, "tid": tid,
+                     "ts": start * 1e6, "dur": dur * 1e6}
+                )  # fmt: skip
+        path = Path(file)
+        path.write_bytes(orjson.dumps({"traceEvents": events, "displayTimeUnit": "ms"}))
+        return path
+
+    def __repr__(self) -> str:
+        s = self.summary
+        return (
+            f"<Run {self.config.producers}P/{self.config.consumers}C lock={self.config.lock.value} "
+            f"acked={s['acked']}/{s['tasks']} throughput={s['throughput_per_s']:.0f}/s "
+            f"lost={s['lost']} acked_twice={s['acked_twice']}>"
+        )
+
+
+def _json(data: Mapping[str, Any]) -> bytes:
+    return orjson.dumps(data, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY, default=str)
+
+
+def load(folder: str | os.PathLike[str]) -> Run:
+    """Read a run written by ``Run.save``."""
+    src = Path(folder)
+    config = orjson.loads((src / "config.json").read_bytes())
+    frames_ = {
+        name: pd.read_csv(src / f"{name}.csv", dtype={"task_id": str})
+        for name in ("tasks", "locks", "ops", "depth", "workers")
+    }
+    summary = pd.Series(orjson.loads((src / "summary.json").read_bytes()), dtype=object)
+    return Run(config=SimConfig(**config), summary=summary, path=src, **frames_)
+
+
+def simulate(**options: Any) -> Run:
+    """Run N producers and M consumers against one queue file and measure everything.
+
+    Args:
+        **options: the fields of ``SimConfig``: producers, consumers, tasks, lock,
+            poll_interval, mode, fsync, payload_bytes, work, think, rate, batch, lease,
+            max_attempts, start_method, seed, path, progress, time_limit.
+
+    Returns:
+        A ``Run`` with ``tasks``, ``locks``, ``ops``, ``depth``, ``workers`` frames and
+        a ``summary``.
+
+    Raises:
+        ConfigError: an option is invalid.
+        SimulationError: the workers could not start.
+    """
+    return _Runner(SimConfig(**options)).run()
+
+
+class _Runner:
+    def __init__(self, config: SimConfig) -> None:
+        self.config = config
+        self.folder = Path(config.path) if config.path else Path(tempfile.mkdtemp(prefix="djq-sim-"))
+        self.records = self.folder / "records"
+        self.queue_path = self.folder / "Queue.json"
+        self.samples: list[tuple[int, int, int, int]] = []
+
+    def _specs(self) -> list[WorkerSpec]:
+        c = self.config
+        queue = c.queue_config(self.queue_path)
+        shares = [c.tasks // c.producers + (i < c.tasks % c.producers) for i in range(c.producers)]
+        producers = [
+            WorkerSpec(role="producer", index=i, queue=queue, out=self.records / f"P{i}.json",
+                       seed=c.seed * 7919 + i, tasks=n, payload_bytes=c.payload_bytes, batch=c.batch,
+                       think=c.think, rate=c.rate, lease=c.lease)
+            for i, n in enumerate(shares)
+        ]  # fmt: skip
+        consumers = [
+            WorkerSpec(role="consumer", index=i, queue=queue, out=self.records / f"C{i}.json",
+                       seed=c.seed * 7919 + 1000 + i, tasks=c.tasks, work=c.work, lease=c.lease)
+            for i in range(c.consumers)
+        ]  # fmt: skip
+        return producers + consumers
+
+    def _prepare(self) -> Queue:
+        self.records.mkdir(parents=True, exist_ok=True)
+        queue = Queue.from_config(self.config.queue_config(self.queue_path))
+        if queue.stats().total:
+            raise ConfigError(
+                f"{self.queue_path} is not empty; a simulation starts from an empty queue", field="path"
+            )
+        return queue
+
+    def run(self) -> Run:
+        queue = self._prepare()
+        specs = self._specs()
+        ctx: Any = multiprocessing.get_context(self.config.start_method)
+        barrier = ctx.Barrier(len(specs) + 1)
+        stop = ctx.RawValue("b", 0)
+        procs = [
+            ctx.Process(target=main, args=(s, barrier, stop), name=s.out.stem, daemon=True) for s in specs
+        ]
+        try:
+            for p in procs:
+                p.start()
+            t0 = self._start(barrier, procs)
+            limit_hit = self._watch(queue, procs, stop, t0)
+        finally:
+            stop.value = 1
+            _reap(procs)
+        return self._collect(specs, procs, t0, limit_hit)
+
+    def _start(self, barrier: Any, procs: Sequence[Any]) -> int:
+        waiter = threading.Thread(target=_wait_quietly, args=(barrier,), daemon=True)
+        waiter.start()
+        deadline = time.monotonic() + _START_TIMEOUT
+        while waiter.is_alive():
+            if any(p.exitcode not in (None, 0) for p in procs) or time.monotonic() > deadline:
+                barrier.abort()
+                raise SimulationError(f"workers did not start: {self._errors() or _exits(procs)}")
+            waiter.join(0.05)
+        if barrier.broken:
+            raise SimulationError(f"workers did not start: {self._errors() or 'the start barrier broke'}")
+        return time.perf_counter_ns()
+
+    def _errors(self) -> str:
+        return "; ".join(f"{p.stem}: {p.read_text()}" for p in sorted(self.records.glob("*.error")))
+
+    def _watch(self, queue: Queue, procs: Sequence[Any], stop: Any, t0: int) -> bool:
+        """Sample the file until every worker exits; stop them all at the time limit or a failure."""
+        bar = _progress(self.config)
+        deadline = t0 + int(self.config.time_limit * 1e9)
+        try:
+            while any(p.is_alive() for p in procs):
+                stats = queue.stats()
+                now = time.perf_counter_ns()
+                self.samples.append((now, stats.ready, stats.delayed, stats.leased + stats.expired))
+                if bar is not None:
+                    bar.update(stats.acked_total - bar.n)
+                if now > deadline:
+                    stop.value = 1
+                    return True
+                if any(p.exitcode not in (None, 0) for p in procs):
+                    stop.value = 1  # a worker died: the run cannot finish as asked
+                time.sleep(self.config.sample_interval)
+            stats = queue.stats()
+            self.samples.append(
+                (time.perf_counter_ns(), stats.ready, stats.delayed, stats.leased + stats.expired)
+            )
+            return False
+        finally:
+            if bar is not None:
+                bar.close()
+
+    def _collect(self, specs: Sequence[WorkerSpec], procs: Sequence[Any], t0: int, limit_hit: bool) -> Run:
+        records, rows = [], []
+        for spec, proc in zip(specs, procs, strict=True):
+            error = spec.out.with_suffix(".error")
+            record = orjson.loads(spec.out.read_bytes()) if spec.out.exists() else None
+            if record is not None:
+                records.append(record)
+            rows.append(
+                {"worker": worker_name(spec.role, spec.index), "role": spec.role, "pid": proc.pid,
+                 "exitcode": proc.exitcode, "ok": record is not None and proc.exitcode == 0,
+                 "error": error.read_text() if error.exists() else ""}
+            )  # fmt: skip
+        workers = pd.DataFrame(rows)
+        tasks = frames.task_frame(records, t0)
+        locks = frames.lock_frame(records, t0)
+        depth = frames.depth_frame(self.samples, t0)
+        summary = frames.summarize(tasks, locks, depth, expected=self.config.tasks)
+        summary.update(
+            completed=bool(workers["ok"].all()) and not limit_hit and summary["acked"] == self.config.tasks,
+            time_limit_hit=limit_hit,
+            workers_failed=int((~workers["ok"]).sum()),
+            **_metadata(self.config, self.folder),
+        )
+        return Run(
+            config=self.config, tasks=tasks, locks=locks, ops=frames.op_frame(records, t0), depth=depth,
+            workers=workers, summary=pd.Series(summary, dtype=object), path=self.folder,
+        )  # fmt: skip
+
+
+def _exits(procs: Sequence[Any]) -> str:
+    dead = [f"{p.name} exited with code {p.exitcode}" for p in procs if p.exitcode not in (None, 0)]
+    return ", ".join(dead) + " (see its stderr)" if dead else f"timed out after {_START_TIMEOUT:g} s"
+
+
+def _wait_quietly(barrier: Any) -> None:
+    with contextlib.suppress(threading.BrokenBarrierError):
+        barrier.wait()
+
+
+def _reap(procs: Sequence[Any]) -> None:
+    """Join every worker; kill any that does not stop within a few seconds."""
+    deadline = time.monotonic() + 10
+    for p in procs:
+        if p.pid is None:
+            continue
+        p.join(max(0.0, deadline - time.monotonic()))
+        if p.is_alive():
+            p.kill()
+            p.join(5)
+
+
+def _progress(config: SimConfig) -> Any:
+    if not config.progress:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(
+        total=config.tasks, desc=f"{config.producers}P/{config.consumers}C {config.lock.value}", unit="task"
+    )
+
+
+def _fs_type(folder: Path) -> str:
+    """The file system type of ``folder`` from /proc/mounts ("ext4", "tmpfs", ...)."""
+    try:
+        mounts = Path("/proc/mounts").read_text().splitlines()
+    except OSError:
+        return "unknown"
+    target, best = str(folder.resolve()), ("", "unknown")
+    for line in mounts:
+        parts = line.split()
+        inside = len(parts) > 2 and (target == parts[1] or target.startswith(parts[1].rstrip("/") + "/"))
+        if inside and len(parts[1]) >= len(best[0]):
+            best = (parts[1], parts[2])
+    return best[1]
+
+
+def _version(package: str) -> str:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def _metadata(config: SimConfig, folder: Path) -> dict[str, Any]:
+    poll = config.poll_interval
+    if poll is None and config.lock is not LockKind.FLOCK:
+        poll = FILELOCK_POLL_INTERVAL
+    return {
+        "producers": config.producers,
+        "consumers": config.consumers,
+        "lock": config.lock.value,
+        "poll_interval_s": poll,
+        "mode": config.mode,
+        "fsync": config.fsync,
+        "start_method": config.start_method,
+        "python": platform.python_version(),
+        "djq": _version("djq"),
+        "filelock": _version("filelock"),
+        "orjson": _version("orjson"),
+        "platform": sys.platform,
+        "fs_type": _fs_type(folder),
+        "cpu_count": os.cpu_count(),
+    }
+
+
+def sweep(
+    grid: Mapping[str, Sequence[Any]], *, repeats: int = 1, progress: bool = True, **common: Any
+) -> pd.DataFrame:
+    """Run every combination of ``grid`` ``repeats`` times; return one summary row per run.
+
+    Args:
+        grid: option name -> values, e.g. ``{"producers": [1, 2], "lock": ["flock", "filelock"]}``.
+        repeats: runs per point (seeds ``seed``, ``seed + 1``, ...).
+        progress: show a progress bar over the runs.
+        **common: options passed to every run (``tasks``, ``path``, ...). With ``path``,
+            each run gets its own sub-folder.
+
+    Returns:
+        A DataFrame with the grid values, ``repeat`` and every summary field as columns.
+    """
+    names = list(grid)
+    points = list(itertools.product(*(grid[n] for n in names)))
+    base_seed = int(common.pop("seed", 0))
+    root = common.pop("path", None)
+    rows = []
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(points) * repeats, desc="sweep", unit="run")
+    try:
+        for i, (values, repeat) in enumerate(itertools.product(points, range(repeats))):
+            point = dict(zip(names, values, strict=True))
+            path = None if root is None else Path(root) / f"run-{i:03d}"
+            run = simulate(**common, **point, seed=base_seed + repeat, path=path)
+            rows.append({**point, "repeat": repeat, **run.summary.to_dict()})
+            if bar is not None:
+                bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
+    frame = pd.DataFrame(rows)
+    return frame.loc[:, ~frame.columns.duplicated()]

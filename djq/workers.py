@@ -1,0 +1,170 @@
+"""Simulation workers: producer and consumer processes that record what they saw.
+
+Entry points are top-level functions in a module that imports only the core (never
+pandas or matplotlib), so a spawned worker starts fast and measures the lock, not the
+import. A worker opens its own queue, waits at a start barrier until every worker is
+ready, keeps every timestamp in memory (``time.perf_counter_ns``: one CLOCK_MONOTONIC
+across processes on Linux), and writes its records once, at the end, as one JSON file.
+Imports from djq: ``errors``, ``model``, ``metrics``, ``queue``.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final, Protocol
+
+import orjson
+
+from .errors import DjqError, LeaseLost
+from .metrics import LockRecorder
+from .model import QueueConfig
+from .queue import Queue
+
+__all__ = ["Dist", "WorkerSpec", "consume", "main", "produce", "worker_name"]
+
+_IDLE_GET_TIMEOUT: Final = 0.05  #: seconds an idle consumer waits before looking at the stop flag
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Dist:
+    """A distribution of seconds: ``"const"`` (always ``mean``) or ``"exp"`` (exponential)."""
+
+    kind: str = "const"
+    mean: float = 0.0
+
+    def sample(self, rng: random.Random) -> float:
+        """Draw one value in seconds."""
+        if self.mean <= 0:
+            return 0.0
+        if self.kind == "exp":
+            return rng.expovariate(1.0 / self.mean)
+        return self.mean
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WorkerSpec:
+    """Everything one worker process needs; plain data, so it pickles to a spawned child."""
+
+    role: str  #: "producer" or "consumer"
+    index: int
+    queue: QueueConfig
+    out: Path  #: where the worker writes its records at the end
+    seed: int
+    tasks: int = 0  #: producer: how many tasks to put; consumer: how many acks end the run
+    payload_bytes: int = 0
+    batch: int = 1
+    think: Dist = Dist()  #: producer pause between puts (closed loop)
+    rate: float | None = None  #: producer puts per second, Poisson arrivals (open loop)
+    work: Dist = Dist()  #: consumer time spent on each task
+    lease: float | None = None
+
+
+class _Flag(Protocol):
+    value: int
+
+
+class _Barrier(Protocol):
+    def wait(self, timeout: float | None = None) -> int: ...
+
+
+def worker_name(role: str, index: int) -> str:
+    """Return the short name of a worker: ``P0``, ``C3``."""
+    return f"{role[0].upper()}{index}"
+
+
+def _queue(spec: WorkerSpec, recorder: LockRecorder) -> Queue:
+    return Queue.from_config(spec.queue, recorder=recorder)
+
+
+def _finish(spec: WorkerSpec, recorder: LockRecorder, ops: list[Any], extra: dict[str, Any]) -> None:
+    record = {"role": spec.role, "index": spec.index, "pid": os.getpid(), "ops": ops, **extra}
+    record["locks"] = recorder.rows()
+    tmp = spec.out.with_suffix(".tmp")
+    tmp.write_bytes(orjson.dumps(record))
+    tmp.replace(spec.out)  # the parent never sees half a record
+
+
+def produce(spec: WorkerSpec, barrier: _Barrier, stop: _Flag) -> None:
+    """Put ``spec.tasks`` tasks, closed loop (think time) or open loop (Poisson ``rate``).
+
+    Each op row is ``[op, start_ns, end_ns, task_ids, ok, created_ns]``; ``created_ns`` is
+    when the task arrived (the scheduled time in open loop, so a producer that falls
+    behind does not hide the backlog: no coordinated omission).
+    """
+    rng = random.Random(spec.seed)
+    recorder = LockRecorder()
+    queue = _queue(spec, recorder)
+    pad = "x" * spec.payload_bytes
+    ops: list[Any] = []
+    barrier.wait(60)
+    next_arrival = time.perf_counter_ns()
+    done = 0
+    while done < spec.tasks and not stop.value:
+        n = min(spec.batch, spec.tasks - done)
+        if spec.rate:
+            next_arrival += int(rng.expovariate(spec.rate) * 1e9)
+            _sleep_until(next_arrival)
+            created = next_arrival
+        else:
+            time.sleep(spec.think.sample(rng))
+            created = time.perf_counter_ns()
+        payloads = [{"p": spec.index, "n": done + i, "pad": pad} for i in range(n)]
+        start = time.perf_counter_ns()
+        ids = queue.put_many(payloads)
+        ops.append(["put", start, time.perf_counter_ns(), ids, True, created])
+        done += n
+    _finish(spec, recorder, ops, {"put": done})
+
+
+def consume(spec: WorkerSpec, barrier: _Barrier, stop: _Flag) -> None:
+    """Get, work, ack until the queue has acked ``spec.tasks`` tasks or the stop flag is set.
+
+    Each op row is ``[op, start_ns, end_ns, task_ids, ok, attempts]``.
+    """
+    rng = random.Random(spec.seed)
+    recorder = LockRecorder()
+    queue = _queue(spec, recorder)
+    ops: list[Any] = []
+    barrier.wait(60)
+    while not stop.value:
+        start = time.perf_counter_ns()
+        task = queue.get(lease=spec.lease, timeout=_IDLE_GET_TIMEOUT, owner=f"C{spec.index}")
+        end = time.perf_counter_ns()
+        if task is None:
+            ops.append(["get", start, end, [], True, 0])
+            if queue.stats().acked_total >= spec.tasks:
+                break
+            continue
+        ops.append(["get", start, end, [task.id], True, task.attempts])
+        time.sleep(spec.work.sample(rng))
+        start = time.perf_counter_ns()
+        try:
+            queue.ack(task)
+            ok = True
+        except LeaseLost:
+            ok = False
+        ops.append(["ack", start, time.perf_counter_ns(), [task.id], ok, task.attempts])
+    _finish(spec, recorder, ops, {})
+
+
+def _sleep_until(t_ns: int) -> None:
+    delay = (t_ns - time.perf_counter_ns()) / 1e9
+    if delay > 0:
+        time.sleep(delay)
+
+
+def main(spec: WorkerSpec, barrier: _Barrier, stop: _Flag) -> None:
+    """Process entry point: run the worker's role; on failure leave the reason and re-raise.
+
+    The reason goes to ``<out>.error`` so the parent can report it with the run.
+    """
+    try:
+        (produce if spec.role == "producer" else consume)(spec, barrier, stop)
+    except BaseException as exc:  # process boundary: record, then let the process fail
+        kind = "" if isinstance(exc, DjqError) else "unexpected "
+        spec.out.with_suffix(".error").write_text(f"{kind}{type(exc).__name__}: {exc}")
+        raise
