@@ -213,6 +213,9 @@ def summarize(
         "lock_hold_mean_s": float(locks["hold_s"].mean()) if len(locks) else math.nan,
         "lock_acquisitions": len(locks),
         "lock_utilisation": float(held / duration) if duration > 0 else math.nan,
+        # the utilisation law: the lock serves every task, so X <= 1 / (lock time per task)
+        "lock_demand_s": float(held / len(acked)) if len(acked) else math.nan,
+        "throughput_bound_per_s": float(len(acked) / held) if held > 0 else math.nan,
         "contended_share": float(locks["contended"].mean()) if len(locks) else math.nan,
         "owner_changes": _owner_changes(locks),
         "lock_overlaps": overlaps,

@@ -440,7 +440,8 @@ def sweep(
     """Run every combination of ``grid`` ``repeats`` times; return one summary row per run.
 
     Args:
-        grid: option name -> values, e.g. ``{"producers": [1, 2], "lock": ["flock", "filelock"]}``.
+        grid: option name -> values, e.g. ``{"producers": [1, 2], "lock": ["flock", "filelock"]}``;
+            ``"workers": [1, 2, 4]`` means that many producers and as many consumers.
         repeats: runs per point (seeds ``seed``, ``seed + 1``, ...).
         progress: show a progress bar over the runs.
         **common: options passed to every run (``tasks``, ``path``, ...). With ``path``,
@@ -462,8 +463,11 @@ def sweep(
     try:
         for i, (values, repeat) in enumerate(itertools.product(points, range(repeats))):
             point = dict(zip(names, values, strict=True))
+            options = {**common, **point}
+            if "workers" in options:  # N workers: N producers and N consumers
+                options["producers"] = options["consumers"] = options.pop("workers")
             path = None if root is None else Path(root) / f"run-{i:03d}"
-            run = simulate(**common, **point, seed=base_seed + repeat, path=path)
+            run = simulate(**options, seed=base_seed + repeat, path=path)
             rows.append({**point, "repeat": repeat, **run.summary.to_dict()})
             if bar is not None:
                 bar.update(1)
