@@ -23,6 +23,7 @@ lock is held. Imports from djq: ``errors``, ``model``, ``metrics``.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import inspect
 import os
@@ -163,12 +164,6 @@ class FlockLock(_MeasuredLock):
         flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
         try:
             return os.open(self.path, flags, self.mode)
-        except FileNotFoundError:
-            _make_folder(self.path)
-            try:
-                return os.open(self.path, flags, self.mode)
-            except OSError as exc:
-                raise _lock_error(self.path, exc) from exc
         except OSError as exc:
             raise _lock_error(self.path, exc) from exc
 
@@ -261,16 +256,14 @@ class FileLockLock(_MeasuredLock):
         """Describe the lock; ``poll_interval`` None keeps filelock's own default."""
         super().__init__(path, recorder=recorder)
         self.poll_interval = poll_interval
-        self._folder_made = False
         self._lock = self._make(mode)
 
     def _make(self, mode: int) -> filelock.BaseFileLock:
         return filelock.FileLock(self.path, mode=mode, thread_local=False, **_FILELOCK_SAFETY)
 
     def _acquire(self, timeout: float | None) -> None:
-        if not self._folder_made:
-            _make_folder(self.path)  # before filelock makes it with its own (wider) mode
-            self._folder_made = True
+        if not self.path.parent.is_dir():  # filelock would make it with its own (wider) mode
+            raise _lock_error(self.path, FileNotFoundError(errno.ENOENT, "the folder does not exist"))
         try:
             self._lock.acquire(timeout=-1 if timeout is None else timeout, poll_interval=self.poll_interval)
         except filelock.Timeout as exc:
@@ -326,13 +319,6 @@ def make(
         return FlockLock(path, recorder=recorder, mode=mode)
     cls = SoftLock if kind is LockKind.SOFT else FileLockLock
     return cls(path, recorder=recorder, poll_interval=poll_interval, mode=mode)
-
-
-def _make_folder(path: Path) -> None:
-    try:
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    except OSError as exc:
-        raise _lock_error(path, exc) from exc
 
 
 def _lock_error(path: Path, exc: OSError) -> StorageError:

@@ -194,6 +194,8 @@ class Queue:
         """Run ``change`` on the current state under the lock; write if it changed anything."""
         self._check_process()
         with self._mutex:
+            if not self._cleaned:
+                self._file.make_folder()  # the lock file lives there too
             self._lock.acquire(timeout=self._config.lock_timeout, op=op)
             try:
                 if not self._cleaned:

@@ -236,7 +236,7 @@ def _is_time(value: Any) -> bool:
 _FIELDS: Final[dict[str, Callable[[Any], bool]]] = {
     "id": lambda v: type(v) is str and v != "",
     "seq": lambda v: _is_int(v, 1),
-    "state": lambda v: v in _STATES,
+    "state": lambda v: type(v) is str and v in _STATES,
     "priority": lambda v: type(v) is int,
     "attempts": _is_int,
     "max_attempts": lambda v: _is_int(v, 1),
@@ -380,10 +380,19 @@ class QueueFile:
         data = encode(state)
         tmp = self.path.parent / f".{self.path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        if len(data) > self.max_file_bytes:
+            self.invalidate()
+            raise StorageError(
+                f"{self.path} would grow to {len(data)} bytes, over max_file_bytes={self.max_file_bytes}; "
+                "ack or purge tasks, or open the queue with a larger limit",
+                path=str(self.path),
+                errno=errno.EFBIG,
+            )
+        self._stat_key()  # refuses a symlink at the path: os.replace would silently swap it
         try:
             fd = os.open(tmp, flags, self.mode)
         except FileNotFoundError:
-            self._make_folder()
+            self.make_folder()
             fd = self._open_temp(tmp, flags)
         except OSError as exc:
             self.invalidate()
@@ -420,11 +429,25 @@ class QueueFile:
         self._fd, self._state = fd, state
         self._key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 
-    def _make_folder(self) -> None:
-        try:
-            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        except OSError as exc:
-            raise self._error("cannot create the folder of", exc) from exc
+    def make_folder(self) -> None:
+        """Create the queue's folder and any missing parents, each 0700 (owner only).
+
+        ``Path.mkdir(parents=True)`` would give the parents the umask's mode, which may
+        leave a world-writable folder on the queue's path.
+        """
+        missing = []
+        folder = self.path.parent.absolute()
+        while not folder.exists():
+            missing.append(folder)
+            folder = folder.parent
+        for folder in reversed(missing):
+            try:
+                os.mkdir(folder, 0o700)
+                os.chmod(folder, 0o700)  # the umask may have removed bits from the mode asked for
+            except FileExistsError:
+                continue
+            except OSError as exc:
+                raise self._error("cannot create the folder of", exc) from exc
 
     def _fsync_folder(self) -> None:
         try:

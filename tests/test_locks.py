@@ -17,6 +17,12 @@ from djq.model import LockKind
 SPAWN = multiprocessing.get_context("spawn")
 
 
+@pytest.fixture(autouse=True)
+def _folder(queue_path: Path) -> None:
+    """Locks live in the queue's folder, which the queue creates; here the test does."""
+    queue_path.parent.mkdir()
+
+
 def _make(kind: str, queue_path: Path, **options) -> locks.Lock:
     if kind != "flock":
         options.setdefault("poll_interval", 0.001)  # keep the polling kinds quick in tests
@@ -177,6 +183,14 @@ def test_forked_child_does_not_share_the_parents_flock(queue_path):
     finally:
         lock.release()
     assert os.waitstatus_to_exitcode(done[1]) == 0
+
+
+def test_lock_in_a_missing_folder_is_a_storage_error(tmp_path):
+    """A lock never creates folders itself (the queue makes them 0700): it names the missing path."""
+    for kind in ("flock", "filelock"):
+        with pytest.raises(djq.StorageError) as info:
+            locks.make(kind, tmp_path / "missing" / "Queue.json").acquire(timeout=1)
+        assert "missing" in str(info.value)
 
 
 def test_release_without_acquire_is_an_error(queue_path):
