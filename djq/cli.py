@@ -120,7 +120,38 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--producers", type=int, default=2, help="producer processes (default: 2)")
     p.add_argument("--consumers", type=int, default=2, help="consumer processes (default: 2)")
     p.add_argument("--tasks", type=int, default=1000, help="tasks to move (default: 1000)")
+    p = command(
+        "simulate", _simulate, "measure N producers and M consumers on a fresh queue; save frames and plots"
+    )
+    _sim_options(p)
+    p.add_argument("--producers", type=int, default=2, help="producer processes (default: 2)")
+    p.add_argument("--consumers", type=int, default=2, help="consumer processes (default: 2)")
+    p = command("sweep", _sweep, "run a grid of simulations; print one summary row per run")
+    _sim_options(p)
+    p.add_argument(
+        "--grid", action="append", default=[], metavar="NAME=V1,V2",
+        help="a swept option, repeatable: workers=1,2,4,8 (N producers and N consumers), "
+        "producers=..., consumers=..., lock=flock,filelock, poll_interval=..., fsync=false,true",
+    )  # fmt: skip
+    p.add_argument("--repeats", type=int, default=1, help="runs per grid point (default: 1)")
     return parser
+
+
+def _sim_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--tasks", type=int, default=1000, help="tasks to move (default: 1000)")
+    p.add_argument("--work-s", default="0", help="consumer time per task: 0.002 or exp:0.002 (default: 0)")
+    p.add_argument("--think-s", default="0", help="producer pause between puts, closed loop (default: 0)")
+    p.add_argument("--rate", type=float, default=None, help="puts/s per producer, Poisson (open loop)")
+    p.add_argument("--batch", type=int, default=1, help="tasks per put_many (default: 1)")
+    p.add_argument("--payload-bytes", type=int, default=100, help="payload padding (default: 100)")
+    p.add_argument("--poll-interval-s", type=float, default=None, help="filelock/soft poll (default: 0.05)")
+    p.add_argument("--fsync", action="store_true", help="fsync every change (default: off in simulations)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    p.add_argument("--time-limit-s", type=float, default=300.0, help="stop a run after this long")
+    p.add_argument(
+        "--out", type=Path, default=None, help="where to write results (default: data/runs/<time>)"
+    )
+    p.add_argument("--no-plots", action="store_true", help="do not draw PNG plots")
 
 
 def _queue(args: argparse.Namespace) -> Queue:
@@ -253,6 +284,148 @@ def _demo(args: argparse.Namespace) -> None:
             f"{r['wait_ms_max']:>12.3f} {r['hold_ms_mean']:>13.3f}"
         )
     _emit(args, summary, "\n".join(lines))
+
+
+_SIM_COLUMNS = [
+    "throughput_per_s", "throughput_bound_per_s", "latency_p50_s", "latency_p99_s", "lock_wait_p50_s",
+    "lock_wait_p99_s", "lock_hold_mean_s", "contended_share", "jain_fairness", "littles_law_error",
+    "lost", "acked_twice", "completed",
+]  # fmt: skip
+
+
+def _sim_common(args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "tasks": args.tasks,
+        "work": args.work_s,
+        "think": args.think_s,
+        "rate": args.rate,
+        "batch": args.batch,
+        "payload_bytes": args.payload_bytes,
+        "poll_interval": args.poll_interval_s,
+        "fsync": args.fsync,
+        "seed": args.seed,
+        "time_limit": args.time_limit_s,
+    }
+
+
+def _out_folder(args: argparse.Namespace, kind: str) -> Path:
+    if args.out is not None:
+        return Path(args.out)
+    return Path("data/runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{kind}"
+
+
+def _simulate(args: argparse.Namespace) -> None:
+    from . import sim  # the toolkit (pandas) only when a simulation is asked for
+
+    out = _out_folder(args, "simulate")
+    run = sim.simulate(
+        **_sim_common(args), producers=args.producers, consumers=args.consumers, lock=args.lock,
+        progress=not args.json and sys.stderr.isatty(),
+    )  # fmt: skip
+    run.save(out)
+    pictures = [] if args.no_plots else _draw_run(run, out)
+    summary = run.summary.to_dict()
+    text = "\n".join(f"{k:<24} {_fmt(v)}" for k, v in summary.items())
+    _emit(args, {"out": str(out), "pictures": pictures, "summary": summary}, f"{text}\n\nwrote {out}")
+    if not summary["completed"]:
+        raise DjqError(f"the run did not complete: see {out}/workers.csv and the summary above")
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.6g}" if isinstance(value, float) else str(value)
+
+
+def _parse_grid(items: Sequence[str]) -> dict[str, list[Any]]:
+    grid: dict[str, list[Any]] = {}
+    for item in items:
+        name, sep, values = item.partition("=")
+        if not sep or not values:
+            raise _UsageError(f"--grid wants NAME=V1,V2,..., not {item!r}")
+        grid[name.strip().replace("-", "_")] = [_scalar(v.strip()) for v in values.split(",")]
+    if not grid:
+        raise _UsageError("give at least one --grid NAME=V1,V2 (e.g. --grid workers=1,2,4,8)")
+    return grid
+
+
+def _scalar(text: str) -> Any:
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def _sweep(args: argparse.Namespace) -> None:
+    from . import sim
+
+    grid = _parse_grid(args.grid)
+    common = _sim_common(args)
+    if "lock" not in grid:
+        common["lock"] = args.lock
+    out = _out_folder(args, "sweep")
+    table = sim.sweep(grid, repeats=args.repeats, progress=not args.json and sys.stderr.isatty(), **common)
+    out.mkdir(parents=True, exist_ok=True)
+    table.to_csv(out / "sweep.csv", index=False)
+    pictures = [] if args.no_plots else _draw_sweep(table, grid, out)
+    shown = table[[*grid, "repeat", *_SIM_COLUMNS]]
+    text = shown.to_string(index=False, float_format=lambda v: f"{v:.4g}")
+    _emit(
+        args,
+        {"out": str(out), "pictures": pictures, "rows": shown.to_dict("records")},
+        f"{text}\n\nwrote {out}",
+    )
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: the command line never opens a window
+    import matplotlib.pyplot as plt
+
+    from . import plot
+
+    return plt, plot
+
+
+def _save(plt: Any, draw: Callable[[Any], Any], path: Path) -> str:
+    fig, ax = plt.subplots(figsize=(7, 4), layout="constrained")
+    try:
+        draw(ax)
+        fig.savefig(path, dpi=110)
+    finally:
+        plt.close(fig)
+    return str(path)
+
+
+def _draw_run(run: Any, out: Path) -> list[str]:
+    plt, plot = _pyplot()
+    return [
+        _save(plt, lambda ax: plot.latency_cdf(run, ax=ax), out / "latency_cdf.png"),
+        _save(plt, lambda ax: plot.wait_histogram(run, ax=ax), out / "lock_wait.png"),
+        _save(plt, lambda ax: plot.lock_timeline(run, ax=ax), out / "lock_timeline.png"),
+        _save(plt, lambda ax: plot.depth(run, ax=ax), out / "depth.png"),
+        _save(plt, lambda ax: plot.fairness(run, ax=ax), out / "fairness.png"),
+    ]
+
+
+def _draw_sweep(table: Any, grid: dict[str, list[Any]], out: Path) -> list[str]:
+    plt, plot = _pyplot()
+    names = [n for n in grid if len(grid[n]) > 1]
+    pictures = []
+    sizes = [n for n in ("workers", "producers", "consumers") if n in names]
+    if sizes:
+        hue = next((n for n in names if n not in sizes), None)
+        pictures.append(
+            _save(plt, lambda ax: plot.throughput(table, x=sizes[0], hue=hue, ax=ax), out / "throughput.png")
+        )
+    if len(names) >= 2:
+        pictures.append(
+            _save(plt, lambda ax: plot.heatmap(table, x=names[0], y=names[1], ax=ax), out / "heatmap.png")
+        )
+    return pictures
 
 
 def _lock_row(role: str, queue: Queue) -> dict[str, Any]:

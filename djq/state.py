@@ -238,6 +238,8 @@ def apply(state: QueueState, event: Event, *, now: float) -> object:
             return purge(state, states=event.states, now=now)
         case Reap():
             return reap(state, now=now)
+        case _:
+            raise TypeError(f"not a queue event: {event!r}")
 
 
 def put(
@@ -374,8 +376,9 @@ def extend(state: QueueState, task_id: str, token: str, *, duration: float, now:
         LeaseLost: the token no longer holds the task.
     """
     record = _held(state, task_id, token)
-    record.lease_expires_at = now + duration
-    state.revision += 1
+    if record.lease_expires_at != now + duration:  # an identical renewal changes nothing
+        record.lease_expires_at = now + duration
+        state.revision += 1
     return record.snapshot()
 
 

@@ -22,6 +22,7 @@ ALLOWED = {  # djq modules each module may import (the table in STYLE.md 4.3)
     "frames": {"model", "metrics", "workers"},
     "sim": CORE | {"workers", "frames"},
     "theory": {"errors"},
+    "plot": {"model", "frames"},
 }
 THIRD_PARTY = {  # third-party packages each module may import
     "storage": {"orjson"},
@@ -30,6 +31,7 @@ THIRD_PARTY = {  # third-party packages each module may import
     "frames": {"pandas", "numpy"},
     "sim": {"pandas", "orjson", "tqdm"},
     "theory": {"numpy"},
+    "plot": {"matplotlib", "numpy", "pandas"},
 }
 STDLIB_BANNED_IN_STATE = {"os", "io", "time", "threading", "pathlib", "random", "secrets", "uuid"}
 NEVER = {"pickle", "marshal", "shelve", "cPickle", "dill", "cloudpickle"}

@@ -1,0 +1,153 @@
+"""Real processes on one Queue.json: every task put is acked exactly once, none lost.
+
+Two producer and two consumer processes per lock kind move N tasks through one file.
+The children are spawned (not forked), so this test never forks a process that may
+have threads, and the workers import djq afresh, as real separate programs would.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+import workers
+
+import djq
+from djq.model import LockKind
+
+N = 5_000  #: tasks per lock kind (2 producers x 2,500)
+PRODUCERS = 2
+CONSUMERS = 2
+#: Producers pause while more than this many tasks are ready. Every operation rewrites
+#: (and every other process re-reads and validates) the whole file, O(depth) in Python:
+#: at 200 ready tasks the flock run used about twice the CPU time of 50, for no more
+#: interleavings; 50 keeps the buffer bounded and the test fast.
+HIGH_WATER = 50
+#: The polling locks sleep between tries. filelock's default 0.05 s would make each
+#: contended acquisition wait up to 50 ms, and with four processes most of the ~15,000
+#: acquisitions per kind are contended: far past this file's time budget. Much shorter
+#: is not better either: a failed try costs about 0.15 ms of CPU ("filelock") and 0.5 ms
+#: ("soft", which reads and checks the marker), so 1 ms polling burns the two cores.
+#: 3 ms measured best; the test is about the queue's correctness, not the poll interval.
+POLL_INTERVAL = {"flock": None, "filelock": 0.003, "soft": 0.003}
+#: Seconds for all children of one kind to finish; a hung child fails the test. Runs take
+#: 8-23 s; the margin is for a CI machine shared with other jobs.
+DEADLINE = 100.0
+
+
+def _join_all(processes: list[Any], deadline: float) -> list[str]:
+    """Wait for every child until ``deadline`` (monotonic); return what went wrong."""
+    problems = []
+    for p in processes:
+        p.join(max(0.0, deadline - time.monotonic()))
+        if p.is_alive():
+            problems.append(f"{p.name} still running at the deadline")
+        elif p.exitcode != 0:
+            problems.append(f"{p.name} exited with {p.exitcode}")
+    return problems
+
+
+def _reap(processes: list[Any]) -> None:
+    """Stop and reap every child, whatever state it is in."""
+    for p in processes:
+        if p.is_alive():
+            p.terminate()
+    for p in processes:
+        p.join(5)
+        if p.is_alive():
+            p.kill()
+            p.join()
+        p.close()
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("lock_kind", [k.value for k in LockKind])
+def test_producers_and_consumers_move_every_task_exactly_once(tmp_path: Path, lock_kind: str):
+    path = tmp_path / "q" / "Queue.json"
+    poll = POLL_INTERVAL[lock_kind]
+    ctx = multiprocessing.get_context("spawn")
+    per_producer = N // PRODUCERS
+    # fsync=False (in workers._open) keeps CI fast: the crash tests cover fsync; here
+    # only mutual exclusion between processes is under test, and no process crashes.
+    processes = [
+        ctx.Process(
+            target=workers.producer,
+            args=(
+                str(path),
+                lock_kind,
+                poll,
+                i,
+                per_producer,
+                HIGH_WATER,
+                str(tmp_path / f"producer-{i}.json"),
+            ),
+            name=f"producer-{i}",
+        )
+        for i in range(PRODUCERS)
+    ] + [
+        ctx.Process(
+            target=workers.consumer,
+            args=(str(path), lock_kind, poll, i, N, str(tmp_path / f"consumer-{i}.json")),
+            name=f"consumer-{i}",
+        )
+        for i in range(CONSUMERS)
+    ]
+    started = time.monotonic()
+    try:
+        for p in processes:
+            p.start()
+        problems = _join_all(processes, started + DEADLINE)
+    finally:
+        _reap(processes)
+    elapsed = time.monotonic() - started
+    assert problems == [], problems
+
+    records = {p: json.loads((tmp_path / f"{p}.json").read_text()) for p in _names()}
+    put = [tuple(item) for name, r in records.items() if name.startswith("producer") for item in r["put"]]
+    acked = [tuple(item) for name, r in records.items() if name.startswith("consumer") for item in r["acked"]]
+    lost = [i for name, r in records.items() if name.startswith("consumer") for i in r["lost"]]
+    print(
+        f"{lock_kind}: {N} tasks in {elapsed:.1f} s; producer pauses "
+        f"{[records[f'producer-{i}']['pauses'] for i in range(PRODUCERS)]}, "
+        f"acked per consumer {[len(records[f'consumer-{i}']['acked']) for i in range(CONSUMERS)]}"
+    )
+
+    put_ids = Counter(task_id for task_id, _ in put)
+    acked_ids = Counter(task_id for task_id, _ in acked)
+    assert len(put) == N
+    assert max(put_ids.values()) == 1, "a task id was handed out twice"
+    assert lost == [], "a lease was lost although no lease can expire in this test"
+    twice = sorted(i for i, c in acked_ids.items() if c > 1)
+    assert twice == [], f"acked more than once: {twice[:10]}"
+    missing = sorted(put_ids.keys() - acked_ids.keys())
+    assert missing == [], f"put but never acked: {len(missing)}, e.g. {missing[:10]}"
+    extra = sorted(acked_ids.keys() - put_ids.keys())
+    assert extra == [], f"acked but never put: {extra[:10]}"
+    assert dict(acked) == dict(put), "an acked payload differs from the payload put under its id"
+    assert _multiset(p for _, p in acked) == _multiset(p for _, p in put)
+    assert {(p["p"], p["n"]) for _, p in put} == {
+        (i, n) for i in range(PRODUCERS) for n in range(per_producer)
+    }
+
+    q = djq.Queue(path, lock=lock_kind)
+    try:
+        assert q.check() == []
+        stats = q.stats()
+    finally:
+        q.close()
+    assert stats.total == 0
+    assert stats.acked_total == stats.put_total == N
+    assert stats.dead_total == 0
+
+
+def _names() -> list[str]:
+    return [f"producer-{i}" for i in range(PRODUCERS)] + [f"consumer-{i}" for i in range(CONSUMERS)]
+
+
+def _multiset(payloads: Any) -> Counter[str]:
+    return Counter(json.dumps(p, sort_keys=True) for p in payloads)

@@ -1,0 +1,153 @@
+"""Top-level worker functions for the multi-process tests.
+
+They live in a plain module (no pytest imports) so a spawned child can import them by
+name, and a forked child can call them directly. Each worker opens its own ``Queue``
+(a queue object is never shared across processes) and reports once, at the end.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import random
+import time
+import traceback
+from typing import Any
+
+import djq
+
+#: seconds a worker of test_processes may run before it gives up; the test's own
+#: deadline is shorter, so this only matters if the parent died and left it behind.
+WORKER_DEADLINE = 120.0
+
+
+def _open(path: str, lock: str, poll_interval: float | None, *, fsync: bool = False) -> djq.Queue:
+    return djq.Queue(path, lock=lock, fsync=fsync, poll_interval=poll_interval)
+
+
+def _write_record(out_path: str, record: dict[str, Any]) -> None:
+    """Write a worker's record once, atomically (a half-written record is never read)."""
+    tmp = f"{out_path}.tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(record, f)
+    os.replace(tmp, out_path)
+
+
+def producer(
+    path: str,
+    lock: str,
+    poll_interval: float | None,
+    producer_id: int,
+    count: int,
+    high_water: int,
+    out_path: str,
+) -> None:
+    """Put ``count`` distinct payloads ``{"p": producer_id, "n": i}``; record (id, payload).
+
+    Backpressure: while more than ``high_water`` tasks are ready, pause briefly (the
+    classic bounded buffer). ``stats()`` reads the file without the lock. This keeps
+    the file small, because every operation rewrites the whole file.
+    """
+    q = _open(path, lock, poll_interval)
+    deadline = time.monotonic() + WORKER_DEADLINE
+    put: list[list[Any]] = []
+    pauses = 0
+    try:
+        for n in range(count):
+            while q.stats().ready > high_water:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"producer {producer_id}: queue stayed full")
+                pauses += 1
+                time.sleep(0.002)
+            payload = {"p": producer_id, "n": n}
+            put.append([q.put(payload), payload])
+    finally:
+        q.close()
+    _write_record(out_path, {"put": put, "pauses": pauses})
+
+
+def consumer(
+    path: str,
+    lock: str,
+    poll_interval: float | None,
+    consumer_id: int,
+    total: int,
+    out_path: str,
+) -> None:
+    """Get, ack and record (id, payload) until the queue's ``acked_total`` reaches ``total``.
+
+    A ``LeaseLost`` on ack is recorded, not hidden: the test expects none (leases are
+    30 s, and a task is held for a few milliseconds).
+    """
+    q = _open(path, lock, poll_interval)
+    deadline = time.monotonic() + WORKER_DEADLINE
+    acked: list[list[Any]] = []
+    lost: list[str] = []
+    empty_gets = 0
+    try:
+        while True:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"consumer {consumer_id}: acked_total never reached {total}")
+            task = q.get(timeout=0.05)
+            if task is None:
+                empty_gets += 1
+                if q.stats().acked_total >= total:
+                    break
+                continue
+            try:
+                q.ack(task)
+            except djq.LeaseLost:
+                lost.append(task.id)
+            else:
+                acked.append([task.id, task.payload])
+    finally:
+        q.close()
+    _write_record(out_path, {"acked": acked, "lost": lost, "empty_gets": empty_gets})
+
+
+def crash_child(path: str, ledger: str, lock: str, seed: int, *, lease: float, max_attempts: int) -> None:
+    """Put, get and ack on ``path`` until killed, logging every step to ``ledger``.
+
+    Meant to run in a forked child that the parent SIGKILLs at a random moment. Each
+    ledger line is one ``os.write`` to a file opened with ``O_APPEND``, so a line is
+    either whole or absent:
+
+    * ``put <id>`` after ``put`` returned;
+    * ``acking <id>`` before ``ack`` is called;
+    * ``acked <id>`` after ``ack`` returned.
+
+    A task that was leased and never acked (the kill came first) stays leased in the
+    file until its lease runs out. Returns only if nobody killed it within 10 s; run it
+    through ``run_forked``, which leaves the forked child with ``os._exit``.
+    """
+    fd = os.open(ledger, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    rng = random.Random(seed)
+    q = djq.Queue(path, lock=lock, fsync=True, lease=lease, max_attempts=max_attempts)
+    deadline = time.monotonic() + 10.0  # the parent kills it within 50 ms
+    while time.monotonic() < deadline:
+        task = q.get(timeout=0) if rng.random() < 0.5 else None
+        if task is None:
+            task_id = q.put({"seed": seed, "r": rng.random()})
+            os.write(fd, f"put {task_id}\n".encode())
+        else:
+            os.write(fd, f"acking {task.id}\n".encode())
+            q.ack(task)
+            os.write(fd, f"acked {task.id}\n".encode())
+
+
+def run_forked(target: Any, *args: Any, **kwargs: Any) -> None:
+    """Run ``target`` in this forked child and leave with ``os._exit``, never returning.
+
+    Exit status 0: the target returned; 1: it raised (the traceback goes to stderr).
+    ``os._exit`` skips the parent's atexit handlers and buffered output (pytest's).
+    """
+    code = 1
+    try:
+        target(*args, **kwargs)
+        code = 0
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.write(2, traceback.format_exc().encode())
+    finally:
+        os._exit(code)
