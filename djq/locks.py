@@ -9,7 +9,9 @@ The lock kind is an experimental variable (``model.LockKind``):
   ``flock`` underneath, so it excludes ``"flock"`` users of the same queue too.
 * ``"soft"``: ``filelock.SoftFileLock``: a marker file ``Queue.json.softlock`` that exists
   while held. It does not exclude the other two kinds: never mix it with them on one
-  queue.
+  queue. It is not crash-safe: a holder killed between creating the marker and writing
+  its owner into it leaves an empty marker that filelock never breaks (found by
+  tests/test_crash.py), so later calls wait for ever unless ``lock_timeout`` is set.
 
 The lock file of ``flock`` and ``filelock`` is separate from ``Queue.json`` (which is
 replaced on every write, so a lock on it would protect nothing) and is never deleted
