@@ -36,6 +36,7 @@ __all__ = [
     "jain_index",
     "lock_frame",
     "op_frame",
+    "raw_ops",
     "summarize",
     "task_frame",
 ]
@@ -53,7 +54,8 @@ DEPTH_COLUMNS: Final = ["time_s", "ready", "delayed", "leased", "depth"]
 _NS: Final = 1e9
 
 
-def _raw_ops(records: list[dict[str, Any]], t0_ns: int) -> pd.DataFrame:
+def raw_ops(records: list[dict[str, Any]], t0_ns: int) -> pd.DataFrame:
+    """Every client call of every worker, with its task ids: the input of ``op_frame`` and ``task_frame``."""
     rows = [
         (worker_name(r["role"], r["index"]), r["role"], op, start, end, ids, ok, extra)
         for r in records
@@ -70,9 +72,8 @@ def _raw_ops(records: list[dict[str, Any]], t0_ns: int) -> pd.DataFrame:
     return raw
 
 
-def op_frame(records: list[dict[str, Any]], t0_ns: int) -> pd.DataFrame:
+def op_frame(raw: pd.DataFrame) -> pd.DataFrame:
     """One row per client call, as the client saw it."""
-    raw = _raw_ops(records, t0_ns)
     return raw[OP_COLUMNS].sort_values("start_s", kind="stable").reset_index(drop=True)
 
 
@@ -81,9 +82,8 @@ def _exploded(raw: pd.DataFrame, op: str) -> pd.DataFrame:
     return part.explode("task_ids").rename(columns={"task_ids": "task_id"})
 
 
-def task_frame(records: list[dict[str, Any]], t0_ns: int) -> pd.DataFrame:
+def task_frame(raw: pd.DataFrame, t0_ns: int) -> pd.DataFrame:
     """One row per task put, with its whole life: put, deliveries, ack."""
-    raw = _raw_ops(records, t0_ns)
     puts = _exploded(raw, "put")
     tasks = pd.DataFrame(
         {

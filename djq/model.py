@@ -7,7 +7,6 @@ stores.
 
 from __future__ import annotations
 
-import dataclasses
 import enum
 import math
 from dataclasses import dataclass
@@ -183,7 +182,3 @@ class QueueConfig:
                 raise ConfigError(f"{name} must be a positive integer, not {value!r}", field=name)
         if not isinstance(self.fsync, bool):
             raise ConfigError(f"fsync must be True or False, not {self.fsync!r}", field="fsync")
-
-    def replace(self, **changes: Any) -> QueueConfig:
-        """Return a copy with ``changes`` applied (and validated)."""
-        return dataclasses.replace(self, **changes)

@@ -15,7 +15,8 @@ import os
 import secrets
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 from typing import Final, TypeVar
@@ -148,7 +149,7 @@ class Queue:
                 config.lock, config.path, poll_interval=config.poll_interval, recorder=self._recorder
             )
         self._pid = os.getpid()
-        self._cleaned = False
+        self._prepared = False
 
     def _check_process(self) -> None:
         if self._pid != os.getpid():  # forked: never share the parent's lock or file
@@ -190,34 +191,37 @@ class Queue:
     def __repr__(self) -> str:
         return f"Queue({str(self.path)!r}, lock={self._lock!r})"
 
-    def _locked(self, op: str, change: Callable[[state.QueueState, float], _T]) -> _T:
-        """Run ``change`` on the current state under the lock; write if it changed anything."""
+    @contextmanager
+    def _holding(self, op: str) -> Iterator[None]:
+        """Hold this object's mutex and the queue's lock; on first use, tidy the folder."""
         self._check_process()
         with self._mutex:
-            if not self._cleaned:
+            if not self._prepared:
                 self._file.make_folder()  # the lock file lives there too
             self._lock.acquire(timeout=self._config.lock_timeout, op=op)
             try:
-                if not self._cleaned:
+                if not self._prepared:
                     self._file.remove_temp_files()  # under the lock: no live writer has one
-                    self._cleaned = True
-                current = self._file.load()
-                before = current.revision
-                try:
-                    result = change(current, self._clock())
-                except LeaseError:
-                    raise  # the state machine changed nothing
-                except BaseException:
-                    self._file.invalidate()
-                    raise
-                if current.revision != before:
-                    self._file.save(current)
-                return result
+                    self._prepared = True
+                yield
             finally:
                 self._lock.release()
 
-    def _read(self) -> state.QueueState:
-        return self._file.load()
+    def _locked(self, op: str, change: Callable[[state.QueueState, float], _T]) -> _T:
+        """Run ``change`` on the current state under the lock; write if it changed anything."""
+        with self._holding(op):
+            current = self._file.load()
+            before = current.revision
+            try:
+                result = change(current, self._clock())
+            except LeaseError:
+                raise  # the state machine changed nothing
+            except BaseException:
+                self._file.invalidate()
+                raise
+            if current.revision != before:
+                self._file.save(current)
+            return result
 
     def put(self, payload: JSON, *, priority: int = 0, delay: float = 0.0) -> str:
         """Add a task; return its id once it is in the file.
@@ -349,20 +353,20 @@ class Queue:
         """Count the tasks in each state (reads the file, takes no lock)."""
         self._check_process()
         with self._mutex:
-            current = self._read()
+            current = self._file.load()
             return state.stats(current, now=self._clock(), file_bytes=self._file.file_bytes())
 
     def peek(self, limit: int = 10) -> list[Task]:
         """Return up to ``limit`` ready tasks in delivery order, without leasing them."""
         self._check_process()
         with self._mutex:
-            return state.peek(self._read(), limit, now=self._clock())
+            return state.peek(self._file.load(), limit, now=self._clock())
 
     def dead(self) -> list[Task]:
         """Return the dead letters."""
         self._check_process()
         with self._mutex:
-            return state.dead(self._read())
+            return state.dead(self._file.load())
 
     def check(self, *, fix: bool = False) -> list[str]:
         """Validate the queue's files; return the problems found (empty when healthy).
@@ -386,12 +390,8 @@ class Queue:
                 problems.append(f"{self.path} is mode {mode:o}; djq creates it 600 (owner only)")
         leftovers = temp_files(self.path)
         if leftovers and fix:
-            with self._mutex:
-                self._lock.acquire(timeout=self._config.lock_timeout, op="check")
-                try:
-                    self._file.remove_temp_files()
-                finally:
-                    self._lock.release()
+            with self._holding("check"):
+                self._file.remove_temp_files()
         elif leftovers:
             names = ", ".join(p.name for p in leftovers)
             problems.append(f"temp files left by crashed writers (check --fix removes them): {names}")

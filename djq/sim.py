@@ -342,7 +342,8 @@ class _Runner:
                  "error": error.read_text() if error.exists() else ""}
             )  # fmt: skip
         workers = pd.DataFrame(rows)
-        tasks = frames.task_frame(records, t0)
+        ops = frames.raw_ops(records, t0)
+        tasks = frames.task_frame(ops, t0)
         locks = frames.lock_frame(records, t0)
         depth = frames.depth_frame(self.samples, t0)
         summary = frames.summarize(tasks, locks, depth, expected=self.config.tasks)
@@ -353,7 +354,7 @@ class _Runner:
             **_metadata(self.config, self.folder),
         )
         return Run(
-            config=self.config, tasks=tasks, locks=locks, ops=frames.op_frame(records, t0), depth=depth,
+            config=self.config, tasks=tasks, locks=locks, ops=frames.op_frame(ops), depth=depth,
             workers=workers, summary=pd.Series(summary, dtype=object), path=self.folder,
         )  # fmt: skip
 

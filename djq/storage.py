@@ -296,9 +296,8 @@ class QueueFile:
         return self._state is None or self._stat_key() != self._key
 
     def file_bytes(self) -> int:
-        """Return the size of the file now (0 when it does not exist)."""
-        key = self._stat_key()
-        return 0 if key is None else key[2]
+        """Return the size of the file as last read or written (0 when it did not exist)."""
+        return 0 if self._key is None else self._key[2]
 
     def _stat_key(self) -> tuple[int, ...] | None:
         try:
@@ -341,32 +340,27 @@ class QueueFile:
         except OSError as exc:
             raise self._error("cannot open", exc) from exc
         try:
-            st = os.fstat(fd)
-            if not stat.S_ISREG(st.st_mode):
-                raise CorruptQueueError(path=str(self.path), reason="not a regular file")
-            if st.st_size > self.max_file_bytes:
-                raise CorruptQueueError(
-                    path=str(self.path),
-                    reason=f"{st.st_size} bytes is over the limit of {self.max_file_bytes}",
-                )
-            data = _read_all(fd, st.st_size)
-        except OSError as exc:
+            st, state = self._decode_open(fd)
+        except BaseException as exc:
             os.close(fd)
-            if isinstance(exc, StorageError):
-                raise
-            raise self._error("cannot read", exc) from exc
-        except BaseException:
-            os.close(fd)
-            raise
-        try:
-            state = decode(data, self.path)
-        except BaseException:
-            os.close(fd)
+            if isinstance(exc, OSError) and not isinstance(exc, StorageError):
+                raise self._error("cannot read", exc) from exc
             raise
         self.reads += 1
         self._fd, self._state = fd, state
         self._key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
         return state
+
+    def _decode_open(self, fd: int) -> tuple[os.stat_result, QueueState]:
+        """Check what ``fd`` is before reading it (no FIFO, no huge file), then decode it."""
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise CorruptQueueError(path=str(self.path), reason="not a regular file")
+        if st.st_size > self.max_file_bytes:
+            raise CorruptQueueError(
+                path=str(self.path), reason=f"{st.st_size} bytes is over the limit of {self.max_file_bytes}"
+            )
+        return st, decode(_read_all(fd, st.st_size), self.path)
 
     def save(self, state: QueueState) -> None:
         """Replace the file with ``state``, atomically; durable on return when ``fsync``.

@@ -76,10 +76,6 @@ def worker_name(role: str, index: int) -> str:
     return f"{role[0].upper()}{index}"
 
 
-def _queue(spec: WorkerSpec, recorder: LockRecorder) -> Queue:
-    return Queue.from_config(spec.queue, recorder=recorder)
-
-
 def _finish(spec: WorkerSpec, recorder: LockRecorder, ops: list[Any], extra: dict[str, Any]) -> None:
     record = {"role": spec.role, "index": spec.index, "pid": os.getpid(), "ops": ops, **extra}
     record["locks"] = recorder.rows()
@@ -97,7 +93,7 @@ def produce(spec: WorkerSpec, barrier: _Barrier, stop: _Flag) -> None:
     """
     rng = random.Random(spec.seed)
     recorder = LockRecorder()
-    queue = _queue(spec, recorder)
+    queue = Queue.from_config(spec.queue, recorder=recorder)
     pad = "x" * spec.payload_bytes
     ops: list[Any] = []
     barrier.wait(60)
@@ -127,7 +123,7 @@ def consume(spec: WorkerSpec, barrier: _Barrier, stop: _Flag) -> None:
     """
     rng = random.Random(spec.seed)
     recorder = LockRecorder()
-    queue = _queue(spec, recorder)
+    queue = Queue.from_config(spec.queue, recorder=recorder)
     ops: list[Any] = []
     barrier.wait(60)
     while not stop.value:

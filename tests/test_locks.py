@@ -3,6 +3,7 @@ and measures every acquisition."""
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import time
@@ -76,14 +77,25 @@ def test_lock_excludes_other_processes(lock_kind, queue_path, tmp_path):
     assert counter.read_text() == "300"
 
 
-@pytest.mark.timeout(120)
-def test_busy_lock_times_out_then_is_acquired_after_release(lock_kind, queue_path):
-    """A held lock raises LockTimeout (a TimeoutError) for a bounded wait, and is free after release."""
+@contextlib.contextmanager
+def _held_elsewhere(kind: str, queue_path: Path):
+    """Hold the lock in another process for the block; yield the event that releases it."""
     held, release = SPAWN.Event(), SPAWN.Event()
-    holder = SPAWN.Process(target=_hold, args=(lock_kind, str(queue_path), held, release))
+    holder = SPAWN.Process(target=_hold, args=(kind, str(queue_path), held, release))
     holder.start()
     try:
         assert held.wait(60)
+        yield release
+    finally:
+        release.set()
+        _reap([holder])
+    assert holder.exitcode == 0
+
+
+@pytest.mark.timeout(120)
+def test_busy_lock_times_out_then_is_acquired_after_release(lock_kind, queue_path):
+    """A held lock raises LockTimeout (a TimeoutError) for a bounded wait, and is free after release."""
+    with _held_elsewhere(lock_kind, queue_path) as release:
         lock = _make(lock_kind, queue_path)
         with pytest.raises(djq.LockTimeout) as info:
             lock.acquire(timeout=0)
@@ -94,25 +106,14 @@ def test_busy_lock_times_out_then_is_acquired_after_release(lock_kind, queue_pat
         release.set()
         lock.acquire(timeout=60)
         lock.release()
-    finally:
-        release.set()
-        _reap([holder])
-    assert holder.exitcode == 0
 
 
 def test_queue_times_out_with_lock_timeout(lock_kind, queue_path):
     """A queue whose lock is busy fails the call with LockTimeout and changes nothing."""
-    held, release = SPAWN.Event(), SPAWN.Event()
-    holder = SPAWN.Process(target=_hold, args=(lock_kind, str(queue_path), held, release))
-    holder.start()
-    try:
-        assert held.wait(60)
+    with _held_elsewhere(lock_kind, queue_path):
         q = djq.Queue(queue_path, lock=lock_kind, lock_timeout=0.01, fsync=False)
         with pytest.raises(djq.LockTimeout):
             q.put("x")
-    finally:
-        release.set()
-        _reap([holder])
     assert not queue_path.exists()
 
 

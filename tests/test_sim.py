@@ -99,8 +99,10 @@ def test_summary_carries_its_metadata(run):
 
 def test_littles_law_holds_within_ten_percent(tmp_path):
     """L sampled from the file matches throughput x mean time in system on a closed-loop run."""
+    # The file sees a task a fraction of a millisecond before put() returns and after ack()
+    # returns; tasks that stay ~20 ms keep that offset well under the 10 % asked for.
     run = sim.simulate(
-        producers=1, consumers=2, tasks=150, work=0.004, think=0.002, path=tmp_path, sample_interval=0.002
+        producers=1, consumers=2, tasks=150, work=0.02, think=0.01, path=tmp_path, sample_interval=0.002
     )
     assert_oracle(run)
     assert run.summary["littles_law_error"] < 0.10

@@ -136,6 +136,16 @@ def crash_child(path: str, ledger: str, lock: str, seed: int, *, lease: float, m
             os.write(fd, f"acked {task.id}\n".encode())
 
 
+def final_stats(path: str, lock: str) -> djq.QueueStats:
+    """Open the queue afresh, check its files are healthy, and return its counts."""
+    q = djq.Queue(path, lock=lock)
+    try:
+        assert q.check() == []
+        return q.stats()
+    finally:
+        q.close()
+
+
 def run_forked(target: Any, *args: Any, **kwargs: Any) -> None:
     """Run ``target`` in this forked child and leave with ``os._exit``, never returning.
 
