@@ -25,6 +25,7 @@ from .errors import SimulationError as SimulationError
 from .errors import StorageError as StorageError
 from .errors import UnknownTask as UnknownTask
 from .errors import UnsupportedVersion as UnsupportedVersion
+from .manager import BrokerManager as BrokerManager
 from .metrics import LockRecorder as LockRecorder
 from .model import EventType as EventType
 from .model import Lease as Lease
@@ -34,6 +35,8 @@ from .model import QueueStats as QueueStats
 from .model import Task as Task
 from .model import TaskState as TaskState
 from .queue import Queue as Queue
+from .remote import BrokerClient as BrokerClient
+from .remote import connect as connect
 
 try:
     __version__ = _metadata.version("djq")
@@ -41,7 +44,9 @@ except _metadata.PackageNotFoundError:  # running from a source tree that was ne
     __version__ = "0+unknown"
 
 __all__ = [
+    "BrokerClient",
     "BrokerError",
+    "BrokerManager",
     "BrokerProtocolError",
     "BrokerUnavailable",
     "ConfigError",
@@ -68,4 +73,5 @@ __all__ = [
     "UnknownTask",
     "UnsupportedVersion",
     "__version__",
+    "connect",
 ]

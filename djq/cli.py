@@ -1,7 +1,9 @@
 """The ``djq`` command line.
 
-Commands: put, get, ack, nack, extend, ls, stats, dead, requeue, purge, check, and
-``demo`` (producer and consumer processes on one queue, with lock statistics).
+Commands: put, get, ack, nack, extend, ls, stats, dead, requeue, purge, check (with
+``--broker``, sent to the queue's broker instead of taking the file lock), ``broker``
+(start, stop, status), ``demo`` (producer and consumer processes on one queue, with lock
+statistics), ``simulate`` and ``sweep``.
 
 Errors are one line on stderr and a non-zero exit (1 for a queue error, 2 for bad usage),
 never a traceback. ``--json`` prints machine-readable output. This is the only module that
@@ -14,6 +16,7 @@ import argparse
 import dataclasses
 import logging
 import multiprocessing
+import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -24,9 +27,20 @@ from typing import Any
 import orjson
 
 from . import __version__
+from .broker import Broker
 from .errors import DjqError
-from .model import DEFAULT_QUEUE_PATH, Lease, LockKind, Task
+from .manager import BrokerManager
+from .model import (
+    DEFAULT_LEASE_DURATION,
+    DEFAULT_MAX_ATTEMPTS,
+    DEFAULT_QUEUE_PATH,
+    Lease,
+    LockKind,
+    QueueConfig,
+    Task,
+)
 from .queue import Queue
+from .remote import BrokerClient, connect
 
 __all__ = ["main"]
 
@@ -75,6 +89,7 @@ def _parser() -> argparse.ArgumentParser:
         help="lock kind (default: flock)",
     )  # fmt: skip
     parser.add_argument("--no-fsync", action="store_true", help="do not fsync (faster, not durable)")
+    parser.add_argument("--broker", action="store_true", help="send the command to the queue's broker")
     parser.add_argument("--json", action="store_true", help="print JSON instead of text")
     parser.add_argument("-v", "--verbose", action="store_true", help="log what djq does")
     sub = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
@@ -116,6 +131,15 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--yes", action="store_true", help="required: purging cannot be undone")
     p = command("check", _check, "validate the queue files; exit 1 if anything is wrong")
     p.add_argument("--fix", action="store_true", help="remove temp files left by crashed writers")
+    p = command("broker", _broker, "start, stop or show the broker that owns the queue file")
+    p.add_argument("action", choices=["start", "stop", "status"], help="what to do")
+    p.add_argument("--foreground", action="store_true", help="start: serve here until Ctrl-C or SIGTERM")
+    p.add_argument(
+        "--lease-s", type=float, default=DEFAULT_LEASE_DURATION, help="default lease (default: 30)"
+    )
+    p.add_argument("--max-attempts", type=int, default=DEFAULT_MAX_ATTEMPTS, help="deliveries (default: 5)")
+    p.add_argument("--lock-timeout-s", type=float, default=None, help="give up on the file lock after this")
+    p.add_argument("--poll-interval-s", type=float, default=None, help="filelock/soft poll interval")
     p = command("demo", _demo, "run producer and consumer processes on the queue; print lock statistics")
     p.add_argument("--producers", type=int, default=2, help="producer processes (default: 2)")
     p.add_argument("--consumers", type=int, default=2, help="consumer processes (default: 2)")
@@ -154,8 +178,42 @@ def _sim_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-plots", action="store_true", help="do not draw PNG plots")
 
 
-def _queue(args: argparse.Namespace) -> Queue:
+def _queue(args: argparse.Namespace) -> Queue | BrokerClient:
+    if args.broker:
+        return connect(args.queue)
     return Queue(args.queue, lock=args.lock, fsync=not args.no_fsync)
+
+
+def _broker(args: argparse.Namespace) -> int:
+    options = {
+        "lock": args.lock, "fsync": not args.no_fsync, "lease": args.lease_s,
+        "max_attempts": args.max_attempts, "lock_timeout": args.lock_timeout_s,
+        "poll_interval": args.poll_interval_s,
+    }  # fmt: skip
+    if args.action == "start" and args.foreground:
+        broker = Broker(args.queue, config=QueueConfig(**options))
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(sig, lambda *_: broker.shutdown())
+        logging.getLogger("djq").setLevel(logging.INFO)
+        broker.serve()
+        return 0
+    manager = BrokerManager(args.queue, **options)
+    if args.action == "start":
+        status = manager.start()
+    elif args.action == "stop":
+        stopped = manager.stop()
+        _emit(args, {"stopped": stopped}, "stopped" if stopped else f"no broker serves {args.queue}")
+        return 0
+    else:
+        status = manager.status()
+    text = f"broker for {status['queue']}: " + (
+        f"pid {status['pid']} at {status['address']}, "
+        + ("answering" if status["answers"] else "NOT answering")
+        if status["alive"]
+        else "not running"
+    )
+    _emit(args, status, text)
+    return 0 if args.action == "start" or status["answers"] else _EXIT_ERROR
 
 
 def _emit(args: argparse.Namespace, data: Any, text: str) -> None:

@@ -34,6 +34,8 @@ __all__ = [
     "QueueStats",
     "Task",
     "TaskState",
+    "check_priority",
+    "check_seconds",
 ]
 
 #: Any value orjson can write and read back unchanged: dict with str keys, list, str,
@@ -74,7 +76,10 @@ class EventType(enum.StrEnum):
     REAP = "reap"
     STATS = "stats"
     PEEK = "peek"
+    DEAD = "dead"
+    CHECK = "check"
     PING = "ping"
+    METRICS = "metrics"
     SHUTDOWN = "shutdown"
 
 
@@ -138,13 +143,20 @@ class QueueStats:
         return self.ready + self.delayed + self.leased + self.expired + self.dead
 
 
-def _check_seconds(name: str, value: float | None, *, low: float, high: float) -> None:
+def check_seconds(name: str, value: float | None, *, low: float, high: float) -> None:
+    """Raise ``ConfigError`` naming ``name`` unless ``value`` is None or seconds in [low, high]."""
     if value is None:
         return
     if not isinstance(value, int | float) or isinstance(value, bool) or math.isnan(value):
         raise ConfigError(f"{name} must be a number of seconds, not {value!r}", field=name)
     if not low <= value <= high:
         raise ConfigError(f"{name} must be between {low:g} and {high:g} s, not {value!r}", field=name)
+
+
+def check_priority(priority: int) -> None:
+    """Raise ``ConfigError`` unless ``priority`` is an integer (not a bool)."""
+    if type(priority) is not int:
+        raise ConfigError(f"priority must be an integer, not {priority!r}", field="priority")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -173,9 +185,9 @@ class QueueConfig:
         except ValueError:
             kinds = ", ".join(repr(k.value) for k in LockKind)
             raise ConfigError(f"lock must be one of {kinds}, not {self.lock!r}", field="lock") from None
-        _check_seconds("lock_timeout", self.lock_timeout, low=0.0, high=math.inf)
-        _check_seconds("poll_interval", self.poll_interval, low=1e-6, high=60.0)
-        _check_seconds("lease", self.lease, low=MIN_LEASE_DURATION, high=MAX_LEASE_DURATION)
+        check_seconds("lock_timeout", self.lock_timeout, low=0.0, high=math.inf)
+        check_seconds("poll_interval", self.poll_interval, low=1e-6, high=60.0)
+        check_seconds("lease", self.lease, low=MIN_LEASE_DURATION, high=MAX_LEASE_DURATION)
         for name in ("max_attempts", "max_payload_bytes", "max_file_bytes"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:

@@ -43,6 +43,8 @@ from .model import (
     QueueStats,
     Task,
     TaskState,
+    check_priority,
+    check_seconds,
 )
 from .storage import QueueFile, check_payload, temp_files
 
@@ -207,8 +209,15 @@ class Queue:
             finally:
                 self._lock.release()
 
-    def _locked(self, op: str, change: Callable[[state.QueueState, float], _T]) -> _T:
-        """Run ``change`` on the current state under the lock; write if it changed anything."""
+    def transact(self, op: str, change: Callable[[state.QueueState, float], _T]) -> _T:
+        """Run ``change(state, now)`` on the current state under the lock; return its result.
+
+        The file is written once, after ``change`` returns, if it changed anything (its
+        ``revision``). This is the one path every mutating call takes; the broker uses it
+        to apply a whole batch of events with one write. ``change`` must change the state
+        only through ``djq.state``; if it raises anything but a ``LeaseError`` (which
+        changes nothing), the cached state is dropped and the file stays as it was.
+        """
         with self._holding(op):
             current = self._file.load()
             before = current.revision
@@ -239,14 +248,14 @@ class Queue:
 
     def put_many(self, payloads: Iterable[JSON], *, priority: int = 0, delay: float = 0.0) -> list[str]:
         """Add several tasks under one lock and one write; return their ids in order."""
-        _check_priority(priority)
-        _check_seconds("delay", delay, low=0.0, high=math.inf)
+        check_priority(priority)
+        check_seconds("delay", delay, low=0.0, high=math.inf)
         limit = self._config.max_payload_bytes
         copies = tuple(check_payload(p, max_bytes=limit) for p in payloads)
         if not copies:
             return []
         attempts = self._config.max_attempts
-        tasks = self._locked(
+        tasks = self.transact(
             "put",
             lambda s, now: state.put_many(
                 s, copies, priority=priority, delay=delay, max_attempts=attempts, now=now
@@ -267,13 +276,13 @@ class Queue:
             owner: who holds the lease, stored in the file (default ``pid-<pid>``).
         """
         duration = self._config.lease if lease is None else lease
-        _check_seconds("lease", duration, low=MIN_LEASE_DURATION, high=MAX_LEASE_DURATION)
+        check_seconds("lease", duration, low=MIN_LEASE_DURATION, high=MAX_LEASE_DURATION)
         if timeout is not None:
-            _check_seconds("timeout", timeout, low=0.0, high=math.inf)
+            check_seconds("timeout", timeout, low=0.0, high=math.inf)
         holder = owner or f"pid-{os.getpid()}"
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
-            task = self._locked(
+            task = self.transact(
                 "lease", partial(_lease, token=secrets.token_hex(8), owner=holder, duration=duration)
             )
             if task is not None or timeout == 0:
@@ -307,7 +316,7 @@ class Queue:
                 requeued, purged). Nothing changed.
         """
         task_id, token = _held(task)
-        self._locked("ack", lambda s, now: state.ack(s, task_id, token, now=now))
+        self.transact("ack", lambda s, now: state.ack(s, task_id, token, now=now))
 
     def nack(self, task: Task | Lease, *, delay: float = 0.0) -> TaskState:
         """Give a leased task back; return ``READY``, or ``DEAD`` if its attempts are used up.
@@ -320,8 +329,8 @@ class Queue:
             LeaseLost: the token no longer holds the task.
         """
         task_id, token = _held(task)
-        _check_seconds("delay", delay, low=0.0, high=math.inf)
-        return self._locked("nack", lambda s, now: state.nack(s, task_id, token, delay=delay, now=now))
+        check_seconds("delay", delay, low=0.0, high=math.inf)
+        return self.transact("nack", lambda s, now: state.nack(s, task_id, token, delay=delay, now=now))
 
     def extend(self, task: Task | Lease, *, lease: float | None = None) -> Task:
         """Renew a lease for ``lease`` seconds from now; return the renewed task.
@@ -331,8 +340,8 @@ class Queue:
         """
         task_id, token = _held(task)
         duration = self._config.lease if lease is None else lease
-        _check_seconds("lease", duration, low=MIN_LEASE_DURATION, high=MAX_LEASE_DURATION)
-        return self._locked(
+        check_seconds("lease", duration, low=MIN_LEASE_DURATION, high=MAX_LEASE_DURATION)
+        return self.transact(
             "extend", lambda s, now: state.extend(s, task_id, token, duration=duration, now=now)
         )
 
@@ -342,12 +351,12 @@ class Queue:
         Raises:
             UnknownTask: no dead task has this id.
         """
-        return self._locked("requeue", lambda s, now: state.requeue(s, task_id, now=now))
+        return self.transact("requeue", lambda s, now: state.requeue(s, task_id, now=now))
 
     def purge(self, *, dead_only: bool = False) -> int:
         """Remove every task (or only the dead letters); return how many were removed."""
         states = frozenset({TaskState.DEAD}) if dead_only else None
-        return self._locked("purge", lambda s, now: state.purge(s, states=states, now=now))
+        return self.transact("purge", lambda s, now: state.purge(s, states=states, now=now))
 
     def stats(self) -> QueueStats:
         """Count the tasks in each state (reads the file, takes no lock)."""
@@ -413,13 +422,3 @@ def _mode(path: Path) -> int | None:
         return path.lstat().st_mode & 0o777
     except OSError:
         return None
-
-
-def _check_priority(priority: int) -> None:
-    if type(priority) is not int:
-        raise ConfigError(f"priority must be an integer, not {priority!r}", field="priority")
-
-
-def _check_seconds(name: str, value: float, *, low: float, high: float) -> None:
-    if type(value) not in (int, float) or math.isnan(value) or not low <= value <= high:
-        raise ConfigError(f"{name} must be seconds between {low:g} and {high:g}, not {value!r}", field=name)

@@ -1,0 +1,483 @@
+"""The broker: one process owns ``Queue.json``, applies clients' events in batches, writes once.
+
+The broker listens on a Unix socket beside the queue file (``Queue.json.sock``). A
+client must prove it knows the authkey in ``Queue.json.key`` (0600, new at every start)
+before a byte of its requests is read; requests and replies are orjson bytes
+(``djq.wire``), never pickle.
+
+One loop, one thread, does all the work: wait until clients have sent something (or a
+waiting ``get`` comes due), read one request from every client that has one, then apply
+them all in one transaction of the direct ``Queue`` (the same lock, the same pure state
+machine, the same atomic write) and write the file once for the batch: group commit.
+Only then does it reply, so a ``put`` is answered after the write that holds it. A
+``get`` that finds nothing waits in the broker, not in the client, and is served in
+arrival order when a task comes. Direct clients may share the file: the broker takes
+the file lock for every batch, and while consumers wait it looks at the file's metadata
+every ``watch_interval`` seconds to notice their writes.
+
+Imports from djq: the core (``errors``, ``model``, ``state``, ``storage``, ``metrics``,
+``queue``) and ``wire``.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import fcntl
+import logging
+import os
+import secrets
+import threading
+import time
+from dataclasses import dataclass, field
+from multiprocessing import connection as mpc
+from typing import Any, Final
+
+import orjson
+
+from . import state, wire
+from .errors import BrokerError, DjqError, LeaseError, StorageError
+from .metrics import LockRecorder
+from .model import DEFAULT_QUEUE_PATH, EventType, QueueConfig, TaskState
+from .queue import Clock, Queue
+from .storage import check_payload
+
+__all__ = ["Broker", "BrokerMetrics"]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_WATCH_INTERVAL: Final = 0.05  #: seconds between looks at the file while gets wait
+_METRIC_ROWS: Final = 200_000  #: per-batch and per-event rows kept (the newest)
+_WRITES: Final = frozenset(
+    {EventType.PUT_MANY, EventType.ACK, EventType.NACK, EventType.EXTEND, EventType.REQUEUE, EventType.PURGE}
+)
+
+
+@dataclass(slots=True)
+class _Pending:
+    """One request on its way through the broker."""
+
+    conn: mpc.Connection
+    op: EventType
+    args: dict[str, Any]
+    received_ns: int
+    token: str = ""
+    deadline: float | None = None  #: monotonic; a waiting get gives up then
+    result: Any = None
+    error: BaseException | None = None
+    applied_ns: int = 0
+
+
+@dataclass(slots=True)
+class BrokerMetrics:
+    """What the broker did: running counters, and the newest per-batch and per-event rows.
+
+    ``batches`` rows are ``(start_ns, events, lock_wait_ns, lock_hold_ns, apply_ns,
+    write_ns, wrote)``; ``events`` rows are ``(op, received_ns, applied_ns, replied_ns,
+    ok)``, all ``time.perf_counter_ns`` values.
+    """
+
+    requests: int = 0  #: requests received
+    applied: int = 0  #: events applied to the state (writes and served gets)
+    transactions: int = 0  #: batches applied under the lock
+    writes: int = 0  #: times the file was written
+    largest_batch: int = 0
+    batches: collections.deque[tuple[int, int, int, int, int, int, bool]] = field(
+        default_factory=lambda: collections.deque(maxlen=_METRIC_ROWS)
+    )
+    events: collections.deque[tuple[str, int, int, int, bool]] = field(
+        default_factory=lambda: collections.deque(maxlen=_METRIC_ROWS)
+    )
+
+    def counters(self) -> dict[str, int]:
+        """Return the running counters."""
+        return {
+            "requests": self.requests,
+            "applied": self.applied,
+            "transactions": self.transactions,
+            "writes": self.writes,
+            "largest_batch": self.largest_batch,
+        }
+
+
+class Broker:
+    """Serve one queue file to clients over an authenticated Unix socket.
+
+    ``serve()`` blocks until ``shutdown()`` (from another thread or a signal handler) or a
+    client's shutdown request. Most code wants ``BrokerManager``, which runs the broker in
+    its own process; tests run ``serve()`` in a thread.
+
+    Args:
+        path: the queue file.
+        config: how the queue is opened (lock, fsync, lease, max_attempts, ...); its path
+            is replaced by ``path``.
+        clock: wall-clock time source for leases and delays.
+        watch_interval: seconds between looks at the file's metadata while gets wait.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str] = DEFAULT_QUEUE_PATH,
+        *,
+        config: QueueConfig | None = None,
+        clock: Clock = time.time,
+        watch_interval: float = DEFAULT_WATCH_INTERVAL,
+    ) -> None:
+        """Describe the broker; nothing is touched until ``serve``."""
+        base = config or QueueConfig()
+        self.config = QueueConfig(**{**wire.config_fields(base), "path": path})
+        self.paths = wire.broker_paths(self.config.path)
+        self.metrics = BrokerMetrics()
+        self._recorder = LockRecorder()
+        self._queue = Queue.from_config(self.config, clock=clock, recorder=self._recorder)
+        self._clock = clock
+        self._watch = watch_interval
+        self._clients: list[mpc.Connection] = []
+        self._arrivals: collections.deque[mpc.Connection] = collections.deque()
+        self._waiting: collections.deque[_Pending] = collections.deque()
+        self._due: float | None = None
+        self._stopping = False
+        self._started_at = 0.0
+        self._ready = threading.Event()
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_w, False)
+
+    @property
+    def ready(self) -> threading.Event:
+        """Set once the broker accepts clients."""
+        return self._ready
+
+    def shutdown(self) -> None:
+        """Ask ``serve`` to return after the batch in hand (safe from any thread)."""
+        self._stopping = True
+        self._wake()
+
+    def _wake(self) -> None:
+        with contextlib.suppress(OSError):  # a wake-up is already pending, or the broker stopped
+            os.write(self._wake_w, b"!")
+
+    # Life cycle
+
+    def serve(self) -> None:
+        """Own the queue file and serve clients until shut down.
+
+        Raises:
+            BrokerError: another broker already serves this file.
+            StorageError: the folder, socket or key file could not be made.
+        """
+        self._queue.file.make_folder()
+        owner = self._own()
+        listener = None
+        try:
+            key = secrets.token_bytes(32)
+            _write_private(self.paths.key, key.hex().encode())
+            self.paths.socket.unlink(missing_ok=True)  # stale: its broker is gone (we own the file)
+            listener = mpc.Listener(str(self.paths.socket), family="AF_UNIX", backlog=128)
+            os.chmod(self.paths.socket, 0o600)
+            self._started_at = time.time()
+            info = {"pid": os.getpid(), "address": str(self.paths.socket), "started_at": self._started_at}
+            os.ftruncate(owner, 0)
+            os.pwrite(owner, orjson.dumps(info), 0)
+            threading.Thread(
+                target=self._accept, args=(listener, key), daemon=True, name="djq-accept"
+            ).start()
+            logger.info("broker %d serving %s at %s", os.getpid(), self.config.path, self.paths.socket)
+            self._ready.set()
+            self._loop()
+        except OSError as exc:
+            if isinstance(exc, DjqError):
+                raise
+            raise StorageError(
+                f"broker for {self.config.path} failed: {exc}", path=str(self.paths.socket)
+            ) from exc
+        finally:
+            self._stopping = True
+            if listener is not None:
+                listener.close()  # removes the socket file
+            for conn in self._clients + list(self._arrivals):
+                conn.close()
+            self.paths.key.unlink(missing_ok=True)
+            os.ftruncate(owner, 0)
+            os.close(owner)  # releases the flock: another broker may start
+            self._queue.close()
+            for fd in (self._wake_r, self._wake_w):
+                os.close(fd)
+
+    def _own(self) -> int:
+        """Take the broker's flock on its info file, or raise if another broker has it."""
+        fd = os.open(self.paths.info, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise BrokerError(f"a broker already serves {self.config.path} ({self.paths.info})") from None
+        return fd
+
+    def _accept(self, listener: mpc.Listener, key: bytes) -> None:
+        """Accept connections; each proves it has the key in a thread of its own."""
+        while not self._stopping:
+            try:
+                conn = listener.accept()
+            except OSError:
+                return  # the listener was closed
+            threading.Thread(target=self._handshake, args=(conn, key), daemon=True).start()
+
+    def _handshake(self, conn: mpc.Connection, key: bytes) -> None:
+        try:
+            mpc.deliver_challenge(conn, key)  # type: ignore[attr-defined]
+            mpc.answer_challenge(conn, key)  # type: ignore[attr-defined]
+        except Exception as exc:  # a stranger, garbage, or a client that left: never the broker's end
+            logger.warning("refused a client: %s: %s", type(exc).__name__, exc)
+            conn.close()
+            return
+        self._arrivals.append(conn)
+        self._wake()
+
+    # The loop
+
+    def _loop(self) -> None:
+        while not self._stopping:
+            ready = mpc.wait([self._wake_r, *self._clients], self._timeout())
+            batch: list[_Pending] = []
+            for item in ready:
+                if isinstance(item, int):
+                    os.read(self._wake_r, 4096)
+                    while self._arrivals:
+                        self._clients.append(self._arrivals.popleft())
+                else:
+                    self._receive(item, batch)  # type: ignore[arg-type]
+            self._run(batch)
+
+    def _timeout(self) -> float | None:
+        """Seconds until the loop must look again by itself; None: only when woken."""
+        if not self._waiting:
+            return None
+        now = time.monotonic()
+        wait = self._watch
+        for pending in self._waiting:
+            if pending.deadline is not None:
+                wait = min(wait, pending.deadline - now)
+        if self._due is not None:
+            wait = min(wait, self._due - self._clock())
+        return max(wait, 0.0)
+
+    def _receive(self, conn: mpc.Connection, batch: list[_Pending]) -> None:
+        try:
+            data = conn.recv_bytes(wire.MAX_MESSAGE_BYTES)
+        except (EOFError, OSError):
+            self._drop(conn)
+            return
+        received = time.perf_counter_ns()
+        self.metrics.requests += 1
+        try:
+            request = wire.decode_request(data)
+            if request.op is EventType.PUT_MANY:
+                limit = self.config.max_payload_bytes
+                request.args["payloads"] = [
+                    check_payload(p, max_bytes=limit) for p in request.args["payloads"]
+                ]
+        except DjqError as exc:
+            self._reply(conn, wire.encode_error(exc))
+            return
+        batch.append(_Pending(conn, request.op, request.args, received))
+
+    def _drop(self, conn: mpc.Connection) -> None:
+        conn.close()
+        self._clients = [c for c in self._clients if c is not conn]
+        self._waiting = collections.deque(p for p in self._waiting if p.conn is not conn)
+
+    def _reply(self, conn: mpc.Connection, data: bytes) -> bool:
+        try:
+            conn.send_bytes(data)
+            return True
+        except OSError:  # the client left; a lease it was sent expires by itself
+            self._drop(conn)
+            return False
+
+    def _run(self, batch: list[_Pending]) -> None:
+        writes = [p for p in batch if p.op in _WRITES]
+        for pending in batch:
+            if pending.op is EventType.LEASE:
+                pending.token = secrets.token_hex(8)
+                timeout = pending.args["timeout"]
+                pending.deadline = None if timeout is None else time.monotonic() + timeout
+                self._waiting.append(pending)
+        served: list[_Pending] = []
+        if writes or (self._waiting and (batch or self._something_changed())):
+            served = self._transact(writes)
+        for pending in writes + served:
+            self._answer(pending)
+        for pending in batch:
+            if pending.op not in _WRITES and pending.op is not EventType.LEASE:
+                self._serve_read(pending)
+        self._give_up_waiting()
+
+    def _something_changed(self) -> bool:
+        """True if a direct client wrote the file or a delayed task or lease came due."""
+        due = self._due is not None and self._due <= self._clock()
+        return due or self._queue.file.has_changed()
+
+    def _transact(self, writes: list[_Pending]) -> list[_Pending]:
+        """Apply the writes, then serve waiting gets in order; one lock, at most one write."""
+        served: list[_Pending] = []
+        marks: list[int] = []
+        start = time.perf_counter_ns()
+        writes_before = self._queue.file.writes
+
+        def change(current: state.QueueState, now: float) -> None:
+            marks.append(time.perf_counter_ns())
+            for pending in writes:
+                try:
+                    pending.result = self._apply(current, pending, now)
+                except LeaseError as exc:  # changes nothing; only this request fails
+                    pending.error = exc
+            while self._waiting:
+                pending = self._waiting[0]
+                args = pending.args
+                task = state.lease(
+                    current,
+                    token=pending.token,
+                    owner=args["owner"] or "broker-client",
+                    duration=args["lease"] or self.config.lease,
+                    now=now,
+                )
+                if task is None:
+                    break
+                pending.result = task
+                served.append(self._waiting.popleft())
+            self._due = state.next_deadline(current, now=now)
+            marks.append(time.perf_counter_ns())
+
+        try:
+            self._queue.transact("batch", change)
+        except BaseException as exc:
+            if not isinstance(exc, DjqError | OSError):
+                raise
+            logger.warning("a batch of %d failed: %s", len(writes) + len(served), exc)
+            for pending in writes + served:
+                pending.error = exc
+            self._due = None
+        end = time.perf_counter_ns()
+        wrote = self._queue.file.writes != writes_before
+        applied_at = self._record_batch(start, end, marks, len(writes) + len(served), wrote)
+        for pending in writes + served:
+            pending.applied_ns = applied_at
+        return served
+
+    def _record_batch(self, start: int, end: int, marks: list[int], size: int, wrote: bool) -> int:
+        """Count one batch and keep its row; return when it was applied (ns)."""
+        m = self.metrics
+        m.transactions += 1
+        m.applied += size
+        m.writes += wrote
+        m.largest_batch = max(m.largest_batch, size)
+        rows = self._recorder.rows()
+        self._recorder.clear()
+        requested, acquired, released = rows[-1][1:] if rows else (start, start, end)
+        applied_at = marks[-1] if len(marks) == 2 else end
+        apply_ns = applied_at - marks[0] if len(marks) == 2 else 0
+        write_ns = max(released - applied_at, 0) if wrote else 0
+        m.batches.append((start, size, acquired - requested, released - acquired, apply_ns, write_ns, wrote))
+        return applied_at
+
+    def _apply(self, current: state.QueueState, pending: _Pending, now: float) -> Any:
+        args = pending.args
+        match pending.op:
+            case EventType.PUT_MANY:
+                tasks = state.put_many(
+                    current, args["payloads"], priority=args["priority"], delay=args["delay"],
+                    max_attempts=self.config.max_attempts, now=now,
+                )  # fmt: skip
+                return [t.id for t in tasks]
+            case EventType.ACK:
+                return state.ack(current, args["id"], args["token"], now=now)
+            case EventType.NACK:
+                return state.nack(current, args["id"], args["token"], delay=args["delay"], now=now)
+            case EventType.EXTEND:
+                duration = args["lease"] or self.config.lease
+                return state.extend(current, args["id"], args["token"], duration=duration, now=now)
+            case EventType.REQUEUE:
+                return state.requeue(current, args["id"], now=now)
+            case EventType.PURGE:
+                states = frozenset({TaskState.DEAD}) if args["dead_only"] else None
+                return state.purge(current, states=states, now=now)
+        raise AssertionError(pending.op)  # pragma: no cover - _WRITES lists every case
+
+    def _answer(self, pending: _Pending) -> None:
+        if pending.error is not None:
+            data = wire.encode_error(pending.error)
+        else:
+            data = wire.encode_ok(pending.result)
+        ok = self._reply(pending.conn, data)
+        self.metrics.events.append(
+            (
+                pending.op.value,
+                pending.received_ns,
+                pending.applied_ns,
+                time.perf_counter_ns(),
+                ok and pending.error is None,
+            )
+        )
+
+    def _give_up_waiting(self) -> None:
+        """Answer None to waiting gets whose time is up (or that never wanted to wait)."""
+        now = time.monotonic()
+        still = collections.deque()
+        for pending in self._waiting:
+            if pending.deadline is not None and pending.deadline <= now:
+                self._answer(pending)  # result None
+            else:
+                still.append(pending)
+        self._waiting = still
+
+    def _serve_read(self, pending: _Pending) -> None:
+        """Answer a request that changes nothing (stats, peek, dead, check, ping, ...)."""
+        queue, args = self._queue, pending.args
+        try:
+            match pending.op:
+                case EventType.STATS:
+                    pending.result = queue.stats()
+                case EventType.PEEK:
+                    pending.result = queue.peek(args["limit"])
+                case EventType.DEAD:
+                    pending.result = queue.dead()
+                case EventType.CHECK:
+                    pending.result = queue.check(fix=args["fix"])
+                case EventType.PING:
+                    pending.result = self.info()
+                case EventType.METRICS:
+                    pending.result = self._metrics(rows=args["rows"])
+                case EventType.SHUTDOWN:
+                    self._stopping = True
+        except (DjqError, OSError) as exc:
+            pending.error = exc
+        self._answer(pending)
+
+    def info(self) -> dict[str, Any]:
+        """Return who this broker is: pid, address, start time, config, clients and waiting gets."""
+        return {
+            "pid": os.getpid(),
+            "address": str(self.paths.socket),
+            "started_at": self._started_at,
+            "config": wire.config_fields(self.config),
+            "clients": len(self._clients),
+            "waiting": len(self._waiting),
+        }
+
+    def _metrics(self, *, rows: bool) -> dict[str, Any]:
+        result: dict[str, Any] = self.metrics.counters()
+        if rows:
+            result["batches"] = list(self.metrics.batches)
+            result["events"] = list(self.metrics.events)
+        return result
+
+
+def _write_private(path: os.PathLike[str], data: bytes) -> None:
+    """Write a small owner-only file atomically (temp file, then rename)."""
+    tmp = f"{os.fspath(path)}.{os.getpid()}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    try:
+        os.write(fd, data)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
