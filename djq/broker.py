@@ -27,6 +27,7 @@ import fcntl
 import logging
 import os
 import secrets
+import socket
 import threading
 import time
 from dataclasses import dataclass, field
@@ -72,8 +73,8 @@ class _Pending:
 class BrokerMetrics:
     """What the broker did: running counters, and the newest per-batch and per-event rows.
 
-    ``batches`` rows are ``(start_ns, events, lock_wait_ns, lock_hold_ns, apply_ns,
-    write_ns, wrote)``; ``events`` rows are ``(op, received_ns, applied_ns, replied_ns,
+    ``batches`` rows are ``(lock_requested_ns, lock_acquired_ns, lock_released_ns, events,
+    apply_ns, write_ns, wrote)``; ``events`` rows are ``(op, received_ns, applied_ns, replied_ns,
     ok)``, all ``time.perf_counter_ns`` values.
     """
 
@@ -168,6 +169,7 @@ class Broker:
         self._queue.file.make_folder()
         owner = self._own()
         listener = None
+        acceptor = None
         try:
             key = secrets.token_bytes(32)
             _write_private(self.paths.key, key.hex().encode())
@@ -178,9 +180,10 @@ class Broker:
             info = {"pid": os.getpid(), "address": str(self.paths.socket), "started_at": self._started_at}
             os.ftruncate(owner, 0)
             os.pwrite(owner, orjson.dumps(info), 0)
-            threading.Thread(
+            acceptor = threading.Thread(
                 target=self._accept, args=(listener, key), daemon=True, name="djq-accept"
-            ).start()
+            )
+            acceptor.start()
             logger.info("broker %d serving %s at %s", os.getpid(), self.config.path, self.paths.socket)
             self._ready.set()
             self._loop()
@@ -192,6 +195,9 @@ class Broker:
             ) from exc
         finally:
             self._stopping = True
+            if acceptor is not None:  # closing the listener does not wake a blocked accept
+                self._connect_to_self()
+                acceptor.join(5.0)
             if listener is not None:
                 listener.close()  # removes the socket file
             for conn in self._clients + list(self._arrivals):
@@ -220,12 +226,20 @@ class Broker:
                 conn = listener.accept()
             except OSError:
                 return  # the listener was closed
+            if self._stopping:  # woken by _connect_to_self
+                conn.close()
+                return
             threading.Thread(target=self._handshake, args=(conn, key), daemon=True).start()
+
+    def _connect_to_self(self) -> None:
+        """Wake the accept thread so it sees ``_stopping`` and returns."""
+        with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.connect(str(self.paths.socket))
 
     def _handshake(self, conn: mpc.Connection, key: bytes) -> None:
         try:
-            mpc.deliver_challenge(conn, key)  # type: ignore[attr-defined]
-            mpc.answer_challenge(conn, key)  # type: ignore[attr-defined]
+            mpc.deliver_challenge(conn, key)
+            mpc.answer_challenge(conn, key)
         except Exception as exc:  # a stranger, garbage, or a client that left: never the broker's end
             logger.warning("refused a client: %s: %s", type(exc).__name__, exc)
             conn.close()
@@ -377,7 +391,7 @@ class Broker:
         applied_at = marks[-1] if len(marks) == 2 else end
         apply_ns = applied_at - marks[0] if len(marks) == 2 else 0
         write_ns = max(released - applied_at, 0) if wrote else 0
-        m.batches.append((start, size, acquired - requested, released - acquired, apply_ns, write_ns, wrote))
+        m.batches.append((requested, acquired, released, size, apply_ns, write_ns, wrote))
         return applied_at
 
     def _apply(self, current: state.QueueState, pending: _Pending, now: float) -> Any:
@@ -422,7 +436,7 @@ class Broker:
     def _give_up_waiting(self) -> None:
         """Answer None to waiting gets whose time is up (or that never wanted to wait)."""
         now = time.monotonic()
-        still = collections.deque()
+        still: collections.deque[_Pending] = collections.deque()
         for pending in self._waiting:
             if pending.deadline is not None and pending.deadline <= now:
                 self._answer(pending)  # result None

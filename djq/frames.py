@@ -13,6 +13,8 @@ Frames:
 * ``locks``: one row per lock acquisition: worker, role, op, requested_s, acquired_s,
   released_s, wait_s, hold_s, handoff_s (this acquire - the previous release, by anyone),
   contended (the lock was held when this one asked).
+* ``batches``: one row per batch the broker applied (broker mode only): requested_s,
+  acquired_s, released_s (its file lock), events, wait_s, hold_s, apply_s, write_s, wrote.
 * ``depth``: the queue file sampled over time by the runner: time_s, ready, delayed,
   leased, depth (all tasks in the file).
 """
@@ -28,10 +30,13 @@ import pandas as pd
 from .workers import worker_name
 
 __all__ = [
+    "BATCH_COLUMNS",
     "DEPTH_COLUMNS",
     "LOCK_COLUMNS",
     "OP_COLUMNS",
     "TASK_COLUMNS",
+    "batch_frame",
+    "broker_record",
     "depth_frame",
     "jain_index",
     "lock_frame",
@@ -51,6 +56,9 @@ LOCK_COLUMNS: Final = [
     "handoff_s", "contended",
 ]  # fmt: skip
 DEPTH_COLUMNS: Final = ["time_s", "ready", "delayed", "leased", "depth"]
+BATCH_COLUMNS: Final = [
+    "requested_s", "acquired_s", "released_s", "events", "wait_s", "hold_s", "apply_s", "write_s", "wrote",
+]  # fmt: skip
 _NS: Final = 1e9
 
 
@@ -136,6 +144,30 @@ def lock_frame(records: list[dict[str, Any]], t0_ns: int) -> pd.DataFrame:
         }
     )
     return frame[LOCK_COLUMNS]
+
+
+def broker_record(batches: list[list[Any]]) -> dict[str, Any]:
+    """The broker's batch rows as one more record for ``lock_frame`` (worker ``B0``, op "batch")."""
+    return {"role": "broker", "index": 0, "ops": [], "locks": [("batch", r, a, x) for r, a, x, *_ in batches]}
+
+
+def batch_frame(batches: list[list[Any]], t0_ns: int) -> pd.DataFrame:
+    """One row per broker batch: its lock times, how many events it applied, apply and write time."""
+    raw = pd.DataFrame(batches, columns=["req", "acq", "rel", "events", "apply_ns", "write_ns", "wrote"])
+    frame = pd.DataFrame(
+        {
+            "requested_s": (raw["req"] - t0_ns) / _NS,
+            "acquired_s": (raw["acq"] - t0_ns) / _NS,
+            "released_s": (raw["rel"] - t0_ns) / _NS,
+            "events": raw["events"].astype("int64"),
+            "wait_s": (raw["acq"] - raw["req"]) / _NS,
+            "hold_s": (raw["rel"] - raw["acq"]) / _NS,
+            "apply_s": raw["apply_ns"] / _NS,
+            "write_s": raw["write_ns"] / _NS,
+            "wrote": raw["wrote"].astype(bool),
+        }
+    )
+    return frame[BATCH_COLUMNS]
 
 
 def depth_frame(samples: list[tuple[int, int, int, int]], t0_ns: int) -> pd.DataFrame:

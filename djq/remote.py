@@ -15,6 +15,7 @@ import math
 import os
 import threading
 from collections.abc import Iterable
+from multiprocessing import AuthenticationError
 from multiprocessing import connection as mpc
 from pathlib import Path
 from typing import Any, Final
@@ -117,7 +118,7 @@ class BrokerClient:
                 f"no broker serves {paths.queue} ({type(exc).__name__}: {exc}); "
                 f"start one with: djq --queue {paths.queue} broker start"
             ) from None
-        except mpc.AuthenticationError as exc:
+        except AuthenticationError as exc:
             raise BrokerUnavailable(f"the broker at {paths.socket} refused this client: {exc}") from None
 
     def _call(self, op: EventType, wait: float | None = 0.0, **args: JSON) -> Any:

@@ -37,15 +37,18 @@ import pandas as pd
 
 from . import frames
 from .errors import ConfigError, SimulationError
+from .manager import BrokerManager
 from .model import LockKind, QueueConfig
 from .queue import Queue
+from .remote import connect
 from .workers import Dist, WorkerSpec, main, worker_name
 
 __all__ = ["Run", "SimConfig", "load", "simulate", "sweep"]
 
 FILELOCK_POLL_INTERVAL: Final = 0.05  #: seconds; filelock's own default, when none is given
 _START_TIMEOUT: Final = 120.0  #: seconds for every worker to reach the start barrier
-_MODES: Final = ("direct",)
+_MODES: Final = ("direct", "broker")
+_FRAMES: Final = ("tasks", "locks", "ops", "depth", "workers", "batches")
 _START_METHODS: Final = ("spawn", "forkserver", "fork")
 
 
@@ -76,7 +79,7 @@ class SimConfig:
     tasks: int = 1_000
     lock: LockKind = LockKind.FLOCK
     poll_interval: float | None = None  #: "filelock"/"soft" only; None: filelock's 0.05 s
-    mode: str = "direct"
+    mode: str = "direct"  #: "direct": workers take the file lock; "broker": a broker owns the file
     fsync: bool = False
     payload_bytes: int = 100
     work: Dist = field(default_factory=Dist)  #: consumer time per task ("exp:0.002" or 0.002)
@@ -156,13 +159,14 @@ class Run:
     depth: pd.DataFrame
     workers: pd.DataFrame
     summary: pd.Series
+    batches: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=frames.BATCH_COLUMNS))
     path: Path | None = None
 
     def save(self, folder: str | os.PathLike[str]) -> Path:
         """Write the frames as CSV, the summary and the config as JSON; return the folder."""
         out = Path(folder)
         out.mkdir(parents=True, exist_ok=True)
-        for name in ("tasks", "locks", "ops", "depth", "workers"):
+        for name in _FRAMES:
             getattr(self, name).to_csv(out / f"{name}.csv", index=False)
         (out / "summary.json").write_bytes(_json(self.summary.to_dict()))
         (out / "config.json").write_bytes(_json(self.config.to_dict()))
@@ -209,7 +213,8 @@ def load(folder: str | os.PathLike[str]) -> Run:
     config = orjson.loads((src / "config.json").read_bytes())
     frames_ = {
         name: pd.read_csv(src / f"{name}.csv", dtype={"task_id": str})
-        for name in ("tasks", "locks", "ops", "depth", "workers")
+        for name in _FRAMES
+        if (src / f"{name}.csv").exists()
     }
     summary = pd.Series(orjson.loads((src / "summary.json").read_bytes()), dtype=object)
     return Run(config=SimConfig(**config), summary=summary, path=src, **frames_)
@@ -249,12 +254,12 @@ class _Runner:
         producers = [
             WorkerSpec(role="producer", index=i, queue=queue, out=self.records / f"P{i}.json",
                        seed=c.seed * 7919 + i, tasks=n, payload_bytes=c.payload_bytes, batch=c.batch,
-                       think=c.think, rate=c.rate, lease=c.lease)
+                       think=c.think, rate=c.rate, lease=c.lease, mode=c.mode)
             for i, n in enumerate(shares)
         ]  # fmt: skip
         consumers = [
             WorkerSpec(role="consumer", index=i, queue=queue, out=self.records / f"C{i}.json",
-                       seed=c.seed * 7919 + 1000 + i, tasks=c.tasks, work=c.work, lease=c.lease)
+                       seed=c.seed * 7919 + 1000 + i, tasks=c.tasks, work=c.work, lease=c.lease, mode=c.mode)
             for i in range(c.consumers)
         ]  # fmt: skip
         return producers + consumers
@@ -270,6 +275,20 @@ class _Runner:
 
     def run(self) -> Run:
         queue = self._prepare()
+        if self.config.mode != "broker":
+            return self._run(queue)
+        config = self.config.queue_config(self.queue_path)
+        options = {f: getattr(config, f) for f in ("lock", "fsync", "lease", "max_attempts", "poll_interval")}
+        with BrokerManager(self.queue_path, **options):
+            return self._run(queue)
+
+    def _broker_batches(self) -> list[list[Any]]:
+        if self.config.mode != "broker":
+            return []
+        with connect(self.queue_path) as client:
+            return list(client.metrics(rows=True)["batches"])
+
+    def _run(self, queue: Queue) -> Run:
         specs = self._specs()
         ctx: Any = multiprocessing.get_context(self.config.start_method)
         barrier = ctx.Barrier(len(specs) + 1)
@@ -285,7 +304,7 @@ class _Runner:
         finally:
             stop.value = 1
             _reap(procs)
-        return self._collect(specs, procs, t0, limit_hit)
+        return self._collect(specs, procs, t0, limit_hit, self._broker_batches())
 
     def _start(self, barrier: Any, procs: Sequence[Any]) -> int:
         waiter = threading.Thread(target=_wait_quietly, args=(barrier,), daemon=True)
@@ -329,7 +348,14 @@ class _Runner:
             if bar is not None:
                 bar.close()
 
-    def _collect(self, specs: Sequence[WorkerSpec], procs: Sequence[Any], t0: int, limit_hit: bool) -> Run:
+    def _collect(
+        self,
+        specs: Sequence[WorkerSpec],
+        procs: Sequence[Any],
+        t0: int,
+        limit_hit: bool,
+        batches: list[list[Any]],
+    ) -> Run:
         records, rows = [], []
         for spec, proc in zip(specs, procs, strict=True):
             error = spec.out.with_suffix(".error")
@@ -344,18 +370,24 @@ class _Runner:
         workers = pd.DataFrame(rows)
         ops = frames.raw_ops(records, t0)
         tasks = frames.task_frame(ops, t0)
-        locks = frames.lock_frame(records, t0)
+        locks = frames.lock_frame([*records, frames.broker_record(batches)] if batches else records, t0)
+        batch = frames.batch_frame(batches, t0)
         depth = frames.depth_frame(self.samples, t0)
         summary = frames.summarize(tasks, locks, depth, expected=self.config.tasks)
         summary.update(
             completed=bool(workers["ok"].all()) and not limit_hit and summary["acked"] == self.config.tasks,
             time_limit_hit=limit_hit,
             workers_failed=int((~workers["ok"]).sum()),
+            broker_batches=len(batch),
+            broker_writes=int(batch["wrote"].sum()),
+            events_per_write=float(batch["events"].sum() / batch["wrote"].sum())
+            if batch["wrote"].any()
+            else math.nan,
             **_metadata(self.config, self.folder),
         )
         return Run(
             config=self.config, tasks=tasks, locks=locks, ops=frames.op_frame(ops), depth=depth,
-            workers=workers, summary=pd.Series(summary, dtype=object), path=self.folder,
+            workers=workers, batches=batch, summary=pd.Series(summary, dtype=object), path=self.folder,
         )  # fmt: skip
 
 

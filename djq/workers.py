@@ -5,7 +5,9 @@ pandas or matplotlib), so a spawned worker starts fast and measures the lock, no
 import. A worker opens its own queue, waits at a start barrier until every worker is
 ready, keeps every timestamp in memory (``time.perf_counter_ns``: one CLOCK_MONOTONIC
 across processes on Linux), and writes its records once, at the end, as one JSON file.
-Imports from djq: ``errors``, ``model``, ``metrics``, ``queue``.
+In broker mode a worker is a broker client and takes no lock: the broker's batches are
+the lock's only users. Imports from djq: ``errors``, ``model``, ``metrics``, ``queue``,
+``remote``.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from .errors import DjqError, LeaseLost
 from .metrics import LockRecorder
 from .model import QueueConfig
 from .queue import Queue
+from .remote import BrokerClient, connect
 
 __all__ = ["Dist", "WorkerSpec", "consume", "main", "produce", "worker_name"]
 
@@ -61,6 +64,7 @@ class WorkerSpec:
     rate: float | None = None  #: producer puts per second, Poisson arrivals (open loop)
     work: Dist = Dist()  #: consumer time spent on each task
     lease: float | None = None
+    mode: str = "direct"  #: "direct" (take the file lock) or "broker" (ask the broker)
 
 
 class _Flag(Protocol):
@@ -74,6 +78,12 @@ class _Barrier(Protocol):
 def worker_name(role: str, index: int) -> str:
     """Return the short name of a worker: ``P0``, ``C3``."""
     return f"{role[0].upper()}{index}"
+
+
+def _open(spec: WorkerSpec, recorder: LockRecorder) -> Queue | BrokerClient:
+    if spec.mode == "broker":
+        return connect(spec.queue.path)
+    return Queue.from_config(spec.queue, recorder=recorder)
 
 
 def _finish(spec: WorkerSpec, recorder: LockRecorder, ops: list[Any], extra: dict[str, Any]) -> None:
@@ -93,7 +103,7 @@ def produce(spec: WorkerSpec, barrier: _Barrier, stop: _Flag) -> None:
     """
     rng = random.Random(spec.seed)
     recorder = LockRecorder()
-    queue = Queue.from_config(spec.queue, recorder=recorder)
+    queue = _open(spec, recorder)
     pad = "x" * spec.payload_bytes
     ops: list[Any] = []
     barrier.wait(60)
@@ -123,7 +133,7 @@ def consume(spec: WorkerSpec, barrier: _Barrier, stop: _Flag) -> None:
     """
     rng = random.Random(spec.seed)
     recorder = LockRecorder()
-    queue = Queue.from_config(spec.queue, recorder=recorder)
+    queue = _open(spec, recorder)
     ops: list[Any] = []
     barrier.wait(60)
     while not stop.value:

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import os
+import threading
+import time
 from pathlib import Path
 
 import pytest
 
 import djq
-from djq.model import LockKind
+from djq.broker import Broker
+from djq.model import LockKind, QueueConfig
 
 LOCK_KINDS = [k.value for k in LockKind]
 
@@ -47,6 +50,60 @@ def queue(queue_path: Path, lock_kind: str, clock: FakeClock) -> djq.Queue:
     q = djq.Queue(queue_path, lock=lock_kind, clock=clock, fsync=False, poll_interval=None)
     yield q
     q.close()
+
+
+CLIENT_KINDS = [*LOCK_KINDS, "broker"]
+
+
+class BrokerThread:
+    """A broker serving ``path`` in a thread of the test process (so it shares the fake clock)."""
+
+    def __init__(self, path: Path, clock: object = time.time, **options: object) -> None:
+        config = QueueConfig(path=path, fsync=False, **options)
+        self.broker = Broker(path, config=config, clock=clock)
+        self.thread = threading.Thread(target=self.broker.serve, daemon=True)
+        self.thread.start()
+        if not self.broker.ready.wait(10):
+            raise RuntimeError("the broker did not start")
+
+    def stop(self) -> None:
+        self.broker.shutdown()
+        self.thread.join(10)
+        assert not self.thread.is_alive(), "the broker thread did not stop"
+
+
+@pytest.fixture(params=CLIENT_KINDS)
+def client_kind(request: pytest.FixtureRequest) -> str:
+    """Every kind of client: each lock kind of the direct ``Queue``, and the broker's."""
+    return request.param
+
+
+@pytest.fixture
+def open_queue(queue_path: Path, clock: FakeClock, client_kind: str):
+    """A factory of clients of one kind (``client_kind``) on one file, all on the fake clock.
+
+    Direct kinds give a new ``Queue`` per call; ``"broker"`` starts one broker in a thread
+    (with the options of the first call) and gives a new ``djq.connect`` client per call.
+    """
+    kind = client_kind
+    opened: list = []
+    brokers: list[BrokerThread] = []
+
+    def make(**options: object):
+        if kind == "broker":
+            if not brokers:
+                brokers.append(BrokerThread(queue_path, clock, **options))
+            client = djq.connect(queue_path)
+        else:
+            client = djq.Queue(queue_path, lock=kind, clock=clock, fsync=False, poll_interval=None, **options)
+        opened.append(client)
+        return client
+
+    yield make
+    for client in opened:
+        client.close()
+    for broker in brokers:
+        broker.stop()
 
 
 @pytest.fixture(autouse=True)

@@ -1,4 +1,4 @@
-"""The queue's contract, written once and run against every lock kind (and later every client)."""
+"""The queue's contract, written once and run against every client: each lock kind, and the broker."""
 
 from __future__ import annotations
 
@@ -8,6 +8,12 @@ import pytest
 
 import djq
 from djq import TaskState
+
+
+@pytest.fixture
+def queue(open_queue):
+    """The client under test (overrides the direct-only fixture of conftest)."""
+    return open_queue()
 
 
 def test_put_returns_after_the_task_is_in_the_file(queue, queue_path):
@@ -84,9 +90,9 @@ def test_expired_lease_not_yet_reclaimed_can_still_be_acked(queue, clock):
     assert queue.stats().acked_total == 1
 
 
-def test_task_goes_to_dead_letters_after_max_attempts(queue_path, lock_kind, clock):
+def test_task_goes_to_dead_letters_after_max_attempts(open_queue, clock):
     """After max_attempts deliveries without an ack, nack returns DEAD and the task is dead."""
-    q = djq.Queue(queue_path, lock=lock_kind, clock=clock, fsync=False, max_attempts=2)
+    q = open_queue(max_attempts=2)
     task_id = q.put("poison")
     assert q.nack(q.get()) is TaskState.READY
     assert q.nack(q.get()) is TaskState.DEAD
@@ -95,9 +101,9 @@ def test_task_goes_to_dead_letters_after_max_attempts(queue_path, lock_kind, clo
     assert q.stats().dead_total == 1
 
 
-def test_expired_lease_on_the_last_attempt_goes_to_dead_letters(queue_path, lock_kind, clock):
+def test_expired_lease_on_the_last_attempt_goes_to_dead_letters(open_queue, clock):
     """Expiry counts like a nack: the last delivery's expiry sends the task to the dead letters."""
-    q = djq.Queue(queue_path, lock=lock_kind, clock=clock, fsync=False, max_attempts=2)
+    q = open_queue(max_attempts=2)
     q.put("slow")
     q.get(lease=1.0)
     clock.advance(1.0)
@@ -107,9 +113,9 @@ def test_expired_lease_on_the_last_attempt_goes_to_dead_letters(queue_path, lock
     assert q.stats().dead == 1
 
 
-def test_requeued_dead_task_is_delivered_again_with_attempts_reset(queue_path, lock_kind, clock):
+def test_requeued_dead_task_is_delivered_again_with_attempts_reset(open_queue, clock):
     """Dead letters can be inspected and requeued."""
-    q = djq.Queue(queue_path, lock=lock_kind, clock=clock, fsync=False, max_attempts=2)
+    q = open_queue(max_attempts=2)
     task_id = q.put("poison")
     q.nack(q.get())
     q.nack(q.get())
@@ -171,9 +177,9 @@ def test_bad_options_raise_config_error_naming_the_field(queue):
         queue.put("x", priority=1.5)
 
 
-def test_purge_removes_everything_or_only_the_dead(queue_path, lock_kind, clock):
+def test_purge_removes_everything_or_only_the_dead(open_queue, clock):
     """purge(dead_only=True) keeps live tasks; purge() removes all."""
-    q = djq.Queue(queue_path, lock=lock_kind, clock=clock, fsync=False, max_attempts=1)
+    q = open_queue(max_attempts=1)
     q.put("dies")
     q.nack(q.get())
     q.put_many(["a", "b"])
@@ -196,10 +202,10 @@ def test_stats_count_every_state(queue, clock):
     assert s.file_bytes > 0
 
 
-def test_waiting_get_returns_when_another_client_puts(queue_path, lock_kind):
+def test_waiting_get_returns_when_another_client_puts(open_queue):
     """get(timeout=...) wakes up for a task put by another client while it waits."""
-    consumer = djq.Queue(queue_path, lock=lock_kind, fsync=False)
-    producer = djq.Queue(queue_path, lock=lock_kind, fsync=False)
+    consumer = open_queue()
+    producer = open_queue()
     consumer.stats()
     started = threading.Event()
 
