@@ -155,7 +155,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--grid", action="append", default=[], metavar="NAME=V1,V2",
         help="a swept option, repeatable: workers=1,2,4,8 (N producers and N consumers), "
-        "producers=..., consumers=..., lock=flock,filelock, poll_interval=..., fsync=false,true",
+        "producers=..., consumers=..., lock=flock,filelock, mode=direct,broker, poll_interval=..., "
+        "fsync=false,true",
     )  # fmt: skip
     p.add_argument("--repeats", type=int, default=1, help="runs per grid point (default: 1)")
     return parser
@@ -169,6 +170,10 @@ def _sim_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch", type=int, default=1, help="tasks per put_many (default: 1)")
     p.add_argument("--payload-bytes", type=int, default=100, help="payload padding (default: 100)")
     p.add_argument("--poll-interval-s", type=float, default=None, help="filelock/soft poll (default: 0.05)")
+    p.add_argument(
+        "--mode", choices=["direct", "broker"], default="direct",
+        help="direct: every worker takes the file lock; broker: a broker owns the file (default: direct)",
+    )  # fmt: skip
     p.add_argument("--fsync", action="store_true", help="fsync every change (default: off in simulations)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     p.add_argument("--time-limit-s", type=float, default=300.0, help="stop a run after this long")
@@ -360,6 +365,7 @@ def _sim_common(args: argparse.Namespace) -> dict[str, Any]:
         "batch": args.batch,
         "payload_bytes": args.payload_bytes,
         "poll_interval": args.poll_interval_s,
+        "mode": args.mode,
         "fsync": args.fsync,
         "seed": args.seed,
         "time_limit": args.time_limit_s,

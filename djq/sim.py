@@ -4,7 +4,9 @@
 them together at a barrier, samples the queue file while they run, stops when every task
 is acked (or at ``time_limit``, reported as such), and returns a ``Run`` of pandas
 DataFrames (``djq.frames``). ``sweep(grid)`` runs a grid of simulations and returns one
-summary row per run. Imports from djq: the core, ``workers``, ``frames``.
+summary row per run. With ``mode="broker"`` a ``BrokerManager`` runs a broker for the run
+and the workers are its clients. Imports from djq: the core, ``workers``, ``frames``,
+``manager``, ``remote``.
 
 Example::
 
@@ -229,7 +231,7 @@ def simulate(**options: Any) -> Run:
             max_attempts, start_method, seed, path, progress, time_limit.
 
     Returns:
-        A ``Run`` with ``tasks``, ``locks``, ``ops``, ``depth``, ``workers`` frames and
+        A ``Run`` with ``tasks``, ``locks``, ``ops``, ``depth``, ``workers``, ``batches`` frames and
         a ``summary``.
 
     Raises:
