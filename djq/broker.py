@@ -167,7 +167,11 @@ class Broker:
             StorageError: the folder, socket or key file could not be made.
         """
         self._queue.file.make_folder()
-        owner = self._own()
+        try:
+            owner = self._own()
+        except BrokerError:
+            self._close_files()
+            raise
         listener = None
         acceptor = None
         try:
@@ -205,9 +209,12 @@ class Broker:
             self.paths.key.unlink(missing_ok=True)
             os.ftruncate(owner, 0)
             os.close(owner)  # releases the flock: another broker may start
-            self._queue.close()
-            for fd in (self._wake_r, self._wake_w):
-                os.close(fd)
+            self._close_files()
+
+    def _close_files(self) -> None:
+        self._queue.close()
+        for fd in (self._wake_r, self._wake_w):
+            os.close(fd)
 
     def _own(self) -> int:
         """Take the broker's flock on its info file, or raise if another broker has it."""

@@ -154,6 +154,9 @@ class BrokerManager:
                     os.kill(pid, sig)
             if self._wait_gone(timeout):
                 break
+        if self._process is not None:  # our child dropped its flock, but may not have exited yet
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self._process.wait(timeout)
         self._reap()
         self._clean()
         return True

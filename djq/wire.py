@@ -157,7 +157,7 @@ def _check_args(op: EventType, args: dict[str, Any]) -> None:
     if "timeout" in args:
         check_seconds("timeout", args["timeout"], low=0.0, high=math.inf)
     if op is EventType.PUT_MANY:
-        args["priority"] = args["priority"] or 0
+        args["priority"] = 0 if args["priority"] is None else args["priority"]
         check_priority(args["priority"])
         if not isinstance(args["payloads"], list):
             raise ConfigError("payloads must be a list", field="payloads")

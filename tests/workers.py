@@ -1,8 +1,9 @@
 """Top-level worker functions for the multi-process tests.
 
 They live in a plain module (no pytest imports) so a spawned child can import them by
-name, and a forked child can call them directly. Each worker opens its own ``Queue``
-(a queue object is never shared across processes) and reports once, at the end.
+name, and a forked child can call them directly. Each worker opens its own ``Queue``, or
+with ``lock="broker"`` its own ``djq.connect`` client (a queue object is never shared
+across processes), and reports once, at the end.
 """
 
 from __future__ import annotations
@@ -22,7 +23,15 @@ import djq
 WORKER_DEADLINE = 120.0
 
 
-def _open(path: str, lock: str, poll_interval: float | None, *, fsync: bool = False) -> djq.Queue:
+def _open(
+    path: str, lock: str, poll_interval: float | None, *, fsync: bool = False
+) -> djq.Queue | djq.BrokerClient:
+    """Open a direct ``Queue`` with this lock kind, or with ``lock="broker"`` a broker client.
+
+    A broker client takes its options (lock, fsync, ...) from the broker serving ``path``.
+    """
+    if lock == "broker":
+        return djq.connect(path)
     return djq.Queue(path, lock=lock, fsync=fsync, poll_interval=poll_interval)
 
 
