@@ -83,9 +83,8 @@ def main() -> None:
     counts = [int(c) for c in args.clients.split(",")]
     print(f"djq {djq.__version__}: {args.tasks} tasks per run (put+get+ack each), fsync={args.fsync}, "
           f"{os.cpu_count()} cores, load {os.getloadavg()[0]:.2f}")  # fmt: skip
-    print(
-        f"{'clients':>7} {'direct tasks/s':>15} {'broker tasks/s':>15} {'broker/direct':>14} {'events/write':>13}"
-    )
+    head = ("clients", "direct tasks/s", "broker tasks/s", "broker/direct", "events/write")
+    print(" ".join(f"{h:>{w}}" for h, w in zip(head, (7, 15, 15, 14, 13), strict=True)))
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
         for clients in counts:
             direct = run("direct", clients, args.tasks, args.fsync, Path(tmp))

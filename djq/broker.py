@@ -27,6 +27,7 @@ import fcntl
 import logging
 import os
 import secrets
+import selectors
 import socket
 import threading
 import time
@@ -134,6 +135,7 @@ class Broker:
         self._clock = clock
         self._watch = watch_interval
         self._clients: list[mpc.Connection] = []
+        self._selector = selectors.DefaultSelector()  # kept for the broker's life: one per loop costs
         self._arrivals: collections.deque[mpc.Connection] = collections.deque()
         self._waiting: collections.deque[_Pending] = collections.deque()
         self._due: float | None = None
@@ -142,6 +144,7 @@ class Broker:
         self._ready = threading.Event()
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_w, False)
+        self._selector.register(self._wake_r, selectors.EVENT_READ, None)
 
     @property
     def ready(self) -> threading.Event:
@@ -212,6 +215,7 @@ class Broker:
             self._close_files()
 
     def _close_files(self) -> None:
+        self._selector.close()
         self._queue.close()
         for fd in (self._wake_r, self._wake_w):
             os.close(fd)
@@ -258,15 +262,17 @@ class Broker:
 
     def _loop(self) -> None:
         while not self._stopping:
-            ready = mpc.wait([self._wake_r, *self._clients], self._timeout())
+            ready = self._selector.select(self._timeout())
             batch: list[_Pending] = []
-            for item in ready:
-                if isinstance(item, int):
+            for key, _ in ready:
+                if key.data is None:
                     os.read(self._wake_r, 4096)
                     while self._arrivals:
-                        self._clients.append(self._arrivals.popleft())
+                        conn = self._arrivals.popleft()
+                        self._clients.append(conn)
+                        self._selector.register(conn, selectors.EVENT_READ, conn)
                 else:
-                    self._receive(item, batch)  # type: ignore[arg-type]
+                    self._receive(key.data, batch)
             self._run(batch)
 
     def _timeout(self) -> float | None:
@@ -303,6 +309,9 @@ class Broker:
         batch.append(_Pending(conn, request.op, request.args, received))
 
     def _drop(self, conn: mpc.Connection) -> None:
+        if not conn.closed:
+            with contextlib.suppress(KeyError, ValueError, OSError):
+                self._selector.unregister(conn)
         conn.close()
         self._clients = [c for c in self._clients if c is not conn]
         self._waiting = collections.deque(p for p in self._waiting if p.conn is not conn)
