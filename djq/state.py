@@ -26,6 +26,7 @@ Example:
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Final
@@ -113,9 +114,28 @@ class Record:
         self.owner = self.token = self.lease_expires_at = None
 
 
+@dataclass(slots=True)
+class _Index:
+    """Heaps that make lease, reap and next_deadline O(log n) instead of a scan.
+
+    Entries are never removed when a task changes; a popped entry is used only if it still
+    matches its task (lazy deletion). ``due`` holds ready tasks by (-priority, seq), maybe
+    not yet available; ``later`` holds ready tasks by available_at until they come due;
+    ``expiry`` holds leases by expiry.
+    """
+
+    due: list[tuple[int, int, str]] = field(default_factory=list)
+    later: list[tuple[float, int, str]] = field(default_factory=list)
+    expiry: list[tuple[float, int, str, str]] = field(default_factory=list)
+
+
 @dataclass(slots=True, kw_only=True)
 class QueueState:
-    """Every live task (ready, leased, dead) by id, in put order, and the counters."""
+    """Every live task (ready, leased, dead) by id, in put order, and the counters.
+
+    ``applied``, when a list, receives ``(event, now)`` for every event ``apply`` ran that
+    changed something: the journal storage writes exactly those.
+    """
 
     tasks: dict[str, Record] = field(default_factory=dict)
     next_seq: int = 1
@@ -123,6 +143,43 @@ class QueueState:
     acked_total: int = 0
     dead_total: int = 0
     revision: int = 0  #: raised by every transition that changes something
+    applied: list[tuple[Event, float]] | None = field(default=None, repr=False, compare=False)
+    index: _Index | None = field(default=None, repr=False, compare=False)
+
+
+def _indexed(state: QueueState) -> _Index:
+    """Return the state's index, building it from the tasks on first use."""
+    if state.index is None:
+        index = _Index()
+        for r in state.tasks.values():
+            if r.state is TaskState.READY:
+                index.later.append((r.available_at, r.seq, r.id))
+            elif r.state is TaskState.LEASED and r.lease_expires_at is not None and r.token is not None:
+                index.expiry.append((r.lease_expires_at, r.seq, r.id, r.token))
+        heapq.heapify(index.later)
+        heapq.heapify(index.expiry)
+        state.index = index
+    return state.index
+
+
+def _ready(state: QueueState, record: Record) -> None:
+    """Index a task that just became ready."""
+    heapq.heappush(_indexed(state).later, (record.available_at, record.seq, record.id))
+
+
+def _promote(state: QueueState, now: float) -> _Index:
+    """Move ready tasks whose time has come from ``later`` to ``due``; drop stale entries."""
+    index = _indexed(state)
+    later, tasks = index.later, state.tasks
+    while later:
+        at, seq, task_id = later[0]
+        r = tasks.get(task_id)
+        if r is not None and r.state is TaskState.READY and r.available_at == at:
+            if at > now:
+                break
+            heapq.heappush(index.due, (-r.priority, seq, task_id))
+        heapq.heappop(later)
+    return index
 
 
 # Events: the same transitions as data, for callers that queue them up (the broker).
@@ -208,10 +265,21 @@ Event = Put | PutMany | LeaseNext | Ack | Nack | Extend | Requeue | Purge | Reap
 def apply(state: QueueState, event: Event, *, now: float) -> object:
     """Apply one event; return what the matching function returns.
 
+    If ``state.applied`` is a list and the event changed something, ``(event, now)`` is
+    appended to it: replaying those on the state as it was gives the same state.
+
     Raises:
         LeaseLost: ack, nack or extend with a token that no longer holds the task.
         UnknownTask: requeue of an id that is not in the dead letters.
     """
+    before = state.revision
+    result = _dispatch(state, event, now)
+    if state.applied is not None and state.revision != before:
+        state.applied.append((event, now))
+    return result
+
+
+def _dispatch(state: QueueState, event: Event, now: float) -> object:
     match event:
         case Put():
             return put(
@@ -279,6 +347,7 @@ def put_many(
         )
         state.tasks[record.id] = record
         state.next_seq = seq + 1
+        _ready(state, record)
         added.append(record.snapshot())
     if added:
         state.put_total += len(added)
@@ -294,15 +363,19 @@ def _retire(state: QueueState, record: Record, *, available_at: float) -> None:
     else:
         record._release(TaskState.READY)
         record.available_at = available_at
+        _ready(state, record)
 
 
 def reap(state: QueueState, *, now: float) -> list[str]:
     """Reclaim every lease that expired at or before ``now``; return the reclaimed ids."""
-    expired = [
-        r
-        for r in state.tasks.values()
-        if r.state is TaskState.LEASED and r.lease_expires_at is not None and r.lease_expires_at <= now
-    ]
+    expiry, tasks = _indexed(state).expiry, state.tasks
+    expired = []
+    while expiry and expiry[0][0] <= now:
+        at, _, task_id, token = heapq.heappop(expiry)
+        r = tasks.get(task_id)
+        if r is not None and r.state is TaskState.LEASED and r.token == token and r.lease_expires_at == at:
+            expired.append(r)
+    expired.sort(key=lambda r: r.seq)
     for record in expired:
         _retire(state, record, available_at=record.available_at)
     if expired:
@@ -311,14 +384,16 @@ def reap(state: QueueState, *, now: float) -> list[str]:
 
 
 def _next_ready(state: QueueState, now: float) -> Record | None:
-    best: Record | None = None
-    for r in state.tasks.values():
-        if r.state is TaskState.READY and r.available_at <= now:
-            if best is None or r.priority > best.priority:
-                best = r  # dict order is seq order for puts; ties keep the earlier one
-            elif r.priority == best.priority and r.seq < best.seq:
-                best = r
-    return best
+    """Pop the next task to deliver (highest priority, then lowest seq) off the index."""
+    due, tasks = _promote(state, now).due, state.tasks
+    while due:
+        _, _, task_id = heapq.heappop(due)
+        r = tasks.get(task_id)
+        if r is not None and r.state is TaskState.READY:
+            if r.available_at <= now:
+                return r
+            _ready(state, r)  # given back with a delay since it was indexed: wait in ``later``
+    return None
 
 
 def lease(state: QueueState, *, token: str, owner: str, duration: float, now: float) -> Task | None:
@@ -332,6 +407,7 @@ def lease(state: QueueState, *, token: str, owner: str, duration: float, now: fl
     record.owner = owner
     record.token = token
     record.lease_expires_at = now + duration
+    heapq.heappush(_indexed(state).expiry, (record.lease_expires_at, record.seq, record.id, token))
     state.revision += 1
     return record.snapshot()
 
@@ -378,6 +454,7 @@ def extend(state: QueueState, task_id: str, token: str, *, duration: float, now:
     record = _held(state, task_id, token)
     if record.lease_expires_at != now + duration:  # an identical renewal changes nothing
         record.lease_expires_at = now + duration
+        heapq.heappush(_indexed(state).expiry, (record.lease_expires_at, record.seq, record.id, token))
         state.revision += 1
     return record.snapshot()
 
@@ -394,6 +471,7 @@ def requeue(state: QueueState, task_id: str, *, now: float) -> Task:
     record.state = TaskState.READY
     record.attempts = 0
     record.available_at = now
+    _ready(state, record)
     state.revision += 1
     return record.snapshot()
 
@@ -428,12 +506,23 @@ def next_deadline(state: QueueState, *, now: float) -> float | None:
     That is the first ``available_at`` of a delayed task or ``lease_expires_at`` of a
     lease. A waiting consumer need not look again before then unless the file changed.
     """
-    moments = [
-        r.available_at if r.state is TaskState.READY else r.lease_expires_at
-        for r in state.tasks.values()
-        if r.state is not TaskState.DEAD
-    ]
-    return min((m for m in moments if m is not None and m > now), default=None)
+    index = _promote(state, now)  # afterwards the first valid ``later`` entry is > now
+    expiry, tasks = index.expiry, state.tasks
+    moments = [index.later[0][0]] if index.later else []
+    expired = []  # leases past expiry but not yet reclaimed: not future moments
+    while expiry:
+        at, _, task_id, token = expiry[0]
+        r = tasks.get(task_id)
+        if r is None or r.state is not TaskState.LEASED or r.token != token or r.lease_expires_at != at:
+            heapq.heappop(expiry)
+        elif at <= now:
+            expired.append(heapq.heappop(expiry))
+        else:
+            moments.append(at)
+            break
+    for entry in expired:
+        heapq.heappush(expiry, entry)
+    return min(moments, default=None)
 
 
 def stats(state: QueueState, *, now: float, file_bytes: int = 0) -> QueueStats:
