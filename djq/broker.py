@@ -364,13 +364,12 @@ class Broker:
             while self._waiting:
                 pending = self._waiting[0]
                 args = pending.args
-                task = state.lease(
-                    current,
+                lease = state.LeaseNext(
                     token=pending.token,
                     owner=args["owner"] or "broker-client",
                     duration=args["lease"] or self.config.lease,
-                    now=now,
                 )
+                task = state.apply(current, lease, now=now)
                 if task is None:
                     break
                 pending.result = task
@@ -412,26 +411,29 @@ class Broker:
 
     def _apply(self, current: state.QueueState, pending: _Pending, now: float) -> Any:
         args = pending.args
+        event: state.Event
         match pending.op:
             case EventType.PUT_MANY:
-                tasks = state.put_many(
-                    current, args["payloads"], priority=args["priority"], delay=args["delay"],
-                    max_attempts=self.config.max_attempts, now=now,
+                event = state.PutMany(
+                    payloads=tuple(args["payloads"]), priority=args["priority"], delay=args["delay"],
+                    max_attempts=self.config.max_attempts,
                 )  # fmt: skip
-                return [t.id for t in tasks]
+                return [t.id for t in state.apply(current, event, now=now)]  # type: ignore[attr-defined]
             case EventType.ACK:
-                return state.ack(current, args["id"], args["token"], now=now)
+                event = state.Ack(id=args["id"], token=args["token"])
             case EventType.NACK:
-                return state.nack(current, args["id"], args["token"], delay=args["delay"], now=now)
+                event = state.Nack(id=args["id"], token=args["token"], delay=args["delay"])
             case EventType.EXTEND:
-                duration = args["lease"] or self.config.lease
-                return state.extend(current, args["id"], args["token"], duration=duration, now=now)
+                event = state.Extend(
+                    id=args["id"], token=args["token"], duration=args["lease"] or self.config.lease
+                )
             case EventType.REQUEUE:
-                return state.requeue(current, args["id"], now=now)
+                event = state.Requeue(id=args["id"])
             case EventType.PURGE:
-                states = frozenset({TaskState.DEAD}) if args["dead_only"] else None
-                return state.purge(current, states=states, now=now)
-        raise AssertionError(pending.op)  # pragma: no cover - _WRITES lists every case
+                event = state.Purge(states=frozenset({TaskState.DEAD}) if args["dead_only"] else None)
+            case _:  # pragma: no cover - _WRITES lists every case
+                raise AssertionError(pending.op)
+        return state.apply(current, event, now=now)
 
     def _answer(self, pending: _Pending) -> None:
         if pending.error is not None:

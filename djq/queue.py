@@ -17,9 +17,8 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from functools import partial
 from pathlib import Path
-from typing import Final, TypeVar
+from typing import Any, Final, TypeVar
 
 from . import locks, state
 from .errors import ConfigError, CorruptQueueError, LeaseError, StorageError
@@ -232,6 +231,10 @@ class Queue:
                 self._file.save(current)
             return result
 
+    def _apply(self, op: str, event: state.Event) -> Any:
+        """Apply one event of the state machine under the lock (and log it, for the journal)."""
+        return self.transact(op, lambda s, now: state.apply(s, event, now=now))
+
     def put(self, payload: JSON, *, priority: int = 0, delay: float = 0.0) -> str:
         """Add a task; return its id once it is in the file.
 
@@ -254,13 +257,10 @@ class Queue:
         copies = tuple(check_payload(p, max_bytes=limit) for p in payloads)
         if not copies:
             return []
-        attempts = self._config.max_attempts
-        tasks = self.transact(
-            "put",
-            lambda s, now: state.put_many(
-                s, copies, priority=priority, delay=delay, max_attempts=attempts, now=now
-            ),
+        event = state.PutMany(
+            payloads=copies, priority=priority, delay=delay, max_attempts=self._config.max_attempts
         )
+        tasks: list[Task] = self._apply("put", event)
         return [t.id for t in tasks]
 
     def get(
@@ -282,9 +282,8 @@ class Queue:
         holder = owner or f"pid-{os.getpid()}"
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
-            task = self.transact(
-                "lease", partial(_lease, token=secrets.token_hex(8), owner=holder, duration=duration)
-            )
+            event = state.LeaseNext(token=secrets.token_hex(8), owner=holder, duration=duration)
+            task: Task | None = self._apply("lease", event)
             if task is not None or timeout == 0:
                 return task
             if not self._wait_for_change(deadline):
@@ -316,7 +315,7 @@ class Queue:
                 requeued, purged). Nothing changed.
         """
         task_id, token = _held(task)
-        self.transact("ack", lambda s, now: state.ack(s, task_id, token, now=now))
+        self._apply("ack", state.Ack(id=task_id, token=token))
 
     def nack(self, task: Task | Lease, *, delay: float = 0.0) -> TaskState:
         """Give a leased task back; return ``READY``, or ``DEAD`` if its attempts are used up.
@@ -330,7 +329,8 @@ class Queue:
         """
         task_id, token = _held(task)
         check_seconds("delay", delay, low=0.0, high=math.inf)
-        return self.transact("nack", lambda s, now: state.nack(s, task_id, token, delay=delay, now=now))
+        new: TaskState = self._apply("nack", state.Nack(id=task_id, token=token, delay=delay))
+        return new
 
     def extend(self, task: Task | Lease, *, lease: float | None = None) -> Task:
         """Renew a lease for ``lease`` seconds from now; return the renewed task.
@@ -341,9 +341,8 @@ class Queue:
         task_id, token = _held(task)
         duration = self._config.lease if lease is None else lease
         check_seconds("lease", duration, low=MIN_LEASE_DURATION, high=MAX_LEASE_DURATION)
-        return self.transact(
-            "extend", lambda s, now: state.extend(s, task_id, token, duration=duration, now=now)
-        )
+        renewed: Task = self._apply("extend", state.Extend(id=task_id, token=token, duration=duration))
+        return renewed
 
     def requeue(self, task_id: str) -> Task:
         """Move a dead task back to ready with its attempts reset; return it.
@@ -351,12 +350,14 @@ class Queue:
         Raises:
             UnknownTask: no dead task has this id.
         """
-        return self.transact("requeue", lambda s, now: state.requeue(s, task_id, now=now))
+        task: Task = self._apply("requeue", state.Requeue(id=task_id))
+        return task
 
     def purge(self, *, dead_only: bool = False) -> int:
         """Remove every task (or only the dead letters); return how many were removed."""
         states = frozenset({TaskState.DEAD}) if dead_only else None
-        return self.transact("purge", lambda s, now: state.purge(s, states=states, now=now))
+        removed: int = self._apply("purge", state.Purge(states=states))
+        return removed
 
     def stats(self) -> QueueStats:
         """Count the tasks in each state (reads the file, takes no lock)."""
@@ -405,10 +406,6 @@ class Queue:
             names = ", ".join(p.name for p in leftovers)
             problems.append(f"temp files left by crashed writers (check --fix removes them): {names}")
         return problems
-
-
-def _lease(current: state.QueueState, now: float, *, token: str, owner: str, duration: float) -> Task | None:
-    return state.lease(current, token=token, owner=owner, duration=duration, now=now)
 
 
 def _held(task: Task | Lease) -> tuple[str, str]:
