@@ -24,14 +24,17 @@ __all__ = [
     "DEFAULT_MAX_FILE_BYTES",
     "DEFAULT_MAX_PAYLOAD_BYTES",
     "DEFAULT_QUEUE_PATH",
+    "DEFAULT_STORAGE",
     "JSON",
     "MAX_LEASE_DURATION",
     "MIN_LEASE_DURATION",
+    "STORAGE_MODES",
     "EventType",
     "Lease",
     "LockKind",
     "QueueConfig",
     "QueueStats",
+    "StorageKind",
     "Task",
     "TaskState",
     "check_priority",
@@ -90,6 +93,16 @@ class LockKind(enum.StrEnum):
     FILELOCK = "filelock"  #: filelock.FileLock: non-blocking tries with a poll interval
     SOFT = "soft"  #: filelock.SoftFileLock: a marker file that exists while held
 
+
+class StorageKind(enum.StrEnum):
+    """How changes reach the disk; an experimental variable."""
+
+    REWRITE = "rewrite"  #: every change rewrites all of Queue.json: O(tasks) per call
+    JOURNAL = "journal"  #: every change appends a line to Queue.json.journal; folded now and then
+
+
+STORAGE_MODES: Final = tuple(k.value for k in StorageKind)
+DEFAULT_STORAGE: Final = StorageKind.JOURNAL  #: see the README's benchmark: O(1) per call
 
 DEFAULT_LOCK: Final = LockKind.FLOCK  #: no polling; ~16x cheaper than filelock uncontended here
 
@@ -168,6 +181,7 @@ class QueueConfig:
 
     path: Path = DEFAULT_QUEUE_PATH
     lock: LockKind = DEFAULT_LOCK
+    storage: StorageKind = DEFAULT_STORAGE
     lock_timeout: float | None = DEFAULT_LOCK_TIMEOUT  #: seconds; None waits for ever
     poll_interval: float | None = None  #: seconds between tries ("filelock"/"soft"); None: theirs
     fsync: bool = DEFAULT_FSYNC
@@ -185,6 +199,13 @@ class QueueConfig:
         except ValueError:
             kinds = ", ".join(repr(k.value) for k in LockKind)
             raise ConfigError(f"lock must be one of {kinds}, not {self.lock!r}", field="lock") from None
+        try:
+            object.__setattr__(self, "storage", StorageKind(self.storage))
+        except ValueError:
+            kinds = ", ".join(repr(k) for k in STORAGE_MODES)
+            raise ConfigError(
+                f"storage must be one of {kinds}, not {self.storage!r}", field="storage"
+            ) from None
         check_seconds("lock_timeout", self.lock_timeout, low=0.0, high=math.inf)
         check_seconds("poll_interval", self.poll_interval, low=1e-6, high=60.0)
         check_seconds("lease", self.lease, low=MIN_LEASE_DURATION, high=MAX_LEASE_DURATION)

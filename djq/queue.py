@@ -22,6 +22,7 @@ from typing import Any, Final, TypeVar
 
 from . import locks, state
 from .errors import ConfigError, CorruptQueueError, LeaseError, StorageError
+from .journal import JournalFile
 from .locks import Lock
 from .metrics import LockRecorder
 from .model import (
@@ -33,6 +34,7 @@ from .model import (
     DEFAULT_MAX_FILE_BYTES,
     DEFAULT_MAX_PAYLOAD_BYTES,
     DEFAULT_QUEUE_PATH,
+    DEFAULT_STORAGE,
     JSON,
     MAX_LEASE_DURATION,
     MIN_LEASE_DURATION,
@@ -40,6 +42,7 @@ from .model import (
     LockKind,
     QueueConfig,
     QueueStats,
+    StorageKind,
     Task,
     TaskState,
     check_priority,
@@ -92,6 +95,7 @@ class Queue:
         path: str | os.PathLike[str] = DEFAULT_QUEUE_PATH,
         *,
         lock: LockKind | str | Lock = DEFAULT_LOCK,
+        storage: StorageKind | str = DEFAULT_STORAGE,
         lease: float = DEFAULT_LEASE_DURATION,
         max_attempts: int = DEFAULT_MAX_ATTEMPTS,
         fsync: bool = DEFAULT_FSYNC,
@@ -107,6 +111,7 @@ class Queue:
         self._config = QueueConfig(
             path=Path(path),
             lock=DEFAULT_LOCK if custom is not None else lock,  # type: ignore[arg-type]
+            storage=storage,  # type: ignore[arg-type]
             lock_timeout=lock_timeout,
             poll_interval=poll_interval,
             fsync=fsync,
@@ -128,6 +133,7 @@ class Queue:
         return cls(
             config.path,
             lock=config.lock,
+            storage=config.storage,
             lease=config.lease,
             max_attempts=config.max_attempts,
             fsync=config.fsync,
@@ -140,7 +146,8 @@ class Queue:
 
     def _open(self) -> None:
         config = self._config
-        self._file = QueueFile(
+        storage = JournalFile if config.storage is StorageKind.JOURNAL else QueueFile
+        self._file: QueueFile | JournalFile = storage(
             config.path, fsync=config.fsync, mode=config.file_mode, max_file_bytes=config.max_file_bytes
         )
         if self._custom_lock is not None:
@@ -173,7 +180,7 @@ class Queue:
         return self._lock
 
     @property
-    def file(self) -> QueueFile:
+    def file(self) -> QueueFile | JournalFile:
         """The storage object (``reads`` and ``writes`` count what it did)."""
         return self._file
 
@@ -378,12 +385,21 @@ class Queue:
         with self._mutex:
             return state.dead(self._file.load())
 
+    def compact(self) -> bool:
+        """Fold the journal into a fresh ``Queue.json`` now; False for rewrite storage (nothing to do)."""
+        if not isinstance(self._file, JournalFile):
+            return False
+        with self._holding("compact"):
+            file = self._file
+            file.compact(file.load())
+        return True
+
     def check(self, *, fix: bool = False) -> list[str]:
-        """Validate the queue's files; return the problems found (empty when healthy).
+        """Validate the queue's files (snapshot and journal); return the problems (empty when healthy).
 
         Never repairs anything unless ``fix``; then it only removes temp files left by
-        crashed writers (under the lock). A corrupt ``Queue.json`` is reported, never
-        rewritten.
+        crashed writers and cuts a torn last journal line (under the lock). A corrupt
+        ``Queue.json`` or journal is reported, never rewritten.
         """
         problems = []
         self._check_process()
@@ -395,10 +411,17 @@ class Queue:
                 problems.append(f"corrupt: {exc.reason}")
             except StorageError as exc:
                 problems.append(str(exc))
+            if isinstance(self._file, JournalFile) and not problems:
+                problems += self._file.check()
             mode = _mode(self.path)
             if mode is not None and mode & 0o077:
                 problems.append(f"{self.path} is mode {mode:o}; djq creates it 600 (owner only)")
         leftovers = temp_files(self.path)
+        if fix and isinstance(self._file, JournalFile):
+            with self._holding("check"):
+                self._file.load()
+                self._file.cut_torn()
+            problems = [p for p in problems if "torn last line" not in p]
         if leftovers and fix:
             with self._holding("check"):
                 self._file.remove_temp_files()

@@ -143,6 +143,8 @@ class QueueState:
     acked_total: int = 0
     dead_total: int = 0
     revision: int = 0  #: raised by every transition that changes something
+    generation: int = 0  #: snapshots written by journal storage (storage metadata, not rules)
+    storage: str = "rewrite"  #: the storage that wrote the file: "rewrite" or "journal"
     applied: list[tuple[Event, float]] | None = field(default=None, repr=False, compare=False)
     index: _Index | None = field(default=None, repr=False, compare=False)
 
@@ -369,13 +371,13 @@ def _retire(state: QueueState, record: Record, *, available_at: float) -> None:
 def reap(state: QueueState, *, now: float) -> list[str]:
     """Reclaim every lease that expired at or before ``now``; return the reclaimed ids."""
     expiry, tasks = _indexed(state).expiry, state.tasks
-    expired = []
+    found: dict[str, Record] = {}  # by id: a lease extended back to an old expiry has two entries
     while expiry and expiry[0][0] <= now:
         at, _, task_id, token = heapq.heappop(expiry)
         r = tasks.get(task_id)
         if r is not None and r.state is TaskState.LEASED and r.token == token and r.lease_expires_at == at:
-            expired.append(r)
-    expired.sort(key=lambda r: r.seq)
+            found[task_id] = r
+    expired = sorted(found.values(), key=lambda r: r.seq)
     for record in expired:
         _retire(state, record, available_at=record.available_at)
     if expired:

@@ -39,7 +39,7 @@ from typing import Any, Final
 
 import orjson
 
-from .errors import CorruptQueueError, PayloadError, StorageError, UnsupportedVersion
+from .errors import ConfigError, CorruptQueueError, PayloadError, StorageError, UnsupportedVersion
 from .model import DEFAULT_MAX_FILE_BYTES, JSON, TaskState
 from .state import QueueState, Record
 
@@ -50,6 +50,7 @@ logger = logging.getLogger(__name__)
 FORMAT: Final = "djq.queue"  #: the value of "format" in every djq queue file
 VERSION: Final = 1  #: the format version this djq writes and reads
 _STATES: Final = {s.value: s for s in (TaskState.READY, TaskState.LEASED, TaskState.DEAD)}
+_STORAGES: Final = ("rewrite", "journal")
 _COUNTERS: Final = ("revision", "next_seq", "put_total", "acked_total", "dead_total")
 
 
@@ -106,6 +107,8 @@ def encode(state: QueueState) -> bytes:
         for r in state.tasks.values()
     ]
     doc = {"format": FORMAT, "version": VERSION, **{k: getattr(state, k) for k in _COUNTERS}}
+    doc["storage"] = state.storage
+    doc["generation"] = state.generation
     doc["tasks"] = tasks
     return orjson.dumps(doc, option=orjson.OPT_INDENT_2)
 
@@ -141,6 +144,10 @@ def decode(data: bytes, path: str | os.PathLike[str]) -> QueueState:
         if type(value) is not int or value < 0:
             raise CorruptQueueError(path=where, reason=f'"{key}" must be a non-negative integer')
         setattr(state, key, value)
+    state.storage = doc.get("storage", "rewrite")
+    state.generation = doc.get("generation", 0)
+    if state.storage not in _STORAGES or type(state.generation) is not int or state.generation < 0:
+        raise CorruptQueueError(path=where, reason='"storage" or "generation" is not one djq writes')
     tasks = doc.get("tasks")
     if not isinstance(tasks, list):
         raise CorruptQueueError(path=where, reason='"tasks" must be a list')
@@ -267,9 +274,11 @@ class QueueFile:
         fsync: bool = True,
         mode: int = 0o600,
         max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
+        journal: bool = False,
     ) -> None:
-        """Describe the file; touches nothing on disk."""
+        """Describe the file; touches nothing on disk (``journal``: used by ``JournalFile``)."""
         self.path = Path(path)
+        self.journal = journal
         self.fsync = fsync
         self.mode = mode
         self.max_file_bytes = max_file_bytes
@@ -346,6 +355,13 @@ class QueueFile:
             if isinstance(exc, OSError) and not isinstance(exc, StorageError):
                 raise self._error("cannot read", exc) from exc
             raise
+        if state.storage == "journal" and not self.journal:
+            os.close(fd)
+            raise ConfigError(
+                f"{self.path} uses journal storage (changes are in {self.path.name}.journal); "
+                "open it with storage='journal'",
+                field="storage",
+            )
         self.reads += 1
         self._fd, self._state = fd, state
         self._key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)

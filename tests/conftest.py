@@ -46,13 +46,17 @@ def lock_kind(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture
 def queue(queue_path: Path, lock_kind: str, clock: FakeClock) -> djq.Queue:
-    """A direct queue on a fresh file, one per lock kind, on the fake clock, without fsync."""
-    q = djq.Queue(queue_path, lock=lock_kind, clock=clock, fsync=False, poll_interval=None)
+    """A direct queue in rewrite storage on a fresh file, one per lock kind, on the fake clock, no fsync.
+
+    The bad-input tests inject failures into the rewrite path; the contract tests
+    (``open_queue``) run every storage.
+    """
+    q = djq.Queue(queue_path, lock=lock_kind, storage="rewrite", clock=clock, fsync=False, poll_interval=None)
     yield q
     q.close()
 
 
-CLIENT_KINDS = [*LOCK_KINDS, "broker"]
+CLIENT_KINDS = [*LOCK_KINDS, "rewrite", "broker"]  #: lock kinds in journal storage, flock in rewrite
 
 
 class BrokerThread:
@@ -74,7 +78,7 @@ class BrokerThread:
 
 @pytest.fixture(params=CLIENT_KINDS)
 def client_kind(request: pytest.FixtureRequest) -> str:
-    """Every kind of client: each lock kind of the direct ``Queue``, and the broker's."""
+    """Every kind of client: each lock kind of the direct ``Queue`` (journal), rewrite storage, the broker."""
     return request.param
 
 
@@ -94,6 +98,8 @@ def open_queue(queue_path: Path, clock: FakeClock, client_kind: str):
             if not brokers:
                 brokers.append(BrokerThread(queue_path, clock, **options))
             client = djq.connect(queue_path)
+        elif kind == "rewrite":
+            client = djq.Queue(queue_path, storage="rewrite", clock=clock, fsync=False, **options)
         else:
             client = djq.Queue(queue_path, lock=kind, clock=clock, fsync=False, poll_interval=None, **options)
         opened.append(client)

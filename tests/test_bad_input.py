@@ -31,6 +31,8 @@ from djq.storage import temp_files
 
 
 def _queue(path: Path, clock: FakeClock, lock_kind: str = "flock", **options: Any) -> djq.Queue:
+    """A queue in rewrite storage: these tests inject failures into its write path."""
+    options.setdefault("storage", "rewrite")
     return djq.Queue(path, lock=lock_kind, clock=clock, **options)
 
 

@@ -10,6 +10,7 @@ import pytest
 
 from djq.errors import LeaseLost, UnknownTask
 from djq.model import DEFAULT_MAX_ATTEMPTS, EventType, QueueStats, Task, TaskState
+from djq import state
 from djq.state import (
     TRANSITIONS,
     Ack,
@@ -972,3 +973,14 @@ def test_transitions_table_names_only_task_events_and_live_states():
     assert [key for key, end in TRANSITIONS.items() if end is TaskState.DONE] == [
         (TaskState.LEASED, EventType.ACK)
     ]
+
+
+def test_a_lease_extended_back_to_an_earlier_expiry_is_reclaimed_once():
+    """Found by the model test: extend 1.0, 0.5, 1.0 left two index entries for one lease."""
+    s = state.QueueState()
+    state.put(s, "x", max_attempts=1, now=0.0)
+    task = state.lease(s, token="t", owner="o", duration=0.5, now=0.0)
+    for duration in (1.0, 0.5, 1.0):
+        state.extend(s, task.id, "t", duration=duration, now=0.0)
+    assert state.reap(s, now=1.0) == [task.id]
+    assert (s.dead_total, state.stats(s, now=1.0).dead) == (1, 1)
