@@ -8,9 +8,9 @@ from collections.abc import Callable
 
 import pytest
 
+from djq import state
 from djq.errors import LeaseLost, UnknownTask
 from djq.model import DEFAULT_MAX_ATTEMPTS, EventType, QueueStats, Task, TaskState
-from djq import state
 from djq.state import (
     TRANSITIONS,
     Ack,
