@@ -89,6 +89,10 @@ def _parser() -> argparse.ArgumentParser:
         help="lock kind (default: flock)",
     )  # fmt: skip
     parser.add_argument("--no-fsync", action="store_true", help="do not fsync (faster, not durable)")
+    parser.add_argument(
+        "--storage", choices=["journal", "rewrite"], default="journal",
+        help="journal: append each change (default); rewrite: rewrite Queue.json every time",
+    )  # fmt: skip
     parser.add_argument("--broker", action="store_true", help="send the command to the queue's broker")
     parser.add_argument("--json", action="store_true", help="print JSON instead of text")
     parser.add_argument("-v", "--verbose", action="store_true", help="log what djq does")
@@ -129,6 +133,7 @@ def _parser() -> argparse.ArgumentParser:
     p = command("purge", _purge, "remove tasks (all, or only the dead letters)")
     p.add_argument("--dead", action="store_true", help="only the dead letters")
     p.add_argument("--yes", action="store_true", help="required: purging cannot be undone")
+    command("compact", _compact, "fold the journal into a fresh Queue.json now (journal storage)")
     p = command("check", _check, "validate the queue files; exit 1 if anything is wrong")
     p.add_argument("--fix", action="store_true", help="remove temp files left by crashed writers")
     p = command("broker", _broker, "start, stop or show the broker that owns the queue file")
@@ -186,12 +191,12 @@ def _sim_options(p: argparse.ArgumentParser) -> None:
 def _queue(args: argparse.Namespace) -> Queue | BrokerClient:
     if args.broker:
         return connect(args.queue)
-    return Queue(args.queue, lock=args.lock, fsync=not args.no_fsync)
+    return Queue(args.queue, lock=args.lock, storage=args.storage, fsync=not args.no_fsync)
 
 
 def _broker(args: argparse.Namespace) -> int:
     options = {
-        "lock": args.lock, "fsync": not args.no_fsync, "lease": args.lease_s,
+        "lock": args.lock, "storage": args.storage, "fsync": not args.no_fsync, "lease": args.lease_s,
         "max_attempts": args.max_attempts, "lock_timeout": args.lock_timeout_s,
         "poll_interval": args.poll_interval_s,
     }  # fmt: skip
@@ -302,6 +307,18 @@ def _purge(args: argparse.Namespace) -> None:
     _emit(args, {"removed": removed}, f"removed {removed} task(s)")
 
 
+def _compact(args: argparse.Namespace) -> None:
+    queue = _queue(args)
+    if isinstance(queue, BrokerClient):
+        raise _UsageError("compact works on the file: run it without --broker (it takes the lock)")
+    done = queue.compact()
+    _emit(
+        args,
+        {"compacted": done},
+        "compacted" if done else f"{args.queue} uses rewrite storage: nothing to do",
+    )
+
+
 def _check(args: argparse.Namespace) -> int:
     problems = _queue(args).check(fix=args.fix)
     _emit(args, {"path": str(args.queue), "problems": problems}, "\n".join(problems) or f"{args.queue}: ok")
@@ -366,6 +383,7 @@ def _sim_common(args: argparse.Namespace) -> dict[str, Any]:
         "payload_bytes": args.payload_bytes,
         "poll_interval": args.poll_interval_s,
         "mode": args.mode,
+        "storage": args.storage,
         "fsync": args.fsync,
         "seed": args.seed,
         "time_limit": args.time_limit_s,

@@ -35,7 +35,7 @@ import orjson
 
 from . import state
 from .errors import CorruptQueueError, LeaseError, StorageError
-from .model import DEFAULT_MAX_FILE_BYTES, TaskState
+from .model import DEFAULT_COMPACT_BYTES, DEFAULT_MAX_FILE_BYTES, TaskState
 from .state import QueueState
 from .storage import QueueFile
 
@@ -43,7 +43,7 @@ __all__ = ["COMPACT_BYTES", "JOURNAL_FORMAT", "JournalFile", "decode_line", "enc
 
 JOURNAL_FORMAT: Final = "djq.journal"
 JOURNAL_VERSION: Final = 1
-COMPACT_BYTES: Final = 1 << 20  #: a journal is folded only past this size (and past the snapshot's)
+COMPACT_BYTES: Final = DEFAULT_COMPACT_BYTES
 
 _EVENTS: Final[dict[str, type[Any]]] = {
     "put": state.Put,

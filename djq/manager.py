@@ -38,6 +38,7 @@ _PACKAGE_ROOT: Final = str(Path(__file__).resolve().parent.parent)
 def broker_command(config: QueueConfig) -> list[str]:
     """Return the command line that runs a broker for ``config`` in the foreground."""
     command = [sys.executable, "-m", "djq", "--queue", str(config.path), "--lock", config.lock.value]
+    command += ["--storage", config.storage.value]
     if not config.fsync:
         command.append("--no-fsync")
     command += ["broker", "start", "--foreground", "--lease-s", repr(config.lease)]

@@ -16,6 +16,7 @@ from typing import Any, Final, TypeAlias
 from .errors import ConfigError
 
 __all__ = [
+    "DEFAULT_COMPACT_BYTES",
     "DEFAULT_FSYNC",
     "DEFAULT_LEASE_DURATION",
     "DEFAULT_LOCK",
@@ -54,6 +55,7 @@ DEFAULT_LOCK_TIMEOUT: Final = None  #: wait for the lock as long as it takes
 DEFAULT_FSYNC: Final = True  #: a put is on disk when it returns
 DEFAULT_MAX_PAYLOAD_BYTES: Final = 1 << 20  #: 1 MiB encoded, the SQS maximum message size
 DEFAULT_MAX_FILE_BYTES: Final = 1 << 30  #: 1 GiB; a larger Queue.json is refused unread
+DEFAULT_COMPACT_BYTES: Final = 1 << 20  #: a journal is folded past this size (and past the snapshot's)
 
 
 class TaskState(enum.StrEnum):
@@ -189,6 +191,7 @@ class QueueConfig:
     max_attempts: int = DEFAULT_MAX_ATTEMPTS
     max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES
     max_file_bytes: int = DEFAULT_MAX_FILE_BYTES
+    compact_bytes: int = DEFAULT_COMPACT_BYTES  #: journal storage: fold the journal past this size
     file_mode: int = 0o600
 
     def __post_init__(self) -> None:
@@ -209,7 +212,7 @@ class QueueConfig:
         check_seconds("lock_timeout", self.lock_timeout, low=0.0, high=math.inf)
         check_seconds("poll_interval", self.poll_interval, low=1e-6, high=60.0)
         check_seconds("lease", self.lease, low=MIN_LEASE_DURATION, high=MAX_LEASE_DURATION)
-        for name in ("max_attempts", "max_payload_bytes", "max_file_bytes"):
+        for name in ("max_attempts", "max_payload_bytes", "max_file_bytes", "compact_bytes"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigError(f"{name} must be a positive integer, not {value!r}", field=name)

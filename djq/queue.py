@@ -26,6 +26,7 @@ from .journal import JournalFile
 from .locks import Lock
 from .metrics import LockRecorder
 from .model import (
+    DEFAULT_COMPACT_BYTES,
     DEFAULT_FSYNC,
     DEFAULT_LEASE_DURATION,
     DEFAULT_LOCK,
@@ -77,6 +78,8 @@ class Queue:
         poll_interval: seconds between tries of a polling lock (``"filelock"``, ``"soft"``).
         max_payload_bytes: largest encoded payload ``put`` accepts.
         max_file_bytes: largest queue file djq reads.
+        compact_bytes: journal storage folds the journal into Queue.json past this size
+            (or past the size of Queue.json, whichever is larger).
         clock: wall-clock time source (``time.time``); tests pass a fake one.
         recorder: receives every lock acquisition (``metrics.LockRecorder``).
 
@@ -103,6 +106,7 @@ class Queue:
         poll_interval: float | None = None,
         max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
         max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
+        compact_bytes: int = DEFAULT_COMPACT_BYTES,
         clock: Clock = time.time,
         recorder: LockRecorder | None = None,
     ) -> None:
@@ -119,6 +123,7 @@ class Queue:
             max_attempts=max_attempts,
             max_payload_bytes=max_payload_bytes,
             max_file_bytes=max_file_bytes,
+            compact_bytes=compact_bytes,
         )
         self._custom_lock = custom
         self._clock = clock
@@ -141,15 +146,22 @@ class Queue:
             poll_interval=config.poll_interval,
             max_payload_bytes=config.max_payload_bytes,
             max_file_bytes=config.max_file_bytes,
+            compact_bytes=config.compact_bytes,
             **options,  # type: ignore[arg-type]
         )
 
     def _open(self) -> None:
         config = self._config
-        storage = JournalFile if config.storage is StorageKind.JOURNAL else QueueFile
-        self._file: QueueFile | JournalFile = storage(
-            config.path, fsync=config.fsync, mode=config.file_mode, max_file_bytes=config.max_file_bytes
-        )
+        self._file: QueueFile | JournalFile
+        if config.storage is StorageKind.JOURNAL:
+            self._file = JournalFile(
+                config.path, fsync=config.fsync, mode=config.file_mode,
+                max_file_bytes=config.max_file_bytes, compact_bytes=config.compact_bytes,
+            )  # fmt: skip
+        else:
+            self._file = QueueFile(
+                config.path, fsync=config.fsync, mode=config.file_mode, max_file_bytes=config.max_file_bytes
+            )
         if self._custom_lock is not None:
             self._lock: Lock = self._custom_lock
         else:

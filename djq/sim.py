@@ -40,7 +40,7 @@ import pandas as pd
 from . import frames
 from .errors import ConfigError, SimulationError
 from .manager import BrokerManager
-from .model import LockKind, QueueConfig
+from .model import DEFAULT_STORAGE, LockKind, QueueConfig, StorageKind
 from .queue import Queue
 from .remote import connect
 from .workers import Dist, WorkerSpec, main, worker_name
@@ -80,6 +80,7 @@ class SimConfig:
     consumers: int = 2
     tasks: int = 1_000
     lock: LockKind = LockKind.FLOCK
+    storage: StorageKind = DEFAULT_STORAGE
     poll_interval: float | None = None  #: "filelock"/"soft" only; None: filelock's 0.05 s
     mode: str = "direct"  #: "direct": workers take the file lock; "broker": a broker owns the file
     fsync: bool = False
@@ -120,6 +121,7 @@ class SimConfig:
                 raise ConfigError(f"{name} must be seconds > 0", field=name)
         queue = self.queue_config(Path("Queue.json"))  # validates lock, lease, poll_interval
         object.__setattr__(self, "lock", queue.lock)
+        object.__setattr__(self, "storage", queue.storage)
         if queue.lock is LockKind.FLOCK and self.poll_interval is not None:
             raise ConfigError(
                 "flock does not poll: poll_interval is for 'filelock' and 'soft'", field="poll_interval"
@@ -130,6 +132,7 @@ class SimConfig:
         return QueueConfig(
             path=path,
             lock=self.lock,
+            storage=self.storage,
             poll_interval=self.poll_interval,
             fsync=self.fsync,
             lease=self.lease,
@@ -142,6 +145,7 @@ class SimConfig:
         for name in ("work", "think"):
             out[name] = f"{out[name].kind}:{out[name].mean:g}"
         out["lock"] = self.lock.value
+        out["storage"] = self.storage.value
         out["path"] = None if self.path is None else str(self.path)
         return out
 
@@ -280,7 +284,8 @@ class _Runner:
         if self.config.mode != "broker":
             return self._run(queue)
         config = self.config.queue_config(self.queue_path)
-        options = {f: getattr(config, f) for f in ("lock", "fsync", "lease", "max_attempts", "poll_interval")}
+        names = ("lock", "storage", "fsync", "lease", "max_attempts", "poll_interval")
+        options = {f: getattr(config, f) for f in names}
         with BrokerManager(self.queue_path, **options):
             return self._run(queue)
 
@@ -457,6 +462,7 @@ def _metadata(config: SimConfig, folder: Path) -> dict[str, Any]:
         "lock": config.lock.value,
         "poll_interval_s": poll,
         "mode": config.mode,
+        "storage": config.storage.value,
         "fsync": config.fsync,
         "start_method": config.start_method,
         "python": platform.python_version(),
