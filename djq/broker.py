@@ -51,8 +51,10 @@ logger = logging.getLogger(__name__)
 DEFAULT_WATCH_INTERVAL: Final = 0.05  #: seconds between looks at the file while gets wait
 _METRIC_ROWS: Final = 200_000  #: per-batch and per-event rows kept (the newest)
 _WRITES: Final = frozenset(
-    {EventType.PUT_MANY, EventType.ACK, EventType.NACK, EventType.EXTEND, EventType.REQUEUE, EventType.PURGE}
-)
+    {EventType.PUT_MANY, EventType.ACK, EventType.ACK_MANY, EventType.NACK, EventType.EXTEND,
+     EventType.REQUEUE, EventType.PURGE}
+)  # fmt: skip
+_LEASES: Final = frozenset({EventType.LEASE, EventType.LEASE_MANY})
 
 
 @dataclass(slots=True)
@@ -327,7 +329,7 @@ class Broker:
     def _run(self, batch: list[_Pending]) -> None:
         writes = [p for p in batch if p.op in _WRITES]
         for pending in batch:
-            if pending.op is EventType.LEASE:
+            if pending.op in _LEASES:
                 pending.token = secrets.token_hex(8)
                 timeout = pending.args["timeout"]
                 pending.deadline = None if timeout is None else time.monotonic() + timeout
@@ -338,7 +340,7 @@ class Broker:
         for pending in writes + served:
             self._answer(pending)
         for pending in batch:
-            if pending.op not in _WRITES and pending.op is not EventType.LEASE:
+            if pending.op not in _WRITES and pending.op not in _LEASES:
                 self._serve_read(pending)
         self._give_up_waiting()
 
@@ -363,14 +365,8 @@ class Broker:
                     pending.error = exc
             while self._waiting:
                 pending = self._waiting[0]
-                args = pending.args
-                lease = state.LeaseNext(
-                    token=pending.token,
-                    owner=args["owner"] or "broker-client",
-                    duration=args["lease"] or self.config.lease,
-                )
-                task = state.apply(current, lease, now=now)
-                if task is None:
+                task = state.apply(current, self._lease_event(pending), now=now)
+                if not task:  # None, or no tasks for a lease_many
                     break
                 pending.result = task
                 served.append(self._waiting.popleft())
@@ -421,6 +417,8 @@ class Broker:
                 return [t.id for t in state.apply(current, event, now=now)]  # type: ignore[attr-defined]
             case EventType.ACK:
                 event = state.Ack(id=args["id"], token=args["token"])
+            case EventType.ACK_MANY:
+                event = state.AckMany(leases=tuple((i, t) for i, t in args["leases"]))
             case EventType.NACK:
                 event = state.Nack(id=args["id"], token=args["token"], delay=args["delay"])
             case EventType.EXTEND:
@@ -451,13 +449,23 @@ class Broker:
             )
         )
 
+    def _lease_event(self, pending: _Pending) -> state.LeaseNext | state.LeaseMany:
+        args = pending.args
+        owner = args["owner"] or "broker-client"
+        duration = args["lease"] or self.config.lease
+        if pending.op is EventType.LEASE_MANY:
+            tokens = (pending.token, *(secrets.token_hex(8) for _ in range(args["n"] - 1)))
+            return state.LeaseMany(tokens=tokens, owner=owner, duration=duration)
+        return state.LeaseNext(token=pending.token, owner=owner, duration=duration)
+
     def _give_up_waiting(self) -> None:
-        """Answer None to waiting gets whose time is up (or that never wanted to wait)."""
+        """Answer None (or []) to waiting gets whose time is up (or that never wanted to wait)."""
         now = time.monotonic()
         still: collections.deque[_Pending] = collections.deque()
         for pending in self._waiting:
             if pending.deadline is not None and pending.deadline <= now:
-                self._answer(pending)  # result None
+                pending.result = [] if pending.op is EventType.LEASE_MANY else None
+                self._answer(pending)
             else:
                 still.append(pending)
         self._waiting = still

@@ -33,8 +33,16 @@ class QueueLike(Protocol):
     ) -> Task | None:
         """Lease the next task, or return None."""
 
+    def get_many(
+        self, n: int, *, lease: float | None = None, timeout: float | None = 0.0, owner: str | None = None
+    ) -> list[Task]:
+        """Lease up to ``n`` tasks."""
+
     def ack(self, task: Task | Lease) -> None:
         """Finish a leased task."""
+
+    def ack_many(self, tasks: Iterable[Task | Lease]) -> list[str]:
+        """Finish several leased tasks; return the ids whose lease was lost."""
 
     def nack(self, task: Task | Lease, *, delay: float = 0.0) -> TaskState:
         """Give a leased task back."""

@@ -49,7 +49,9 @@ _EVENTS: Final[dict[str, type[Any]]] = {
     "put": state.Put,
     "put_many": state.PutMany,
     "lease": state.LeaseNext,
+    "lease_many": state.LeaseMany,
     "ack": state.Ack,
+    "ack_many": state.AckMany,
     "nack": state.Nack,
     "extend": state.Extend,
     "requeue": state.Requeue,
@@ -88,6 +90,10 @@ def decode_line(line: bytes) -> tuple[state.Event, float]:
     cls = _EVENTS[op]
     if cls is state.PutMany:
         fields["payloads"] = tuple(fields["payloads"])
+    elif cls is state.LeaseMany:
+        fields["tokens"] = tuple(fields["tokens"])
+    elif cls is state.AckMany:
+        fields["leases"] = tuple((i, t) for i, t in fields["leases"])
     elif cls is state.Purge and fields["states"] is not None:
         fields["states"] = frozenset(TaskState(s) for s in fields["states"])
     if type(now) not in (int, float):

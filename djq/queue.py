@@ -294,6 +294,18 @@ class Queue:
                 until the file changes or a delayed task or lease comes due.
             owner: who holds the lease, stored in the file (default ``pid-<pid>``).
         """
+        tasks = self.get_many(1, lease=lease, timeout=timeout, owner=owner)
+        return tasks[0] if tasks else None
+
+    def get_many(
+        self, n: int, *, lease: float | None = None, timeout: float | None = 0.0, owner: str | None = None
+    ) -> list[Task]:
+        """Lease up to ``n`` tasks under one lock, each with its own lease; [] when none came in time.
+
+        Waits (``timeout`` as for ``get``) only until at least one task can be leased.
+        """
+        if type(n) is not int or n < 1:
+            raise ConfigError(f"n must be a positive integer, not {n!r}", field="n")
         duration = self._config.lease if lease is None else lease
         check_seconds("lease", duration, low=MIN_LEASE_DURATION, high=MAX_LEASE_DURATION)
         if timeout is not None:
@@ -301,12 +313,23 @@ class Queue:
         holder = owner or f"pid-{os.getpid()}"
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
-            event = state.LeaseNext(token=secrets.token_hex(8), owner=holder, duration=duration)
-            task: Task | None = self._apply("lease", event)
-            if task is not None or timeout == 0:
-                return task
+            tasks = self._lease(n, holder, duration)
+            if tasks or timeout == 0:
+                return tasks
             if not self._wait_for_change(deadline):
-                return None
+                return []
+
+    def _lease(self, n: int, owner: str, duration: float) -> list[Task]:
+        if n == 1:
+            task: Task | None = self._apply(
+                "lease", state.LeaseNext(token=secrets.token_hex(8), owner=owner, duration=duration)
+            )
+            return [] if task is None else [task]
+        tokens = tuple(secrets.token_hex(8) for _ in range(n))
+        tasks: list[Task] = self._apply(
+            "lease", state.LeaseMany(tokens=tokens, owner=owner, duration=duration)
+        )
+        return tasks
 
     def _wait_for_change(self, deadline: float | None) -> bool:
         """Sleep until the file changed or something comes due; False when time ran out."""
@@ -335,6 +358,14 @@ class Queue:
         """
         task_id, token = _held(task)
         self._apply("ack", state.Ack(id=task_id, token=token))
+
+    def ack_many(self, tasks: Iterable[Task | Lease]) -> list[str]:
+        """Ack several leased tasks under one lock; return the ids whose lease was lost (not acked)."""
+        leases = tuple(_held(t) for t in tasks)
+        if not leases:
+            return []
+        lost: list[str] = self._apply("ack", state.AckMany(leases=leases))
+        return lost
 
     def nack(self, task: Task | Lease, *, delay: float = 0.0) -> TaskState:
         """Give a leased task back; return ``READY``, or ``DEAD`` if its attempts are used up.

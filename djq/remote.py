@@ -182,6 +182,27 @@ class BrokerClient:
         task = self._call(EventType.LEASE, wait=timeout, lease=lease, timeout=timeout, owner=holder)
         return None if task is None else wire.task_from_json(task)
 
+    def get_many(
+        self, n: int, *, lease: float | None = None, timeout: float | None = 0.0, owner: str | None = None
+    ) -> list[Task]:
+        """Lease up to ``n`` tasks in one request; [] when none came in time (see ``Queue.get_many``)."""
+        if type(n) is not int or n < 1:
+            raise ConfigError(f"n must be a positive integer, not {n!r}", field="n")
+        check_seconds("lease", lease, low=MIN_LEASE_DURATION, high=MAX_LEASE_DURATION)
+        check_seconds("timeout", timeout, low=0.0, high=math.inf)
+        holder = owner or f"pid-{os.getpid()}"
+        tasks = self._call(
+            EventType.LEASE_MANY, wait=timeout, n=n, lease=lease, timeout=timeout, owner=holder
+        )
+        return [wire.task_from_json(t) for t in tasks]
+
+    def ack_many(self, tasks: Iterable[Task | Lease]) -> list[str]:
+        """Ack several tasks in one request; return the ids whose lease was lost (not acked)."""
+        leases = [[t.id, _token(t)] for t in tasks]
+        if not leases:
+            return []
+        return [str(i) for i in self._call(EventType.ACK_MANY, leases=leases)]
+
     def ack(self, task: Task | Lease) -> None:
         """Finish a leased task (raises ``LeaseLost`` if the token no longer holds it)."""
         self._call(EventType.ACK, id=task.id, token=_token(task))

@@ -88,7 +88,7 @@ class SimConfig:
     work: Dist = field(default_factory=Dist)  #: consumer time per task ("exp:0.002" or 0.002)
     think: Dist = field(default_factory=Dist)  #: producer pause between puts (closed loop)
     rate: float | None = None  #: puts per second per producer, Poisson (open loop)
-    batch: int = 1  #: tasks per put_many call
+    batch: int = 1  #: tasks per put_many (producers) and per get_many + ack_many (consumers)
     lease: float = 30.0
     max_attempts: int = 5
     start_method: str = "spawn"  #: "spawn" works everywhere, notebooks included
@@ -265,7 +265,8 @@ class _Runner:
         ]  # fmt: skip
         consumers = [
             WorkerSpec(role="consumer", index=i, queue=queue, out=self.records / f"C{i}.json",
-                       seed=c.seed * 7919 + 1000 + i, tasks=c.tasks, work=c.work, lease=c.lease, mode=c.mode)
+                       seed=c.seed * 7919 + 1000 + i, tasks=c.tasks, work=c.work, lease=c.lease,
+                       mode=c.mode, batch=c.batch)
             for i in range(c.consumers)
         ]  # fmt: skip
         return producers + consumers

@@ -37,8 +37,10 @@ from .model import DEFAULT_MAX_ATTEMPTS, JSON, EventType, QueueStats, Task, Task
 __all__ = [
     "TRANSITIONS",
     "Ack",
+    "AckMany",
     "Event",
     "Extend",
+    "LeaseMany",
     "LeaseNext",
     "Nack",
     "Purge",
@@ -49,10 +51,12 @@ __all__ = [
     "Record",
     "Requeue",
     "ack",
+    "ack_many",
     "apply",
     "dead",
     "extend",
     "lease",
+    "lease_many",
     "nack",
     "next_deadline",
     "peek",
@@ -217,6 +221,22 @@ class LeaseNext:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class LeaseMany:
+    """Lease up to ``len(tokens)`` tasks to ``owner``, each under its own token."""
+
+    tokens: tuple[str, ...]
+    owner: str
+    duration: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AckMany:
+    """Finish every task in ``leases`` (``(id, token)`` pairs) whose lease still holds."""
+
+    leases: tuple[tuple[str, str], ...]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Ack:
     """Finish a leased task."""
 
@@ -261,7 +281,7 @@ class Reap:
     """Reclaim every expired lease."""
 
 
-Event = Put | PutMany | LeaseNext | Ack | Nack | Extend | Requeue | Purge | Reap
+Event = Put | PutMany | LeaseNext | LeaseMany | Ack | AckMany | Nack | Extend | Requeue | Purge | Reap
 
 
 def apply(state: QueueState, event: Event, *, now: float) -> object:
@@ -295,9 +315,13 @@ def _dispatch(state: QueueState, event: Event, now: float) -> object:
             )  # fmt: skip
         case LeaseNext():
             return lease(state, token=event.token, owner=event.owner, duration=event.duration, now=now)
+        case LeaseMany():
+            return lease_many(state, tokens=event.tokens, owner=event.owner, duration=event.duration, now=now)
         case Ack():
             ack(state, event.id, event.token, now=now)
             return None
+        case AckMany():
+            return ack_many(state, event.leases, now=now)
         case Nack():
             return nack(state, event.id, event.token, delay=event.delay, now=now)
         case Extend():
@@ -412,6 +436,30 @@ def lease(state: QueueState, *, token: str, owner: str, duration: float, now: fl
     heapq.heappush(_indexed(state).expiry, (record.lease_expires_at, record.seq, record.id, token))
     state.revision += 1
     return record.snapshot()
+
+
+def lease_many(
+    state: QueueState, *, tokens: Iterable[str], owner: str, duration: float, now: float
+) -> list[Task]:
+    """Lease up to one task per token, in delivery order; fewer (or none) when fewer are ready."""
+    leased = []
+    for token in tokens:
+        task = lease(state, token=token, owner=owner, duration=duration, now=now)
+        if task is None:
+            break
+        leased.append(task)
+    return leased
+
+
+def ack_many(state: QueueState, leases: Iterable[tuple[str, str]], *, now: float) -> list[str]:
+    """Ack every ``(id, token)`` whose lease still holds; return the ids whose lease was lost."""
+    lost = []
+    for task_id, token in leases:
+        try:
+            ack(state, task_id, token, now=now)
+        except LeaseLost:
+            lost.append(task_id)
+    return lost
 
 
 def _held(state: QueueState, task_id: str, token: str) -> Record:

@@ -48,6 +48,7 @@ __all__ = [
     "task_from_json",
 ]
 
+MAX_BATCH: Final = 10_000  #: most tasks one get_many may lease
 MAX_MESSAGE_BYTES: Final = 64 << 20  #: largest request or reply; a longer one closes the connection
 _MAX_UNIX_PATH: Final = 107  #: bytes in sockaddr_un.sun_path, less the terminating NUL
 
@@ -105,7 +106,9 @@ def encode_request(op: EventType, **args: JSON) -> bytes:
 _ARGS: Final[dict[EventType, tuple[str, ...]]] = {
     EventType.PUT_MANY: ("payloads", "priority", "delay"),
     EventType.LEASE: ("lease", "timeout", "owner"),
+    EventType.LEASE_MANY: ("n", "lease", "timeout", "owner"),
     EventType.ACK: ("id", "token"),
+    EventType.ACK_MANY: ("leases",),
     EventType.NACK: ("id", "token", "delay"),
     EventType.EXTEND: ("id", "token", "lease"),
     EventType.REQUEUE: ("id",),
@@ -161,6 +164,14 @@ def _check_args(op: EventType, args: dict[str, Any]) -> None:
         check_priority(args["priority"])
         if not isinstance(args["payloads"], list):
             raise ConfigError("payloads must be a list", field="payloads")
+    if "n" in args and (type(args["n"]) is not int or not 1 <= args["n"] <= MAX_BATCH):
+        raise ConfigError(f"n must be an integer from 1 to {MAX_BATCH}, not {args['n']!r}", field="n")
+    if "leases" in args:
+        leases = args["leases"]
+        if not isinstance(leases, list) or not all(
+            isinstance(p, list) and len(p) == 2 and all(isinstance(x, str) for x in p) for p in leases
+        ):
+            raise ConfigError("leases must be a list of [id, token] string pairs", field="leases")
     if "owner" in args and not isinstance(args["owner"], str | None):
         raise ConfigError(f"owner must be a string, not {args['owner']!r}", field="owner")
     if "limit" in args:

@@ -59,7 +59,7 @@ class WorkerSpec:
     seed: int
     tasks: int = 0  #: producer: how many tasks to put; consumer: how many acks end the run
     payload_bytes: int = 0
-    batch: int = 1
+    batch: int = 1  #: tasks per put_many (producer) or get_many + ack_many (consumer)
     think: Dist = Dist()  #: producer pause between puts (closed loop)
     rate: float | None = None  #: producer puts per second, Poisson arrivals (open loop)
     work: Dist = Dist()  #: consumer time spent on each task
@@ -138,22 +138,33 @@ def consume(spec: WorkerSpec, barrier: _Barrier, stop: _Flag) -> None:
     barrier.wait(60)
     while not stop.value:
         start = time.perf_counter_ns()
-        task = queue.get(lease=spec.lease, timeout=_IDLE_GET_TIMEOUT, owner=f"C{spec.index}")
+        tasks = queue.get_many(
+            spec.batch, lease=spec.lease, timeout=_IDLE_GET_TIMEOUT, owner=f"C{spec.index}"
+        )
         end = time.perf_counter_ns()
-        if task is None:
-            ops.append(["get", start, end, [], True, 0])
+        ops.append(
+            ["get", start, end, [t.id for t in tasks], True, max((t.attempts for t in tasks), default=0)]
+        )
+        if not tasks:
             if queue.stats().acked_total >= spec.tasks:
                 break
             continue
-        ops.append(["get", start, end, [task.id], True, task.attempts])
-        time.sleep(spec.work.sample(rng))
+        for _ in tasks:
+            time.sleep(spec.work.sample(rng))
         start = time.perf_counter_ns()
-        try:
-            queue.ack(task)
-            ok = True
-        except LeaseLost:
-            ok = False
-        ops.append(["ack", start, time.perf_counter_ns(), [task.id], ok, task.attempts])
+        if len(tasks) == 1:
+            try:
+                queue.ack(tasks[0])
+                lost = []
+            except LeaseLost:
+                lost = [tasks[0].id]
+        else:
+            lost = queue.ack_many(tasks)
+        end = time.perf_counter_ns()
+        attempts = max(t.attempts for t in tasks)
+        ops.append(["ack", start, end, [t.id for t in tasks if t.id not in lost], True, attempts])
+        if lost:
+            ops.append(["ack", start, end, lost, False, attempts])
     _finish(spec, recorder, ops, {})
 
 

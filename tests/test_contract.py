@@ -268,3 +268,27 @@ def test_check_reports_a_healthy_queue(queue):
     """check() returns no problems for a queue djq wrote."""
     queue.put("x")
     assert queue.check() == []
+
+
+def test_get_many_leases_each_task_under_its_own_token(queue, clock):
+    """get_many leases up to n tasks in delivery order, each with its own lease; [] when none."""
+    queue.put_many(["a", "b", "c"])
+    got = queue.get_many(2, lease=5.0)
+    assert [t.payload for t in got] == ["a", "b"]
+    assert len({t.token for t in got}) == 2
+    assert [t.payload for t in queue.get_many(5)] == ["c"]
+    assert queue.get_many(3) == []
+    with pytest.raises(djq.ConfigError):
+        queue.get_many(0)
+
+
+def test_ack_many_acks_the_held_and_names_the_lost(queue, clock):
+    """ack_many acks every task whose lease holds and returns the ids whose lease was lost."""
+    queue.put_many(["a", "b"])
+    first = queue.get(lease=1.0)
+    second = queue.get(lease=100.0)
+    clock.advance(1.0)
+    again = queue.get()  # "a" comes back under a new lease
+    assert queue.ack_many([first, second]) == [first.id]
+    assert queue.ack_many([again]) == []
+    assert queue.stats().acked_total == 2

@@ -14,8 +14,10 @@ from djq.model import DEFAULT_MAX_ATTEMPTS, EventType, QueueStats, Task, TaskSta
 from djq.state import (
     TRANSITIONS,
     Ack,
+    AckMany,
     Event,
     Extend,
+    LeaseMany,
     LeaseNext,
     Nack,
     Purge,
@@ -25,10 +27,12 @@ from djq.state import (
     Reap,
     Requeue,
     ack,
+    ack_many,
     apply,
     dead,
     extend,
     lease,
+    lease_many,
     nack,
     next_deadline,
     peek,
@@ -790,7 +794,15 @@ def _apply_cases() -> dict[str, tuple[Event, Callable[[QueueState, float], objec
             LeaseNext(token="tn", owner="o", duration=4.0),
             lambda s, now: lease(s, token="tn", owner="o", duration=4.0, now=now),
         ),
+        "lease_many": (
+            LeaseMany(tokens=("ta", "tb", "tc"), owner="o", duration=4.0),
+            lambda s, now: lease_many(s, tokens=("ta", "tb", "tc"), owner="o", duration=4.0, now=now),
+        ),
         "ack": (Ack(id="2", token="t2"), lambda s, now: ack(s, "2", "t2", now=now)),
+        "ack_many": (
+            AckMany(leases=(("2", "t2"), ("3", "zz"))),
+            lambda s, now: ack_many(s, (("2", "t2"), ("3", "zz")), now=now),
+        ),
         "ack_stale": (Ack(id="2", token="zz"), lambda s, now: ack(s, "2", "zz", now=now)),
         "nack": (Nack(id="2", token="t2", delay=3.0), lambda s, now: nack(s, "2", "t2", delay=3.0, now=now)),
         "nack_stale": (Nack(id="3", token="t2"), lambda s, now: nack(s, "3", "t2", now=now)),
@@ -984,3 +996,22 @@ def test_a_lease_extended_back_to_an_earlier_expiry_is_reclaimed_once():
         state.extend(s, task.id, "t", duration=duration, now=0.0)
     assert state.reap(s, now=1.0) == [task.id]
     assert (s.dead_total, state.stats(s, now=1.0).dead) == (1, 1)
+
+
+def test_lease_many_leases_in_delivery_order_and_stops_when_none_is_ready():
+    """lease_many gives each task its own token, highest priority first, and fewer when fewer are ready."""
+    s = QueueState()
+    put_many(s, ["a", "b"], now=T0)
+    put(s, "c", priority=1, now=T0)
+    got = lease_many(s, tokens=("x", "y", "z", "w"), owner="o", duration=5.0, now=T0)
+    assert [(t.payload, t.token) for t in got] == [("c", "x"), ("a", "y"), ("b", "z")]
+    assert lease_many(s, tokens=("v",), owner="o", duration=5.0, now=T0) == []
+
+
+def test_ack_many_acks_what_is_held_and_returns_the_lost():
+    """ack_many acks every lease that still holds and names the others; it never raises."""
+    s = QueueState()
+    put_many(s, ["a", "b"], now=T0)
+    first, second = lease_many(s, tokens=("x", "y"), owner="o", duration=5.0, now=T0)
+    assert ack_many(s, [(first.id, "x"), (second.id, "stale")], now=T0) == [second.id]
+    assert (s.acked_total, first.id in s.tasks, second.id in s.tasks) == (1, False, True)
