@@ -38,6 +38,7 @@ __all__ = [
     "StorageKind",
     "Task",
     "TaskState",
+    "WaitKind",
     "check_priority",
     "check_seconds",
 ]
@@ -103,6 +104,13 @@ class StorageKind(enum.StrEnum):
 
     REWRITE = "rewrite"  #: every change rewrites all of Queue.json: O(tasks) per call
     JOURNAL = "journal"  #: every change appends a line to Queue.json.journal; folded now and then
+
+
+class WaitKind(enum.StrEnum):
+    """How a direct-mode ``get`` with a timeout waits for work."""
+
+    NOTIFY = "notify"  #: one waiter at a time sleeps on inotify; the others sleep too; no lock
+    POLL = "poll"  #: every waiter takes the lock, then polls the file's metadata (djq 0.1)
 
 
 STORAGE_MODES: Final = tuple(k.value for k in StorageKind)
@@ -186,6 +194,7 @@ class QueueConfig:
     path: Path = DEFAULT_QUEUE_PATH
     lock: LockKind = DEFAULT_LOCK
     storage: StorageKind = DEFAULT_STORAGE
+    wait: WaitKind = WaitKind.NOTIFY
     lock_timeout: float | None = DEFAULT_LOCK_TIMEOUT  #: seconds; None waits for ever
     poll_interval: float | None = None  #: seconds between tries ("filelock"/"soft"); None: theirs
     fsync: bool = DEFAULT_FSYNC
@@ -211,6 +220,10 @@ class QueueConfig:
             raise ConfigError(
                 f"storage must be one of {kinds}, not {self.storage!r}", field="storage"
             ) from None
+        try:
+            object.__setattr__(self, "wait", WaitKind(self.wait))
+        except ValueError:
+            raise ConfigError(f"wait must be 'notify' or 'poll', not {self.wait!r}", field="wait") from None
         check_seconds("lock_timeout", self.lock_timeout, low=0.0, high=math.inf)
         check_seconds("poll_interval", self.poll_interval, low=1e-6, high=60.0)
         check_seconds("lease", self.lease, low=MIN_LEASE_DURATION, high=MAX_LEASE_DURATION)

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Final, TypeVar
 
 from . import locks, state
-from .errors import ConfigError, CorruptQueueError, LeaseError, StorageError
+from .errors import ConfigError, CorruptQueueError, LeaseError, LockTimeout, StorageError
 from .journal import JournalFile
 from .locks import Lock
 from .metrics import LockRecorder
@@ -46,10 +46,12 @@ from .model import (
     StorageKind,
     Task,
     TaskState,
+    WaitKind,
     check_priority,
     check_seconds,
 )
 from .storage import QueueFile, check_payload, temp_files
+from .watch import Watcher, watcher
 
 __all__ = ["Clock", "Queue"]
 
@@ -57,6 +59,8 @@ Clock = Callable[[], float]
 _T = TypeVar("_T")
 _IDLE_POLL_MIN: Final = 0.001  #: seconds; first pause of a waiting get
 _IDLE_POLL_MAX: Final = 0.05  #: seconds; longest pause between looks at the file
+_WATCH_SAFETY: Final = 1.0  #: seconds; a leader with inotify looks anyway after this long
+_FOLLOWER_POLL: Final = 0.05  #: seconds; a follower tries for the turn at least this often
 
 
 class Queue:
@@ -99,6 +103,7 @@ class Queue:
         *,
         lock: LockKind | str | Lock = DEFAULT_LOCK,
         storage: StorageKind | str = DEFAULT_STORAGE,
+        wait: WaitKind | str = WaitKind.NOTIFY,
         lease: float = DEFAULT_LEASE_DURATION,
         max_attempts: int = DEFAULT_MAX_ATTEMPTS,
         fsync: bool = DEFAULT_FSYNC,
@@ -116,6 +121,7 @@ class Queue:
             path=Path(path),
             lock=DEFAULT_LOCK if custom is not None else lock,  # type: ignore[arg-type]
             storage=storage,  # type: ignore[arg-type]
+            wait=wait,  # type: ignore[arg-type]
             lock_timeout=lock_timeout,
             poll_interval=poll_interval,
             fsync=fsync,
@@ -139,6 +145,7 @@ class Queue:
             config.path,
             lock=config.lock,
             storage=config.storage,
+            wait=config.wait,
             lease=config.lease,
             max_attempts=config.max_attempts,
             fsync=config.fsync,
@@ -168,6 +175,8 @@ class Queue:
             self._lock = locks.make(
                 config.lock, config.path, poll_interval=config.poll_interval, recorder=self._recorder
             )
+        self._turn = locks.FlockLock(config.path.with_name(config.path.name + ".wait"), mode=config.file_mode)
+        self._watcher: Watcher | None = None
         self._pid = os.getpid()
         self._prepared = False
 
@@ -201,6 +210,10 @@ class Queue:
         with self._mutex:
             self._file.close()
             self._lock.close()
+            self._turn.close()
+            if self._watcher is not None:
+                self._watcher.close()
+                self._watcher = None
 
     def __enter__(self) -> Queue:
         return self
@@ -312,12 +325,83 @@ class Queue:
             check_seconds("timeout", timeout, low=0.0, high=math.inf)
         holder = owner or f"pid-{os.getpid()}"
         deadline = None if timeout is None else time.monotonic() + timeout
+        if self._config.wait is WaitKind.POLL:
+            while True:
+                tasks = self._lease(n, holder, duration)
+                if tasks or timeout == 0:
+                    return tasks
+                if not self._wait_for_change(deadline):
+                    return []
+        tasks = self._lease(n, holder, duration) if self._work_ready() else []
+        if tasks or timeout == 0:
+            return tasks
+        return self._wait_for_work(n, holder, duration, deadline)
+
+    def _wait_for_work(self, n: int, owner: str, duration: float, deadline: float | None) -> list[Task]:
+        """Wait without the queue's lock; only the holder of the waiting turn looks for work.
+
+        The turn is an flock on ``Queue.json.wait``, tried without blocking: of all the
+        consumers waiting on one queue, one sleeps until the file changes (or something
+        comes due) and then takes the lock; the others sleep until the file changes and
+        only try for the turn. So a put wakes one lock acquisition, not one per waiter.
+        """
+        turn = False
+        try:
+            while True:
+                if not self._sleep_until_change(deadline, leader=turn):
+                    return []
+                turn = turn or self._try_turn()
+                if turn and self._work_ready():
+                    tasks = self._lease(n, owner, duration)
+                    if tasks:
+                        return tasks
+        finally:
+            if turn:
+                self._turn.release()
+
+    def _try_turn(self) -> bool:
+        try:
+            self._turn.acquire(timeout=0.0, op="wait")
+        except (LockTimeout, StorageError):
+            return False
+        return True
+
+    def _work_ready(self) -> bool:
+        """Look at the file without the lock: would a lease get a task now?"""
+        self._check_process()
+        with self._mutex:
+            return state.has_work(self._file.load(), now=self._clock())
+
+    def _sleep_until_change(self, deadline: float | None, *, leader: bool) -> bool:
+        """Sleep until the file changes (or, for the leader, something comes due); False at the deadline."""
+        with self._mutex:
+            current = self._file.load()  # what we look at now; a change after this wakes us
+            due = state.next_deadline(current, now=self._clock()) if leader else None
+            if self._watcher is None:
+                self._watcher = watcher(self.path.parent, {self.path.name, f"{self.path.name}.journal"})
+            watch = self._watcher
+            if watch is not None:
+                watch.drain()
+            if self._file.has_changed():  # changed since we last looked: no event will come for it
+                return True
+        pause = _WATCH_SAFETY if leader else _FOLLOWER_POLL
         while True:
-            tasks = self._lease(n, holder, duration)
-            if tasks or timeout == 0:
-                return tasks
-            if not self._wait_for_change(deadline):
-                return []
+            left = math.inf if deadline is None else deadline - time.monotonic()
+            if left <= 0:
+                return False
+            until_due = math.inf if due is None else due - self._clock()
+            if until_due <= 0:
+                return True
+            step = min(pause, left, until_due)
+            if watch is None:
+                time.sleep(min(step, _IDLE_POLL_MAX))
+            elif watch.wait(step):
+                return True
+            if not leader:
+                return True  # a follower tries for the turn now and then: the leader may have left
+            with self._mutex:
+                if self._file.has_changed():
+                    return True
 
     def _lease(self, n: int, owner: str, duration: float) -> list[Task]:
         if n == 1:

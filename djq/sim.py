@@ -40,7 +40,7 @@ import pandas as pd
 from . import frames
 from .errors import ConfigError, SimulationError
 from .manager import BrokerManager
-from .model import DEFAULT_STORAGE, LockKind, QueueConfig, StorageKind
+from .model import DEFAULT_STORAGE, LockKind, QueueConfig, StorageKind, WaitKind
 from .queue import Queue
 from .remote import connect
 from .workers import Dist, WorkerSpec, main, worker_name
@@ -81,6 +81,7 @@ class SimConfig:
     tasks: int = 1_000
     lock: LockKind = LockKind.FLOCK
     storage: StorageKind = DEFAULT_STORAGE
+    wait: WaitKind = WaitKind.NOTIFY  #: how idle direct-mode consumers wait ("notify" or "poll")
     poll_interval: float | None = None  #: "filelock"/"soft" only; None: filelock's 0.05 s
     mode: str = "direct"  #: "direct": workers take the file lock; "broker": a broker owns the file
     fsync: bool = False
@@ -122,6 +123,7 @@ class SimConfig:
         queue = self.queue_config(Path("Queue.json"))  # validates lock, lease, poll_interval
         object.__setattr__(self, "lock", queue.lock)
         object.__setattr__(self, "storage", queue.storage)
+        object.__setattr__(self, "wait", queue.wait)
         if queue.lock is LockKind.FLOCK and self.poll_interval is not None:
             raise ConfigError(
                 "flock does not poll: poll_interval is for 'filelock' and 'soft'", field="poll_interval"
@@ -133,6 +135,7 @@ class SimConfig:
             path=path,
             lock=self.lock,
             storage=self.storage,
+            wait=self.wait,
             poll_interval=self.poll_interval,
             fsync=self.fsync,
             lease=self.lease,
@@ -146,6 +149,7 @@ class SimConfig:
             out[name] = f"{out[name].kind}:{out[name].mean:g}"
         out["lock"] = self.lock.value
         out["storage"] = self.storage.value
+        out["wait"] = self.wait.value
         out["path"] = None if self.path is None else str(self.path)
         return out
 
@@ -464,6 +468,7 @@ def _metadata(config: SimConfig, folder: Path) -> dict[str, Any]:
         "poll_interval_s": poll,
         "mode": config.mode,
         "storage": config.storage.value,
+        "wait": config.wait.value,
         "fsync": config.fsync,
         "start_method": config.start_method,
         "python": platform.python_version(),

@@ -55,6 +55,7 @@ __all__ = [
     "apply",
     "dead",
     "extend",
+    "has_work",
     "lease",
     "lease_many",
     "nack",
@@ -548,6 +549,26 @@ def peek(state: QueueState, limit: int, *, now: float) -> list[Task]:
 def dead(state: QueueState) -> list[Task]:
     """Return the dead letters in put order."""
     return [r.snapshot() for r in state.tasks.values() if r.state is TaskState.DEAD]
+
+
+def has_work(state: QueueState, *, now: float) -> bool:
+    """True if a lease at ``now`` would get a task: one is ready, or a lease has expired."""
+    index = _promote(state, now)
+    due, expiry, tasks = index.due, index.expiry, state.tasks
+    while due:
+        r = tasks.get(due[0][2])
+        if r is not None and r.state is TaskState.READY and r.available_at <= now:
+            return True
+        heapq.heappop(due)
+        if r is not None and r.state is TaskState.READY:
+            _ready(state, r)  # given back with a delay: wait in ``later``
+    while expiry:
+        at, _, task_id, token = expiry[0]
+        r = tasks.get(task_id)
+        if r is not None and r.state is TaskState.LEASED and r.token == token and r.lease_expires_at == at:
+            return at <= now
+        heapq.heappop(expiry)
+    return False
 
 
 def next_deadline(state: QueueState, *, now: float) -> float | None:

@@ -74,9 +74,10 @@ def test_counts_add_up(run):
     ops = run.ops
     assert ops.loc[ops["op"] == "put", "n"].sum() == SMALL["tasks"]
     assert ops.loc[(ops["op"] == "ack") & ops["ok"], "n"].sum() == SMALL["tasks"]
-    for op in ("put", "ack"):  # one acquisition per put or ack; a waiting get may take several
+    for op in ("put", "ack"):  # one acquisition per put or ack
         assert (run.locks["op"] == op).sum() == (ops["op"] == op).sum()
-    assert (run.locks["op"] == "lease").sum() >= (ops["op"] == "get").sum()
+    # a get that found a task took the lock at least once; one that found nothing may not have
+    assert (run.locks["op"] == "lease").sum() >= ((ops["op"] == "get") & (ops["n"] > 0)).sum()
     assert run.summary["lock_acquisitions"] == len(run.locks)
     assert set(run.workers["worker"]) == {"P0", "P1", "C0", "C1"}
     assert run.workers["ok"].all()
