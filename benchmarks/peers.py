@@ -215,9 +215,7 @@ class DjqStore(Store):
     def get_many(self, n: int, wait: bool) -> list[tuple[Item, Any]]:
         if not hasattr(self.q, "get_many"):
             return super().get_many(n, wait)
-        tasks = self.q.get_many(n)
-        if not tasks and wait:
-            time.sleep(EMPTY_PAUSE)
+        tasks = self.q.get_many(n, timeout=DJQ_WAIT if wait else 0.0)
         return [(t.payload, t) for t in tasks]
 
     def ack(self, handle: Any) -> None:
@@ -225,7 +223,9 @@ class DjqStore(Store):
 
     def ack_many(self, handles: Sequence[Any]) -> None:
         if hasattr(self.q, "ack_many"):
-            self.q.ack_many(list(handles))
+            lost = self.q.ack_many(list(handles))  # the ids whose lease was lost: not acked
+            if lost:
+                raise RuntimeError(f"ack_many: {len(lost)} of {len(handles)} leases lost")
         else:
             super().ack_many(handles)
 
