@@ -29,6 +29,7 @@ import os
 import secrets
 import selectors
 import socket
+import struct
 import threading
 import time
 from dataclasses import dataclass, field
@@ -48,6 +49,7 @@ __all__ = ["Broker", "BrokerMetrics"]
 
 logger = logging.getLogger(__name__)
 
+_HANDSHAKE_TIMEOUT: Final = 5.0  #: seconds a new client has to prove it has the key
 DEFAULT_WATCH_INTERVAL: Final = 0.05  #: seconds between looks at the file while gets wait
 _METRIC_ROWS: Final = 200_000  #: per-batch and per-event rows kept (the newest)
 _WRITES: Final = frozenset(
@@ -251,8 +253,10 @@ class Broker:
 
     def _handshake(self, conn: mpc.Connection, key: bytes) -> None:
         try:
+            _receive_timeout(conn, _HANDSHAKE_TIMEOUT)  # a client that sends nothing is dropped
             mpc.deliver_challenge(conn, key)
             mpc.answer_challenge(conn, key)
+            _receive_timeout(conn, 0.0)  # afterwards, reads wait as long as the loop wants
         except Exception as exc:  # a stranger, garbage, or a client that left: never the broker's end
             logger.warning("refused a client: %s: %s", type(exc).__name__, exc)
             conn.close()
@@ -510,6 +514,18 @@ class Broker:
             result["batches"] = list(self.metrics.batches)
             result["events"] = list(self.metrics.events)
         return result
+
+
+def _receive_timeout(conn: mpc.Connection, seconds: float) -> None:
+    """Make reads on the connection's socket fail after ``seconds`` (0: wait for ever)."""
+    whole = int(seconds)
+    sock = socket.socket(fileno=os.dup(conn.fileno()))  # shares the socket, so its options
+    try:
+        sock.setsockopt(
+            socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", whole, int((seconds - whole) * 1e6))
+        )
+    finally:
+        sock.close()
 
 
 def _write_private(path: os.PathLike[str], data: bytes) -> None:
