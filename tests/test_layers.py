@@ -29,6 +29,7 @@ ALLOWED = {  # djq modules each module may import (the table in STYLE.md 4.3)
     "sim": CORE | {"workers", "frames", "manager", "remote"},
     "theory": {"errors"},
     "plot": {"model", "frames"},
+    "widgets": {"sim", "frames", "plot", "model", "errors", "queue"},
 }
 THIRD_PARTY = {  # third-party packages each module may import
     "storage": {"orjson"},
@@ -42,6 +43,7 @@ THIRD_PARTY = {  # third-party packages each module may import
     "sim": {"pandas", "orjson", "tqdm"},
     "theory": {"numpy"},
     "plot": {"matplotlib", "numpy", "pandas"},
+    "widgets": {"ipywidgets", "matplotlib", "pandas"},
 }
 STDLIB_BANNED_IN_STATE = {"os", "io", "time", "threading", "pathlib", "random", "secrets", "uuid"}
 NEVER = {"pickle", "marshal", "shelve", "cPickle", "dill", "cloudpickle"}
