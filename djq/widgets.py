@@ -185,8 +185,8 @@ def _on(draw: Callable[..., Axes], source: object, ax: Axes) -> Axes:
 
 
 def _small_legend(ax: Axes) -> Axes:
-    """Redraw the legend small, where it hides the least (many runs make long legends)."""
-    ax.legend(loc="best", fontsize=8)
+    """Redraw a CDF's legend small, top left, where the rising curves leave room (many runs, long labels)."""
+    ax.legend(loc="upper left", fontsize=8)
     return ax
 
 
@@ -571,10 +571,9 @@ class Lab:
             return table
         self.outputs["compare_table"].outputs = (_table_output(table),)
         runs = list(self.runs)
-        labels = [r.label for r in runs]
-        self._draw(
-            "compare_latency_cdf", lambda ax: plot.latency_cdf([r.run for r in runs], labels=labels, ax=ax)
-        )
+        labels, sources = [r.label for r in runs], [r.run for r in runs]
+        cdf = plot.latency_cdf
+        self._draw("compare_latency_cdf", lambda ax: _small_legend(cdf(sources, labels=labels, ax=ax)))
         self._draw("compare_wait_histogram", lambda ax: _wait_overlay(runs, ax))
         height = max(3.0, 1.2 + 0.45 * len(runs))
         self._draw("compare_throughput", lambda ax: _throughput_bars(runs, ax), size=(6.4, height))
