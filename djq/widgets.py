@@ -55,17 +55,9 @@ __all__ = ["Lab", "LabRun", "describe"]
 
 POLL_DEFAULT: Final = 0.0  #: the poll-interval control's value for "the lock's own default"
 _POLL_CHOICES: Final = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1)  #: seconds
-_WORK_CHOICES: Final = (
-    "0",
-    "0.0005",
-    "0.001",
-    "0.002",
-    "0.005",
-    "0.01",
-    "exp:0.001",
-    "exp:0.002",
-    "exp:0.005",
-)
+_WORK_CHOICES: Final = (  # suggestions; the field takes any seconds or "exp:MEAN"
+    "0", "0.0005", "0.001", "0.002", "0.005", "0.01", "exp:0.001", "exp:0.002", "exp:0.005",
+)  # fmt: skip
 _DEFAULTS: Final[Mapping[str, Any]] = {
     "producers": 2, "consumers": 2, "tasks": 500, "lock": "flock", "poll_interval": None,
     "mode": "direct", "storage": "journal", "fsync": False, "work": "0.001", "batch": 1,
@@ -96,8 +88,8 @@ class LabRun:
     """One run the panel kept: its number in the session, a label, the ``Run``, wall time.
 
     Attributes:
-        number: 1 for the session's first run, then 2, 3, ...
-        label: ``#2 4P/4C filelock(5 ms) work=exp:2ms`` (see ``describe``).
+        number: 1 for the first run the panel started, then 2, 3, ... (also in the folder name).
+        label: ``#2 4P/4C filelock(5 ms) work=exp:2ms, 1000 tasks`` (see ``describe``).
         run: the ``djq.sim.Run`` with its frames and summary.
         wall_s: seconds the simulation took, start-up of the workers included.
     """
@@ -296,7 +288,7 @@ class Lab:
         self.widget = self._layout()
         try:
             self.set(**{**_DEFAULTS, **values})
-        except (ConfigError, TypeError, ValueError) as exc:
+        except Exception as exc:  # shown in the panel, like every error
             self._fail(exc)
 
     # -- the controls -------------------------------------------------------------------
@@ -337,7 +329,8 @@ class Lab:
     @staticmethod
     def _poll_options(extra: Sequence[float]) -> list[tuple[str, float]]:
         choices = sorted({*_POLL_CHOICES, *extra})
-        return [("lock's default (50 ms)", POLL_DEFAULT), *((f"{s * 1e3:g} ms", s) for s in choices)]
+        default = f"lock's default ({sim.FILELOCK_POLL_INTERVAL * 1e3:g} ms)"
+        return [(default, POLL_DEFAULT), *((f"{s * 1e3:g} ms", s) for s in choices)]
 
     def _lock_changed(self, change: Mapping[str, Any]) -> None:
         """Choosing flock, which does not poll, puts the poll interval back to the default."""
@@ -385,7 +378,8 @@ class Lab:
             if name == "poll_interval":
                 value = POLL_DEFAULT if value is None else value
                 if not isinstance(value, int | float) or isinstance(value, bool) or value < 0:
-                    raise ConfigError(f"poll_interval must be seconds > 0 or None, not {value!r}", field=name)
+                    message = f"poll_interval must be seconds, or None for the lock's default, not {value!r}"
+                    raise ConfigError(message, field=name)
                 value = float(value)
                 if value not in dict(control.options).values():
                     control.options = self._poll_options([v for _, v in control.options[1:]] + [value])
