@@ -8,8 +8,9 @@ Frames:
 
 * ``ops``: one row per client call: worker, role, op, start_s, end_s, duration_s, n, ok.
 * ``tasks``: one row per task put: task_id, producer, consumer, attempts, acks, created_s,
-  put_s, got_s, acked_s, queue_wait_s (first delivery - put), service_s (ack - last
-  delivery), latency_s (ack - created).
+  put_s, got_s, acked_s (each when the call returned), queue_wait_s (first delivery -
+  put; slightly negative when a consumer got the task before the producer's call
+  returned), service_s (ack - last delivery), latency_s (ack - created).
 * ``locks``: one row per lock acquisition: worker, role, op, requested_s, acquired_s,
   released_s, wait_s, hold_s, handoff_s (this acquire - the previous release, by anyone),
   contended (the lock was held when this one asked).

@@ -46,14 +46,19 @@ def test_frames_have_the_documented_columns(run):
 
 
 def test_task_times_are_ordered(run):
-    """created <= put <= got <= acked for every task, and the derived durations are non-negative."""
+    """created <= put, created <= got <= acked for every task; service and latency are non-negative.
+
+    ``put_s`` is when the producer's call returned: a consumer may lease the task between
+    the producer's release of the lock and that moment, so ``got_s`` may come first (and
+    ``queue_wait_s`` be slightly negative) on a busy machine.
+    """
     t = run.tasks
     assert len(t) == SMALL["tasks"]
     assert t["task_id"].is_unique
     assert (t["created_s"] <= t["put_s"]).all()
-    assert (t["put_s"] <= t["got_s"]).all()
+    assert (t["created_s"] <= t["got_s"]).all()
     assert (t["got_s"] <= t["acked_s"]).all()
-    assert (t[["queue_wait_s", "service_s", "latency_s"]] >= 0).all().all()
+    assert (t[["service_s", "latency_s"]] >= 0).all().all()
     assert (t["attempts"] >= 1).all()
     assert (t["acks"] == 1).all()
 
