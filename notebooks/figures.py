@@ -9,8 +9,9 @@ It writes three PNGs into ``notebooks/figures/`` and prints their names:
 * ``lock_waits.png``: lock wait per acquisition, ``flock`` against ``filelock``, with
   2 producers and 2 consumers; filelock's waits pile up at multiples of its 50 ms poll.
 * ``lock_timeline.png``: who held the lock when in the same two runs: flock in steady
-  state, where a release wakes a waiter in the kernel; filelock around its longest wait,
-  waiters sleeping 50 ms between tries while the lock sits idle.
+  state, where a release wakes a waiter blocked in the kernel (which still needs a core
+  to run); filelock around its longest wait, waiters sleeping 50 ms between tries while
+  the lock sits idle.
 * ``direct_vs_broker.png``: tasks per second against workers, every client taking the
   file lock (direct) against one broker writing once per batch, fsync off and on, and
   how many client calls each of the broker's writes served.
@@ -114,7 +115,7 @@ def lock_timeline(runs: dict[str, Any]) -> Path:
     top.set_title(
         "flock: 40 acquisitions from the middle of the run (lock held "
         f"{flock.summary['lock_utilisation']:.0%} of the run): "
-        "a waiter blocks in the kernel and wakes at the release",
+        "a release wakes a waiter, which still needs a core",
         fontsize=10,
     )
     start, end = longest_wait_window(filelock.locks)
