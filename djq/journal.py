@@ -143,6 +143,7 @@ class JournalFile:
         self._offset = 0  # bytes of the journal applied (always at a line's end)
         self._size = 0  # the journal's size when last looked at
         self._stale = False  # the journal is older than the snapshot: ignore, reset before appending
+        self._last: tuple[int, bytes] | None = None  # where the last line we applied starts, its checksum
 
     @property
     def reads(self) -> int:
@@ -168,6 +169,7 @@ class JournalFile:
         if self._fd is not None:
             os.close(self._fd)
         self._fd, self._ino, self._offset, self._size, self._stale = None, -1, 0, 0, False
+        self._last = None
 
     def has_changed(self) -> bool:
         """Return whether the snapshot or the journal differ from what this process applied."""
@@ -203,7 +205,12 @@ class JournalFile:
             if current is not self._base:  # a snapshot we have not applied the journal to
                 self._close_journal()
                 self._base = current
-            if self._catch_up(current):
+            try:
+                caught_up = self._catch_up(current)
+            except BaseException:
+                self.invalidate()  # lines may be applied to the cached snapshot already: never reuse it
+                raise
+            if caught_up:
                 current.applied = []
                 return current
             self.invalidate()  # the journal is newer than the snapshot we read: read both again
@@ -235,6 +242,8 @@ class JournalFile:
         if st.st_size > self.max_file_bytes:
             raise CorruptQueueError(path=str(self.journal), reason=f"{st.st_size} bytes is over the limit")
         self._size = st.st_size
+        if self._last is not None and not self._still_there(st.st_size):
+            return False  # lines we applied were cut off (an append that failed): read it all again
         if self._stale or st.st_size <= self._offset:
             return True
         data = os.pread(self._fd, st.st_size - self._offset, self._offset)  # type: ignore[arg-type]
@@ -252,6 +261,15 @@ class JournalFile:
             start = end + 1
         self._offset += start + self._replay(current, data, start)
         return True
+
+    def _still_there(self, size: int) -> bool:
+        """Whether the last line we applied is still in the journal, where we read it.
+
+        A writer whose append fails cuts it off again, after a lock-free reader may have
+        applied it; the next appends can then reuse those bytes, even to the same size.
+        """
+        at, checksum = self._last  # type: ignore[misc]
+        return size >= self._offset and os.pread(self._fd, len(checksum), at) == checksum  # type: ignore[arg-type]
 
     def _open(self, st: os.stat_result) -> None:
         self._close_journal()
@@ -283,6 +301,7 @@ class JournalFile:
                 raise CorruptQueueError(
                     path=str(self.journal), reason=f"line at byte {self._offset + pos} does not apply: {exc}"
                 ) from None
+            self._last = (self._offset + pos, data[pos : pos + 8])
             pos = end + 1
 
     # Writing
@@ -304,7 +323,7 @@ class JournalFile:
             self.compact(current)  # the journal never grows past what a reader accepts
             return
         try:
-            if self._fd is None or self._stale:
+            if self._fd is None or self._stale or self._offset == 0:  # 0: no complete header
                 self._reset(current.generation)
             elif self._size != self._offset:
                 os.ftruncate(self._fd, self._offset)  # cut off a torn line left by a dead writer
@@ -317,6 +336,8 @@ class JournalFile:
                     os.ftruncate(self._fd, self._offset)  # never leave half of our own append
             self.invalidate()
             raise _error("cannot append to", self.journal, exc) from exc
+        last = data.rfind(b"\n", 0, len(data) - 1) + 1
+        self._last = (self._offset + last, data[last : last + 8])
         self._offset += len(data)
         self._size = self._offset
         self.appends += 1
@@ -357,9 +378,11 @@ class JournalFile:
             if self.fsync:
                 os.fsync(fd)
             os.replace(tmp, self.journal)
-        except BaseException:
+        except BaseException as exc:
             os.close(fd)
             tmp.unlink(missing_ok=True)
+            if isinstance(exc, OSError) and not isinstance(exc, StorageError):
+                raise _error("cannot write", self.journal, exc) from exc
             raise
         os.close(fd)
         if self.fsync:

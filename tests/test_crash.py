@@ -1,9 +1,13 @@
-"""SIGKILL a writer at random moments: Queue.json stays valid and nothing acked or put is lost.
+"""SIGKILL a writer at random moments: the queue stays valid and nothing acked or put is lost.
 
 A forked child puts, gets and acks (fsync on, as the crash safety under test includes
 fsync) and keeps a ledger; the parent kills it after a random 0-50 ms, then checks the
-file against the ledger, and at the end drains every task that is left, including the
-leases the killed children never acked.
+files against the ledger, and at the end drains every task that is left, including the
+leases the killed children never acked. This runs in both storages (rewrite: Queue.json
+replaced whole; journal: lines appended to Queue.json.journal), and once more in journal
+storage with a child that compacts after most writes, so kills land inside compactions.
+Compaction is also killed deterministically just before and after each of its two
+atomic replaces (Queue.json, then the journal).
 
 Reproduce a failure with ``CRASH_TEST_SEED=<seed> pytest tests/test_crash.py`` (the seed
 is printed and attached to the failure).
@@ -18,13 +22,16 @@ import threading
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
+import orjson
 import pytest
 import workers
 
 import djq
-from djq.model import TaskState
-from djq.storage import temp_files
+from djq.journal import journal_path
+from djq.model import DEFAULT_COMPACT_BYTES, StorageKind, Task, TaskState
+from djq.storage import decode, temp_files
 
 SEED = int(os.environ.get("CRASH_TEST_SEED", "20240917"))
 MAX_KILL_DELAY = 0.050  #: seconds; each kill lands uniformly in [0, this) after the fork
@@ -35,28 +42,34 @@ CHILD_LEASE = 3600.0
 CHILD_MAX_ATTEMPTS = 1_000  #: a task leased by several killed children never goes dead
 FUTURE = 10_000.0  #: seconds; the drain's clock is this far ahead, past every child lease
 TEMP_FILES_MESSAGE = "temp files left by crashed writers"
+TORN_MESSAGE = "torn last line"  #: a kill mid-append may leave one; the next write cuts it
+STORAGES = [k.value for k in StorageKind]
+#: Kills per storage: journal storage replays the whole journal in every fresh queue
+#: (the parent opens three per kill), so each kill costs more as the journal grows.
+KILLS = {"flock": 120, "filelock": 40}  # flock is the default: it gets the most kills
+#: The child compacts after half of its writes (and ``compact_bytes=1`` compacts whenever
+#: the journal outgrows Queue.json), so most of its time is spent compacting.
+COMPACTION_KILLS = 120
 
 
-def _fork_and_kill(path: Path, ledger: Path, lock_kind: str, child_seed: int, delay: float) -> int:
-    """Fork a child running ``workers.crash_child``, SIGKILL it after ``delay``; return its status."""
+def _fork(target: Any, *args: Any, **kwargs: Any) -> int:
+    """Fork a child running ``target``; return its pid (the child never returns)."""
     # os.fork copies only the calling thread: with other threads alive the child could
     # inherit a lock held by one of them (and Python 3.12+ warns, an error here).
     assert threading.active_count() == 1, f"threads alive before fork: {threading.enumerate()}"
     pid = os.fork()
     if pid == 0:  # the child: never returns
-        workers.run_forked(
-            workers.crash_child,
-            str(path),
-            str(ledger),
-            lock_kind,
-            child_seed,
-            lease=CHILD_LEASE,
-            max_attempts=CHILD_MAX_ATTEMPTS,
-        )
+        workers.run_forked(target, *args, **kwargs)
+    return pid
+
+
+def _reap(pid: int, *, kill_after: float | None) -> int:
+    """SIGKILL the child after ``kill_after`` s (None: it ends by itself); reap it; return its status."""
     reaped = False
     try:
-        time.sleep(delay)
-        os.kill(pid, signal.SIGKILL)
+        if kill_after is not None:
+            time.sleep(kill_after)
+            os.kill(pid, signal.SIGKILL)
         _, status = os.waitpid(pid, 0)
         reaped = True
     finally:
@@ -64,6 +77,23 @@ def _fork_and_kill(path: Path, ledger: Path, lock_kind: str, child_seed: int, de
             os.kill(pid, signal.SIGKILL)
             os.waitpid(pid, 0)
     return status
+
+
+def _fork_and_kill(
+    path: Path, ledger: Path, lock_kind: str, child_seed: int, delay: float, options: dict[str, Any]
+) -> int:
+    """Fork a child running ``workers.crash_child``, SIGKILL it after ``delay``; return its status."""
+    pid = _fork(
+        workers.crash_child,
+        str(path),
+        str(ledger),
+        lock_kind,
+        child_seed,
+        lease=CHILD_LEASE,
+        max_attempts=CHILD_MAX_ATTEMPTS,
+        **options,
+    )
+    return _reap(pid, kill_after=delay)
 
 
 def _read_ledger(ledger: Path) -> dict[str, list[str]]:
@@ -84,22 +114,30 @@ def _log(ledger_fd: int, event: str, task_id: str) -> None:
     os.write(ledger_fd, f"{event} {task_id}\n".encode())
 
 
-def _inspect(path: Path, lock_kind: str) -> tuple[dict[str, TaskState], list[Path]]:
-    """Open the queue afresh after a kill; return its tasks' states and the temp files left."""
-    q = djq.Queue(path, lock=lock_kind)
+def _inspect(path: Path, lock_kind: str, options: dict[str, Any]) -> tuple[dict[str, Task], list[Path], int]:
+    """Open the queue afresh after a kill; return its tasks, the temp files left, the torn lines (0 or 1)."""
+    q = djq.Queue(path, lock=lock_kind, storage=options["storage"])
     try:
         q.stats()  # parses, or raises
         problems = [p for p in q.check() if not p.startswith(TEMP_FILES_MESSAGE)]
-        assert problems == []
-        tasks = {task_id: record.state for task_id, record in q.file.load().tasks.items()}
+        torn = [p for p in problems if TORN_MESSAGE in p]
+        assert [p for p in problems if p not in torn] == []
+        tasks = {task_id: record.snapshot() for task_id, record in q.file.load().tasks.items()}
     finally:
         q.close()
-    return tasks, temp_files(path)
+    return tasks, temp_files(path), len(torn)
 
 
-def _write_once(path: Path, lock_kind: str, ledger_fd: int, n: int) -> None:
+def _write_once(path: Path, lock_kind: str, ledger_fd: int, n: int, options: dict[str, Any]) -> None:
     """One real write through a fresh queue, logged like the children's: ack a task, or put one."""
-    q = djq.Queue(path, lock=lock_kind, lease=CHILD_LEASE, max_attempts=CHILD_MAX_ATTEMPTS)
+    q = djq.Queue(
+        path,
+        lock=lock_kind,
+        lease=CHILD_LEASE,
+        max_attempts=CHILD_MAX_ATTEMPTS,
+        storage=options["storage"],
+        compact_bytes=options.get("compact_bytes", DEFAULT_COMPACT_BYTES),
+    )
     try:
         task = q.get(timeout=0)
         if task is None:
@@ -112,7 +150,7 @@ def _write_once(path: Path, lock_kind: str, ledger_fd: int, n: int) -> None:
         q.close()
 
 
-def _check_ledger(events: dict[str, list[str]], tasks: dict[str, TaskState]) -> None:
+def _check_ledger(events: dict[str, list[str]], tasks: dict[str, Task]) -> None:
     acking = set(events["acking"])
     lost = sorted(set(events["put"]) - tasks.keys() - acking, key=int)
     assert lost == [], f"put returned, never acked, but gone from the file: {lost}"
@@ -120,44 +158,88 @@ def _check_ledger(events: dict[str, list[str]], tasks: dict[str, TaskState]) -> 
     assert back == [], f"acked but back in the file: {back}"
     twice = sorted((i for i, c in Counter(events["acking"]).items() if c > 1), key=int)
     assert twice == [], f"delivered twice although no lease expired: {twice}"
-    dead = sorted((i for i, s in tasks.items() if s is TaskState.DEAD), key=int)
+    dead = sorted((i for i, t in tasks.items() if t.state is TaskState.DEAD), key=int)
     assert dead == [], f"dead letters: {dead}"
 
 
+def _check_payloads(seen: dict[str, Any], tasks: dict[str, Task]) -> None:
+    """No task duplicated: an id keeps its payload from kill to kill, and no payload is under two ids.
+
+    Every payload put is distinct (a child's seed and a random number, or the parent's
+    counter), so a change applied twice (a journal line replayed onto a snapshot that
+    already holds it) would show up as a second id with the same payload.
+    """
+    for task_id, task in tasks.items():
+        assert seen.setdefault(task_id, task.payload) == task.payload, f"task {task_id} changed its payload"
+    payloads = Counter(repr(t.payload) for t in tasks.values())
+    twice = [p for p, n in payloads.items() if n > 1]
+    assert twice == [], f"the same payload under two ids: {twice}"
+
+
 @pytest.mark.timeout(120)
-@pytest.mark.parametrize(
-    ("lock_kind", "kills"),
-    [("flock", 200), ("filelock", 50)],  # flock is the default: it gets the most kills
-)
-def test_sigkill_at_random_moments_loses_nothing(tmp_path: Path, lock_kind: str, kills: int):
+@pytest.mark.parametrize("lock_kind", list(KILLS))
+@pytest.mark.parametrize("storage", STORAGES)
+def test_sigkill_at_random_moments_loses_nothing(tmp_path: Path, storage: str, lock_kind: str):
+    """A writer killed at random moments, again and again: nothing put is lost, nothing acked comes back.
+
+    After every kill the files load and check cleanly (but for a temp file or a torn last
+    line, which the next write removes), every put that returned is there or was acked,
+    no task is duplicated; at the end every task left is delivered exactly once.
+    """
+    _kill_again_and_again(tmp_path, lock_kind, KILLS[lock_kind], {"storage": storage})
+
+
+@pytest.mark.timeout(120)
+def test_sigkill_during_compactions_loses_nothing(tmp_path: Path):
+    """As above, in journal storage with a writer that compacts after most writes.
+
+    ``compact_bytes=1`` folds the journal whenever it outgrows Queue.json, and the child
+    also compacts after half of its steps, so many kills land between a compaction's
+    replace of Queue.json and its replace of the journal, or inside either.
+    """
+    options = {"storage": "journal", "compact_bytes": 1, "compact": 0.5}
+    _kill_again_and_again(tmp_path, "flock", COMPACTION_KILLS, options)
+
+
+def _kill_again_and_again(tmp_path: Path, lock_kind: str, kills: int, options: dict[str, Any]) -> None:
+    """Run ``kills`` children of ``workers.crash_child`` with ``options``, SIGKILL each, check after each."""
     print(f"CRASH_TEST_SEED={SEED}")
-    rng = random.Random(f"{SEED}-{lock_kind}")
+    case = "-".join(str(v) for v in (lock_kind, *options.values()))
+    rng = random.Random(f"{SEED}-{case}")
     path = tmp_path / "q" / "Queue.json"
     ledger = tmp_path / "ledger.txt"
     ledger_fd = os.open(ledger, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    left_temp = 0
+    left_temp = left_torn = left_stale = 0
+    payloads: dict[str, Any] = {}
     kill = -1
     try:
         for kill in range(kills):
             status = _fork_and_kill(
-                path, ledger, lock_kind, rng.randrange(2**32), rng.uniform(0, MAX_KILL_DELAY)
+                path, ledger, lock_kind, rng.randrange(2**32), rng.uniform(0, MAX_KILL_DELAY), options
             )
             assert os.WIFSIGNALED(status), f"the child exited on its own ({status:#x}); see its stderr"
             assert os.WTERMSIG(status) == signal.SIGKILL
 
-            tasks, temps = _inspect(path, lock_kind)
+            left_stale += 0 <= _journal_generation(path) < _snapshot_generation(path)
+            tasks, temps, torn = _inspect(path, lock_kind, options)
             assert len(temps) <= 1, f"more than one temp file after one kill: {temps}"
             left_temp += len(temps)
+            left_torn += torn
             _check_ledger(_read_ledger(ledger), tasks)
+            _check_payloads(payloads, tasks)
 
-            _write_once(path, lock_kind, ledger_fd, kill)  # the next write cleans up
+            _write_once(path, lock_kind, ledger_fd, kill, options)  # the next write cleans up
             assert temp_files(path) == [], "a temp file survived the next write"
+            journal = journal_path(path)
+            if journal.exists():
+                assert journal.read_bytes().endswith(b"\n"), "a torn line survived the next write"
 
         kill = -1  # the end: everything left is delivered
-        tasks, _ = _inspect(path, lock_kind)
+        tasks, _, _ = _inspect(path, lock_kind, options)
         events = _read_ledger(ledger)
         _check_ledger(events, tasks)
-        delivered = _drain(path, lock_kind, len(tasks))
+        _check_payloads(payloads, tasks)
+        delivered = _drain(path, lock_kind, len(tasks), options["storage"])
         assert sorted(delivered, key=int) == sorted(tasks, key=int), (
             "the drain did not deliver each task left once"
         )
@@ -165,27 +247,115 @@ def test_sigkill_at_random_moments_loses_nothing(tmp_path: Path, lock_kind: str,
         assert unacked <= set(delivered), f"never delivered: {sorted(unacked - set(delivered), key=int)}"
         assert not set(events["acked"]) & set(delivered), "an acked task was delivered again"
 
-        stats = workers.final_stats(path, lock_kind)
+        stats = workers.final_stats(path, lock_kind, storage=options["storage"])
         assert stats.total == 0
         assert stats.put_total == stats.acked_total
         assert stats.dead_total == 0
-        abandoned = [i for i, s in tasks.items() if s is TaskState.LEASED]
+        abandoned = [i for i, t in tasks.items() if t.state is TaskState.LEASED]
         print(
-            f"{lock_kind}: {kills} kills, {left_temp} left a temp file; {stats.put_total} tasks put, "
-            f"{len(events['acked'])} acks logged; {len(delivered)} drained, "
+            f"{case}: {kills} kills, {left_temp} left a temp file, {left_torn} a torn line, "
+            f"{left_stale} a journal older than Queue.json (generation {_snapshot_generation(path)}); "
+            f"{stats.put_total} tasks put, {len(events['acked'])} acks logged; {len(delivered)} drained, "
             f"{len(abandoned)} of them leases the killed children never acked"
         )
     except BaseException as exc:
         where = "at the end" if kill < 0 else f"after kill {kill}"
-        exc.add_note(f"reproduce with CRASH_TEST_SEED={SEED} ({lock_kind}, {where})")
+        exc.add_note(f"reproduce with CRASH_TEST_SEED={SEED} ({case}, {where})")
         raise
     finally:
         os.close(ledger_fd)
 
 
-def _drain(path: Path, lock_kind: str, expected: int) -> list[str]:
+def _snapshot_generation(path: Path) -> int:
+    """The generation of Queue.json (0 before it exists)."""
+    return decode(path.read_bytes(), path).generation if path.exists() else 0
+
+
+def _journal_generation(path: Path) -> int:
+    """The generation in the journal's header (-1 without a journal or a complete header)."""
+    try:
+        header, newline, _ = journal_path(path).read_bytes().partition(b"\n")
+    except FileNotFoundError:
+        return -1
+    return int(orjson.loads(header)["generation"]) if newline else -1
+
+
+#: Where a compaction is killed: just before or after its 1st ``os.replace`` (Queue.json)
+#: or its 2nd (the journal). What the files then hold: (Queue.json's generation, the
+#: journal's, the temp files left), the generations relative to the queue's before.
+COMPACTION_STEPS = {
+    "before-snapshot-replace": (0, 0, 1),
+    "after-snapshot-replace": (1, 0, 0),
+    "before-journal-replace": (1, 0, 1),
+    "after-journal-replace": (1, 1, 0),
+}
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("step", list(COMPACTION_STEPS))
+def test_sigkill_at_each_step_of_a_compaction_loses_nothing(tmp_path: Path, step: str):
+    """A compaction killed just before or after each of its atomic replaces: every task stays, once.
+
+    The files are then the old pair, the new snapshot with the old journal (already folded
+    into it: ignored, never applied twice), or the new pair; a fresh queue sees exactly the
+    tasks of before, the next write removes any temp file and starts a journal of the
+    snapshot's generation, and the queue then checks clean.
+    """
+    path = tmp_path / "q" / "Queue.json"
+    q = djq.Queue(path, fsync=True)
+    try:
+        q.put_many([{"n": n} for n in range(6)])
+        for _ in range(2):
+            task = q.get()
+            assert task is not None
+            q.ack(task)
+        assert q.get() is not None  # one task stays leased
+        q.put("last")
+        before = [r.snapshot() for r in q.file.load().tasks.values()]
+        generation = _snapshot_generation(path)
+        assert _journal_generation(path) == generation
+    finally:
+        q.close()
+
+    when, _, which = step.partition("-")
+    replace = 1 if which == "snapshot-replace" else 2
+    status = _reap(_fork(workers.compact_until_killed, str(path), replace, when), kill_after=None)
+    assert os.WIFSIGNALED(status), f"the child was not killed at {step} ({status:#x}); see its stderr"
+    assert os.WTERMSIG(status) == signal.SIGKILL
+
+    snapshot_step, journal_step, temps = COMPACTION_STEPS[step]
+    assert _snapshot_generation(path) == generation + snapshot_step
+    assert _journal_generation(path) == generation + journal_step
+    assert len(temp_files(path)) == temps
+    q = djq.Queue(path, fsync=True)
+    try:
+        assert [r.snapshot() for r in q.file.load().tasks.values()] == before
+        assert [p for p in q.check() if not p.startswith(TEMP_FILES_MESSAGE)] == []
+        q.put("after")
+        assert temp_files(path) == []
+        assert _journal_generation(path) == _snapshot_generation(path) == generation + snapshot_step
+    finally:
+        q.close()
+    fresh = djq.Queue(path)
+    try:
+        assert fresh.check() == []
+        tasks = [r.snapshot() for r in fresh.file.load().tasks.values()]
+        assert tasks[:-1] == before
+        assert tasks[-1].payload == "after"
+        assert fresh.stats().put_total == 8
+    finally:
+        fresh.close()
+
+
+def _drain(path: Path, lock_kind: str, expected: int, storage: str) -> list[str]:
     """Get and ack until empty, with a clock past every lease; return the ids delivered."""
-    q = djq.Queue(path, lock=lock_kind, clock=lambda: time.time() + FUTURE, max_attempts=CHILD_MAX_ATTEMPTS)
+    q = djq.Queue(
+        path,
+        lock=lock_kind,
+        storage=storage,
+        clock=lambda: time.time() + FUTURE,
+        max_attempts=CHILD_MAX_ATTEMPTS,
+    )
     delivered = []
     try:
         stats = q.stats()

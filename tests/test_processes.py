@@ -1,8 +1,9 @@
 """Real processes on one Queue.json: every task put is acked exactly once, none lost.
 
-Two producer and two consumer processes per lock kind move N tasks through one file.
-The children are spawned (not forked), so this test never forks a process that may
-have threads, and the workers import djq afresh, as real separate programs would.
+Two producer and two consumer processes per lock kind and storage move N tasks through
+one file. The children are spawned (not forked), so this test never forks a process
+that may have threads, and the workers import djq afresh, as real separate programs
+would.
 """
 
 from __future__ import annotations
@@ -17,16 +18,23 @@ from typing import Any
 import pytest
 import workers
 
-from djq.model import LockKind
+from djq.model import LockKind, StorageKind
 
-N = 5_000  #: tasks per lock kind (2 producers x 2,500)
+N = 5_000  #: tasks per case (2 producers x 2,500)
 PRODUCERS = 2
 CONSUMERS = 2
-#: Producers pause while more than this many tasks are ready. Every operation rewrites
-#: (and every other process re-reads and validates) the whole file, O(depth) in Python:
-#: at 200 ready tasks the flock run used about twice the CPU time of 50, for no more
-#: interleavings; 50 keeps the buffer bounded and the test fast.
+#: Producers pause while more than this many tasks are ready. In rewrite storage every
+#: operation rewrites (and every other process re-reads and validates) the whole file,
+#: O(depth) in Python: at 200 ready tasks the flock run used about twice the CPU time of
+#: 50, for no more interleavings; 50 keeps the buffer bounded and the test fast.
 HIGH_WATER = 50
+#: Every lock kind in journal storage (the default: each process replays the lines the
+#: others appended), and rewrite storage (each re-reads the whole file) with flock only:
+#: the locks exclude each other the same way in both storages, and rewrite costs O(depth)
+#: per call, about 13 s with flock here but 15 s with filelock and 41 s with soft.
+CASES = [(StorageKind.JOURNAL.value, lock.value) for lock in LockKind] + [
+    (StorageKind.REWRITE.value, LockKind.FLOCK.value)
+]
 #: The polling locks sleep between tries. filelock's default 0.05 s would make each
 #: contended acquisition wait up to 50 ms, and with four processes most of the ~15,000
 #: acquisitions per kind are contended: far past this file's time budget. Much shorter
@@ -34,8 +42,8 @@ HIGH_WATER = 50
 #: ("soft", which reads and checks the marker), so 1 ms polling burns the two cores.
 #: 3 ms measured best; the test is about the queue's correctness, not the poll interval.
 POLL_INTERVAL = {"flock": None, "filelock": 0.003, "soft": 0.003}
-#: Seconds for all children of one kind to finish; a hung child fails the test. Runs take
-#: 8-23 s; the margin is for a CI machine shared with other jobs.
+#: Seconds for all children of one case to finish; a hung child fails the test. Runs take
+#: 2-13 s here; the margin is for a CI machine shared with other jobs.
 DEADLINE = 100.0
 
 
@@ -65,8 +73,13 @@ def _reap(processes: list[Any]) -> None:
 
 
 @pytest.mark.timeout(120)
-@pytest.mark.parametrize("lock_kind", [k.value for k in LockKind])
-def test_producers_and_consumers_move_every_task_exactly_once(tmp_path: Path, lock_kind: str):
+@pytest.mark.parametrize(("storage", "lock_kind"), CASES)
+def test_producers_and_consumers_move_every_task_exactly_once(tmp_path: Path, storage: str, lock_kind: str):
+    """Two producers and two consumers in separate processes: each of N tasks acked exactly once.
+
+    No task is lost, none delivered twice, no payload changed, no lease lost (none can
+    expire here); the file then reads back clean and empty, with matching counters.
+    """
     path = tmp_path / "q" / "Queue.json"
     poll = POLL_INTERVAL[lock_kind]
     ctx = multiprocessing.get_context("spawn")
@@ -85,6 +98,7 @@ def test_producers_and_consumers_move_every_task_exactly_once(tmp_path: Path, lo
                 HIGH_WATER,
                 str(tmp_path / f"producer-{i}.json"),
             ),
+            kwargs={"storage": storage},
             name=f"producer-{i}",
         )
         for i in range(PRODUCERS)
@@ -92,6 +106,7 @@ def test_producers_and_consumers_move_every_task_exactly_once(tmp_path: Path, lo
         ctx.Process(
             target=workers.consumer,
             args=(str(path), lock_kind, poll, i, N, str(tmp_path / f"consumer-{i}.json")),
+            kwargs={"storage": storage},
             name=f"consumer-{i}",
         )
         for i in range(CONSUMERS)
@@ -111,7 +126,7 @@ def test_producers_and_consumers_move_every_task_exactly_once(tmp_path: Path, lo
     acked = [tuple(item) for name, r in records.items() if name.startswith("consumer") for item in r["acked"]]
     lost = [i for name, r in records.items() if name.startswith("consumer") for i in r["lost"]]
     print(
-        f"{lock_kind}: {N} tasks in {elapsed:.1f} s; producer pauses "
+        f"{storage}, {lock_kind}: {N} tasks in {elapsed:.1f} s; producer pauses "
         f"{[records[f'producer-{i}']['pauses'] for i in range(PRODUCERS)]}, "
         f"acked per consumer {[len(records[f'consumer-{i}']['acked']) for i in range(CONSUMERS)]}"
     )
@@ -133,7 +148,7 @@ def test_producers_and_consumers_move_every_task_exactly_once(tmp_path: Path, lo
         (i, n) for i in range(PRODUCERS) for n in range(per_producer)
     }
 
-    stats = workers.final_stats(path, lock_kind)
+    stats = workers.final_stats(path, lock_kind, storage=storage)
     assert stats.total == 0
     assert stats.acked_total == stats.put_total == N
     assert stats.dead_total == 0

@@ -3,7 +3,8 @@
 They live in a plain module (no pytest imports) so a spawned child can import them by
 name, and a forked child can call them directly. Each worker opens its own ``Queue``, or
 with ``lock="broker"`` its own ``djq.connect`` client (a queue object is never shared
-across processes), and reports once, at the end.
+across processes), and reports once, at the end. ``storage`` ("journal", the default, or
+"rewrite") picks how a direct ``Queue`` writes the file.
 """
 
 from __future__ import annotations
@@ -12,11 +13,13 @@ import contextlib
 import json
 import os
 import random
+import signal
 import time
 import traceback
 from typing import Any
 
 import djq
+from djq.model import DEFAULT_COMPACT_BYTES
 
 #: seconds a worker of test_processes may run before it gives up; the test's own
 #: deadline is shorter, so this only matters if the parent died and left it behind.
@@ -24,15 +27,15 @@ WORKER_DEADLINE = 120.0
 
 
 def _open(
-    path: str, lock: str, poll_interval: float | None, *, fsync: bool = False
+    path: str, lock: str, poll_interval: float | None, *, storage: str = "journal", fsync: bool = False
 ) -> djq.Queue | djq.BrokerClient:
-    """Open a direct ``Queue`` with this lock kind, or with ``lock="broker"`` a broker client.
+    """Open a direct ``Queue`` with this lock kind and storage, or with ``lock="broker"`` a broker client.
 
-    A broker client takes its options (lock, fsync, ...) from the broker serving ``path``.
+    A broker client takes its options (lock, storage, fsync, ...) from the broker serving ``path``.
     """
     if lock == "broker":
         return djq.connect(path)
-    return djq.Queue(path, lock=lock, fsync=fsync, poll_interval=poll_interval)
+    return djq.Queue(path, lock=lock, storage=storage, fsync=fsync, poll_interval=poll_interval)
 
 
 def _write_record(out_path: str, record: dict[str, Any]) -> None:
@@ -51,14 +54,16 @@ def producer(
     count: int,
     high_water: int,
     out_path: str,
+    *,
+    storage: str = "journal",
 ) -> None:
     """Put ``count`` distinct payloads ``{"p": producer_id, "n": i}``; record (id, payload).
 
     Backpressure: while more than ``high_water`` tasks are ready, pause briefly (the
     classic bounded buffer). ``stats()`` reads the file without the lock. This keeps
-    the file small, because every operation rewrites the whole file.
+    the file small: in rewrite storage every operation rewrites the whole file.
     """
-    q = _open(path, lock, poll_interval)
+    q = _open(path, lock, poll_interval, storage=storage)
     deadline = time.monotonic() + WORKER_DEADLINE
     put: list[list[Any]] = []
     pauses = 0
@@ -83,13 +88,15 @@ def consumer(
     consumer_id: int,
     total: int,
     out_path: str,
+    *,
+    storage: str = "journal",
 ) -> None:
     """Get, ack and record (id, payload) until the queue's ``acked_total`` reaches ``total``.
 
     A ``LeaseLost`` on ack is recorded, not hidden: the test expects none (leases are
     30 s, and a task is held for a few milliseconds).
     """
-    q = _open(path, lock, poll_interval)
+    q = _open(path, lock, poll_interval, storage=storage)
     deadline = time.monotonic() + WORKER_DEADLINE
     acked: list[list[Any]] = []
     lost: list[str] = []
@@ -115,7 +122,18 @@ def consumer(
     _write_record(out_path, {"acked": acked, "lost": lost, "empty_gets": empty_gets})
 
 
-def crash_child(path: str, ledger: str, lock: str, seed: int, *, lease: float, max_attempts: int) -> None:
+def crash_child(
+    path: str,
+    ledger: str,
+    lock: str,
+    seed: int,
+    *,
+    lease: float,
+    max_attempts: int,
+    storage: str = "journal",
+    compact_bytes: int = DEFAULT_COMPACT_BYTES,
+    compact: float = 0.0,
+) -> None:
     """Put, get and ack on ``path`` until killed, logging every step to ``ledger``.
 
     Meant to run in a forked child that the parent SIGKILLs at a random moment. Each
@@ -127,12 +145,22 @@ def crash_child(path: str, ledger: str, lock: str, seed: int, *, lease: float, m
     * ``acked <id>`` after ``ack`` returned.
 
     A task that was leased and never acked (the kill came first) stays leased in the
-    file until its lease runs out. Returns only if nobody killed it within 10 s; run it
+    file until its lease runs out. After each step, with probability ``compact``, it
+    also folds the journal into a new snapshot (``Queue.compact``), so that kills land
+    inside compactions too. Returns only if nobody killed it within 10 s; run it
     through ``run_forked``, which leaves the forked child with ``os._exit``.
     """
     fd = os.open(ledger, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
     rng = random.Random(seed)
-    q = djq.Queue(path, lock=lock, fsync=True, lease=lease, max_attempts=max_attempts)
+    q = djq.Queue(
+        path,
+        lock=lock,
+        storage=storage,
+        fsync=True,
+        lease=lease,
+        max_attempts=max_attempts,
+        compact_bytes=compact_bytes,
+    )
     deadline = time.monotonic() + 10.0  # the parent kills it within 50 ms
     while time.monotonic() < deadline:
         task = q.get(timeout=0) if rng.random() < 0.5 else None
@@ -143,11 +171,37 @@ def crash_child(path: str, ledger: str, lock: str, seed: int, *, lease: float, m
             os.write(fd, f"acking {task.id}\n".encode())
             q.ack(task)
             os.write(fd, f"acked {task.id}\n".encode())
+        if compact and rng.random() < compact:
+            q.compact()
 
 
-def final_stats(path: str, lock: str) -> djq.QueueStats:
+def compact_until_killed(path: str, replace: int, when: str) -> None:
+    """Compact the queue at ``path``, SIGKILLing this process just ``when`` its ``replace``-th ``os.replace``.
+
+    A compaction replaces ``Queue.json`` (the 1st replace) then the journal (the 2nd).
+    Run it through ``run_forked`` only: it patches ``os.replace`` for the whole process.
+    Returns (exit status 0) only if the compaction finished without reaching that point.
+    """
+    real = os.replace
+    calls = 0
+
+    def replace_then_maybe_die(src: Any, dst: Any) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == replace and when == "before":
+            os.kill(os.getpid(), signal.SIGKILL)
+        real(src, dst)
+        if calls == replace and when == "after":
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    os.replace = replace_then_maybe_die  # type: ignore[assignment]
+    q = djq.Queue(path, fsync=True)
+    q.compact()
+
+
+def final_stats(path: str, lock: str, *, storage: str = "journal") -> djq.QueueStats:
     """Open the queue afresh, check its files are healthy, and return its counts."""
-    q = djq.Queue(path, lock=lock)
+    q = djq.Queue(path, lock=lock, storage=storage)
     try:
         assert q.check() == []
         return q.stats()

@@ -1,0 +1,1087 @@
+"""Journal storage (``djq.journal``): torn and damaged lines, generations, failed appends, check, compact.
+
+In journal storage ``Queue.json`` is a snapshot of some ``generation`` and every change
+is one checksummed line appended to ``Queue.json.journal``, whose header names the
+generation it applies to. These tests cut, damage and swap those files the ways a crash,
+a full disk or a stale reader would, and check what every reader then sees: the state
+with every complete good line applied once, never a torn or damaged last line, never a
+journal of another generation; a bad line before the last is ``CorruptQueueError`` and
+the files are never rewritten.
+
+Everything runs in one process on a fake clock; "two processes" are two ``Queue``
+objects on one file (each keeps its own cached state, as a process would). The real
+processes and SIGKILLs are in test_processes.py and test_crash.py.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import os
+import random
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from conftest import FakeClock, file_bytes
+
+import djq
+import djq.journal
+from djq import state
+from djq.journal import decode_line, journal_path
+from djq.model import Task
+from djq.storage import decode, temp_files
+
+ROOT = Path(__file__).resolve().parent.parent
+CLI_TIMEOUT = 60  #: seconds, for one ``python -m djq`` command
+TORN = "torn last line"
+
+
+@pytest.fixture
+def open_queue(clock: FakeClock) -> Iterator[Callable[..., djq.Queue]]:
+    """A factory of queues on the fake clock: journal storage, no fsync, ``max_attempts=2`` unless asked.
+
+    Every queue it made is closed after the test.
+    """
+    opened: list[djq.Queue] = []
+
+    def make(path: Path, **options: Any) -> djq.Queue:
+        options.setdefault("storage", "journal")
+        options.setdefault("fsync", False)
+        options.setdefault("max_attempts", 2)
+        q = djq.Queue(path, clock=clock, **options)
+        opened.append(q)
+        return q
+
+    yield make
+    for q in opened:
+        q.close()
+
+
+@pytest.fixture
+def path(tmp_path: Path) -> Path:
+    return tmp_path / "q" / "Queue.json"
+
+
+def _view(q: djq.Queue) -> dict[str, Any]:
+    """Everything a caller can see of the queue: counts, delivery order, dead letters, every task."""
+    current = q.file.load()
+    return {
+        "stats": dataclasses.replace(q.stats(), file_bytes=0),
+        "peek": q.peek(1_000),
+        "dead": q.dead(),
+        "tasks": [record.snapshot() for record in current.tasks.values()],
+        "next_seq": current.next_seq,
+    }
+
+
+def _tokenless(value: Any) -> Any:
+    """``value`` with every task's lease token dropped: two queues on two files draw different tokens."""
+    if isinstance(value, Task):
+        return dataclasses.replace(value, token=None)
+    if isinstance(value, dict):
+        return {k: _tokenless(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_tokenless(v) for v in value]
+    return value
+
+
+def _journal_bytes(path: Path) -> bytes:
+    data = file_bytes(journal_path(path))
+    assert data is not None
+    return data
+
+
+def _generation(path: Path) -> int:
+    """The generation of the snapshot ``Queue.json``."""
+    return decode(path.read_bytes(), path).generation
+
+
+def _header(generation: int) -> bytes:
+    return orjson.dumps({"format": "djq.journal", "version": 1, "generation": generation}) + b"\n"
+
+
+def _lines(data: bytes) -> list[bytes]:
+    """The complete lines of a journal after its header, each with its newline."""
+    return data.splitlines(keepends=True)[1:]
+
+
+def _replace_with(target: Path, data: bytes) -> None:
+    """Put ``data`` at ``target`` as a new file (a new inode), the way djq replaces its files."""
+    tmp = target.with_name(target.name + ".restore")
+    tmp.write_bytes(data)
+    tmp.chmod(0o600)
+    os.replace(tmp, target)
+
+
+def _copy(path: Path, dest: Path, journal: bytes) -> Path:
+    """A copy of the queue at ``dest``: the same snapshot, ``journal`` as its journal."""
+    dest.parent.mkdir(parents=True, mode=0o700)
+    for name, data in ((dest, path.read_bytes()), (journal_path(dest), journal)):
+        name.write_bytes(data)
+        name.chmod(0o600)  # as djq creates them: check reports a wider mode
+    return dest
+
+
+# A journal with every kind of line, and a last line to tear
+
+
+@dataclasses.dataclass
+class _Seeded:
+    held: Task  #: leased, not acked
+    dead_id: str
+
+
+def _seed(q: djq.Queue, clock: FakeClock) -> _Seeded:
+    """Puts, leases, an ack, nacks (one to the dead letters): a journal of several kinds of line.
+
+    ``q`` has ``max_attempts=2`` (``open_queue``'s default). Leaves ``{"n": 3}`` leased,
+    ``"two"`` dead, two ready.
+    """
+    q.put_many([{"n": 1}, "two", {"n": 3}, 4, [5]])
+    clock.advance(1.0)
+    first = q.get(lease=30.0)
+    assert first is not None
+    q.ack(first)
+    for _ in range(2):
+        clock.advance(1.0)
+        task = q.get(lease=30.0)
+        assert task is not None
+        assert task.payload == "two"
+        q.nack(task)
+    held = q.get(lease=30.0)
+    assert held is not None
+    assert held.payload == {"n": 3}
+    clock.advance(1.0)
+    q.extend(held, lease=40.0)
+    assert [t.payload for t in q.dead()] == ["two"]
+    clock.advance(1.0)
+    return _Seeded(held=held, dead_id=q.dead()[0].id)
+
+
+#: The last call, which appends the line the tests tear: one of each kind of event.
+LAST_CALLS: dict[str, Callable[[djq.Queue, _Seeded], object]] = {
+    "put": lambda q, s: q.put({"last": [1, 2.5, None]}, priority=2, delay=5.0),
+    "put_many": lambda q, s: q.put_many(["x", {"y": "\u00e9\u4e2d"}]),
+    "lease": lambda q, s: q.get(lease=60.0),
+    "lease_many": lambda q, s: q.get_many(3, lease=60.0),
+    "ack": lambda q, s: q.ack(s.held),
+    "ack_many": lambda q, s: q.ack_many([s.held]),
+    "nack": lambda q, s: q.nack(s.held, delay=3.0),
+    "extend": lambda q, s: q.extend(s.held, lease=90.0),
+    "requeue": lambda q, s: q.requeue(s.dead_id),
+    "purge": lambda q, s: q.purge(dead_only=True),
+}
+
+
+def _seeded_journal(path: Path, open_queue: Callable[..., djq.Queue], clock: FakeClock, last: str) -> tuple:
+    """Seed a queue, then make the ``last`` call; return (view before it, view after, journal, its start)."""
+    q = open_queue(path)
+    seeded = _seed(q, clock)
+    before = _view(q)
+    start = len(_journal_bytes(path))
+    LAST_CALLS[last](q, seeded)
+    after = _view(q)
+    data = _journal_bytes(path)
+    assert data[start:].count(b"\n") == 1, "the last call should append exactly one line"
+    assert data[start:].endswith(b"\n")
+    assert after != before
+    assert len(_lines(data)) >= 8, "the seeded journal has lines of several kinds"
+    return before, after, data, start
+
+
+@pytest.mark.parametrize("last", list(LAST_CALLS))
+def test_a_torn_last_line_at_every_byte_is_never_applied_and_the_next_write_cuts_it(
+    tmp_path: Path, path: Path, open_queue: Callable[..., djq.Queue], clock: FakeClock, last: str
+):
+    """The journal cut anywhere in its last line reads as if the line were not there.
+
+    From the line's first byte to all of it but its newline: a fresh queue sees the state
+    before the last call (stats, peek, dead letters, every task with its lease), ``check``
+    reports the torn bytes, and the next put cuts them off before appending, so the file
+    then holds the good lines and the put, and reads back cleanly.
+    """
+    before, _, data, start = _seeded_journal(path, open_queue, clock, last)
+    assert _view(open_queue(path)) != before  # the whole line is applied
+    for cut in range(start, len(data)):  # len(data) - 1: the line without its newline
+        copy = _copy(path, tmp_path / f"cut-{cut}" / "Queue.json", data[:cut])
+        fresh = open_queue(copy)
+        assert _view(fresh) == before, f"cut at byte {cut}"
+        problems = fresh.check()
+        if cut == start:
+            assert problems == []
+        else:
+            assert len(problems) == 1, problems
+            assert f"a {TORN} of {cut - start} bytes" in problems[0]
+        assert journal_path(copy).read_bytes() == data[:cut], "check without fix changed the journal"
+
+        new_id = fresh.put({"after": cut})
+        written = _journal_bytes(copy)
+        assert written[:start] == data[:start]
+        event, now = decode_line(written[start:].rstrip(b"\n"))
+        assert written.endswith(b"\n")
+        assert written[start:].count(b"\n") == 1, "the torn bytes were not cut before the append"
+        assert event.payloads == ({"after": cut},)
+        assert now == clock.now
+        reader = open_queue(copy)
+        assert reader.check() == []
+        seen = _view(reader)
+        assert seen == _view(fresh)
+        assert seen["tasks"][:-1] == before["tasks"]
+        assert (seen["tasks"][-1].id, seen["tasks"][-1].payload) == (new_id, {"after": cut})
+        assert seen["stats"].put_total == before["stats"].put_total + 1
+        fresh.close()
+        reader.close()
+
+
+def _damage(data: bytes, line_start: int, where: str) -> bytes:
+    """Change one byte of the line at ``line_start``: in its checksum or in its JSON."""
+    at = line_start + (2 if where == "checksum" else 20)
+    old = data[at : at + 1]
+    new = b"0" if old != b"0" else b"1"
+    if where == "json":
+        new = bytes([data[at] ^ 0x01])
+    assert new not in (old, b"\n")
+    return data[:at] + new + data[at + 1 :]
+
+
+@pytest.mark.parametrize("where", ["checksum", "json"])
+@pytest.mark.parametrize("last", ["put", "lease", "ack"])
+def test_a_damaged_last_line_is_ignored_and_cut_by_the_next_write(
+    tmp_path: Path, path: Path, open_queue: Callable[..., djq.Queue], clock: FakeClock, last: str, where: str
+):
+    """A last line whose checksum does not match is never applied; the next put replaces it."""
+    before, _, data, start = _seeded_journal(path, open_queue, clock, last)
+    damaged = _damage(data, start, where)
+    copy = _copy(path, tmp_path / "copy" / "Queue.json", damaged)
+    fresh = open_queue(copy)
+    assert _view(fresh) == before
+    problems = fresh.check()
+    assert len(problems) == 1
+    assert f"a {TORN} of {len(data) - start} bytes" in problems[0]
+    fresh.put("after")
+    written = _journal_bytes(copy)
+    assert written[:start] == data[:start]
+    assert decode_line(written[start:-1])[0].payloads == ("after",)
+    reader = open_queue(copy)
+    assert reader.check() == []
+    assert _view(reader)["tasks"] == [*before["tasks"], _view(fresh)["tasks"][-1]]
+
+
+@pytest.mark.parametrize("where", ["checksum", "json"])
+def test_a_damaged_line_before_the_last_is_corruption_and_never_rewritten(
+    tmp_path: Path, path: Path, open_queue: Callable[..., djq.Queue], clock: FakeClock, where: str
+):
+    """A bad line with a good line after it: calls raise CorruptQueueError; the files are left as they are."""
+    _, _, data, start = _seeded_journal(path, open_queue, clock, "put")
+    bad_at = data.rindex(b"\n", 0, start - 1) + 1  # the line before the last
+    damaged = _damage(data, bad_at, where)
+    copy = _copy(path, tmp_path / "copy" / "Queue.json", damaged)
+    snapshot = copy.read_bytes()
+    q = open_queue(copy)
+    calls: list[Callable[[djq.Queue], object]] = [
+        lambda q: q.stats(),
+        lambda q: q.peek(),
+        lambda q: q.put("x"),
+        lambda q: q.get(),
+        lambda q: q.purge(),
+        lambda q: q.compact(),
+    ]
+    for call in calls:
+        with pytest.raises(djq.CorruptQueueError) as info:
+            call(q)
+        assert info.value.path == str(journal_path(copy))
+        assert f"bad line at byte {bad_at}" in info.value.reason
+        assert journal_path(copy).read_bytes() == damaged
+        assert copy.read_bytes() == snapshot
+    problems = q.check()
+    assert len(problems) == 1
+    assert f"bad line at byte {bad_at}" in problems[0]
+    assert journal_path(copy).read_bytes() == damaged
+    assert temp_files(copy) == []
+
+
+def test_a_queue_that_met_a_corrupt_line_reads_afresh_once_it_is_repaired(
+    tmp_path: Path, path: Path, open_queue: Callable[..., djq.Queue], clock: FakeClock
+):
+    """CorruptQueueError leaves nothing half-applied: repaired, the journal reads as the writer left it.
+
+    The lines before the bad one were applied to the cached snapshot before the reader met
+    it; were that cache kept, the next read would apply them a second time.
+    """
+    _, after, data, start = _seeded_journal(path, open_queue, clock, "put")
+    bad_at = data.rindex(b"\n", 0, start - 1) + 1
+    copy = _copy(path, tmp_path / "copy" / "Queue.json", _damage(data, bad_at, "checksum"))
+    q = open_queue(copy)
+    for _ in range(2):
+        with pytest.raises(djq.CorruptQueueError) as info:
+            q.stats()
+        assert f"bad line at byte {bad_at}" in info.value.reason
+    journal_path(copy).write_bytes(data)  # repaired in place: the same file, the same size
+    assert _view(q) == after
+    q.put("after the repair")
+    assert _view(open_queue(copy)) == _view(q)
+
+
+@pytest.mark.xfail(
+    raises=djq.CorruptQueueError,
+    strict=True,
+    reason="queue.py: check(fix=True) loads the journal under the lock and lets CorruptQueueError out",
+)
+def test_check_with_fix_reports_a_corrupt_middle_line_and_leaves_it(
+    tmp_path: Path, path: Path, open_queue: Callable[..., djq.Queue], clock: FakeClock
+):
+    """``check(fix=True)`` only cuts torn lines: a corrupt line is reported, never rewritten."""
+    _, _, data, start = _seeded_journal(path, open_queue, clock, "put")
+    bad_at = data.rindex(b"\n", 0, start - 1) + 1
+    damaged = _damage(data, bad_at, "checksum")
+    copy = _copy(path, tmp_path / "copy" / "Queue.json", damaged)
+    q = open_queue(copy)
+    try:
+        problems = q.check(fix=True)
+    finally:
+        assert journal_path(copy).read_bytes() == damaged
+    assert len(problems) == 1
+    assert f"bad line at byte {bad_at}" in problems[0]
+
+
+@pytest.mark.parametrize("cut", [0, 10], ids=["empty", "torn-header"])
+def test_a_journal_without_a_header_gets_one_before_the_next_append(
+    path: Path, open_queue: Callable[..., djq.Queue], cut: int
+):
+    """A journal with no complete header (empty, or cut inside it): the next write starts it afresh.
+
+    It holds no line to apply; appending to it as it is would leave a journal without a
+    header, which no reader accepts.
+    """
+    q = open_queue(path)
+    q.put_many(["a", "b"])
+    assert q.compact()
+    generation = _generation(path)
+    _replace_with(journal_path(path), _header(generation)[:cut])
+    fresh = open_queue(path)
+    assert [t.payload for t in fresh.peek()] == ["a", "b"]
+    fresh.put("c")
+    data = _journal_bytes(path)
+    assert data.startswith(_header(generation))
+    assert len(_lines(data)) == 1
+    reader = open_queue(path)
+    assert reader.check() == []
+    assert [t.payload for t in reader.peek()] == ["a", "b", "c"]
+    assert [t.payload for t in q.peek()] == ["a", "b", "c"]
+
+
+# Generations
+
+
+def test_a_journal_older_than_the_snapshot_is_ignored(
+    path: Path, open_queue: Callable[..., djq.Queue], clock: FakeClock
+):
+    """A crash between compaction's two replaces leaves the new snapshot and the old journal.
+
+    The old journal's lines are already in the snapshot: a reader ignores it (they are
+    never applied twice), ``check`` finds nothing wrong, and the next write starts a
+    journal of the snapshot's generation.
+    """
+    q = open_queue(path)
+    seeded = _seed(q, clock)
+    view = _view(q)
+    old = _journal_bytes(path)
+    generation = _generation(path)
+    assert len(_lines(old)) >= 8
+    assert q.compact()
+    assert _generation(path) == generation + 1
+    assert _journal_bytes(path) == _header(generation + 1)
+    _replace_with(journal_path(path), old)  # as if the crash came before the journal's replace
+
+    fresh = open_queue(path)
+    assert _view(fresh) == view
+    assert fresh.check() == []
+    assert _view(q) == view  # a queue that held the new journal reads again too
+    q.ack(seeded.held)
+    assert _journal_bytes(path).startswith(_header(generation + 1))
+    assert len(_lines(_journal_bytes(path))) == 1
+    after = _view(q)
+    assert after["stats"].acked_total == view["stats"].acked_total + 1
+    for reader in (fresh, open_queue(path)):
+        assert _view(reader) == after
+        assert reader.check() == []
+
+
+def test_a_journal_newer_than_the_snapshot_is_refused_and_left_alone(
+    path: Path, open_queue: Callable[..., djq.Queue], clock: FakeClock
+):
+    """A snapshot older than its journal (restored from a backup, say) is not silently combined.
+
+    Reading retries a few times (a lock-free reader may have caught a compaction half
+    way), then gives up with CorruptQueueError naming the generations; nothing is written.
+    """
+    q = open_queue(path)
+    _seed(q, clock)
+    old_snapshot = path.read_bytes()
+    q.compact()
+    q.put("after the compaction")
+    _replace_with(path, old_snapshot)
+    snapshot, journal = path.read_bytes(), _journal_bytes(path)
+
+    for reader in (q, open_queue(path)):
+        for call in (lambda r: r.stats(), lambda r: r.put("x"), lambda r: r.get(), lambda r: r.compact()):
+            with pytest.raises(djq.CorruptQueueError) as info:
+                call(reader)
+            assert "generation" in info.value.reason
+            assert (path.read_bytes(), _journal_bytes(path)) == (snapshot, journal)
+        problems = reader.check()
+        assert len(problems) == 1
+        assert "generation" in problems[0]
+    assert temp_files(path) == []
+
+
+@pytest.mark.parametrize("reader_state", ["fresh", "cached"])
+def test_a_reader_that_read_the_snapshot_just_before_a_compaction_reads_both_again(
+    path: Path,
+    open_queue: Callable[..., djq.Queue],
+    clock: FakeClock,
+    monkeypatch: pytest.MonkeyPatch,
+    reader_state: str,
+):
+    """Lock-free reader: snapshot of generation g read, then a compaction, then the journal of g+1.
+
+    The reader must not apply the new journal to the old snapshot; it reads both again
+    and sees exactly what the writer sees.
+    """
+    writer = open_queue(path)
+    reader = open_queue(path)
+    _seed(writer, clock)
+    if reader_state == "cached":
+        _view(reader)  # the reader has applied the journal so far (and holds it open)
+    writer.put("more")
+    load = reader.file.snapshot.load
+    compactions = []
+
+    def load_then_compact() -> Any:
+        current = load()
+        if not compactions:
+            writer.put("during")
+            compactions.append(writer.compact())
+        return current
+
+    monkeypatch.setattr(reader.file.snapshot, "load", load_then_compact)
+    reads = reader.file.reads
+    assert _view(reader) == _view(writer)
+    assert compactions == [True]
+    # fresh: the old snapshot, then the new one; cached: the old one was in memory already
+    assert reader.file.reads - reads == (2 if reader_state == "fresh" else 1)
+    assert [t.payload for t in reader.peek()][-2:] == ["more", "during"]
+
+
+class _JournalOs:
+    """Stands in for ``os`` in djq.journal: records fdatasync calls, fails writes or syncs when told.
+
+    Everything else is the real ``os``; the snapshot (``djq.storage``) is written as usual.
+    """
+
+    def __init__(self) -> None:
+        self.synced: list[tuple[int, int]] = []  #: (inode, size) of the file at each fdatasync
+        self.sync_error: OSError | None = None  #: fdatasync fails (an append)
+        self.fsync_error: OSError | None = None  #: fsync fails (a new journal's header)
+        self.write_error: OSError | None = None
+        self.short_write = False  #: write half, then report it: the disk filled part way
+        self.after_write: Callable[[], object] | None = None  #: runs right after a write reached the file
+        self.before_replace: Callable[[], object] | None = None  #: runs before the journal's replace
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(os, name)
+
+    def fdatasync(self, fd: int) -> None:
+        st = os.fstat(fd)
+        self.synced.append((st.st_ino, st.st_size))
+        if self.sync_error is not None:
+            raise self.sync_error
+        os.fdatasync(fd)
+
+    def fsync(self, fd: int) -> None:
+        if self.fsync_error is not None:
+            raise self.fsync_error
+        os.fsync(fd)
+
+    def write(self, fd: int, data: bytes) -> int:
+        if self.write_error is not None:
+            raise self.write_error
+        written = os.write(fd, data[: len(data) // 2] if self.short_write else data)
+        if self.after_write is not None:
+            self.after_write()
+        return written
+
+    def replace(self, src: Any, dst: Any) -> None:
+        if self.before_replace is not None:
+            self.before_replace()
+        os.replace(src, dst)
+
+
+def test_a_reader_between_the_snapshot_replace_and_the_journal_replace_sees_the_right_state(
+    path: Path, open_queue: Callable[..., djq.Queue], clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+):
+    """Looking in the middle of a compaction (new snapshot, old journal) shows the state once, not twice."""
+    writer = open_queue(path)
+    reader = open_queue(path)
+    _seed(writer, clock)
+    expected = _view(writer)
+    _view(reader)
+    fake = _JournalOs()
+    seen = []
+    fake.before_replace = lambda: seen.append((_generation(path), _view(reader), _view(open_queue(path))))
+    monkeypatch.setattr(djq.journal, "os", fake)
+    generation = _generation(path)
+    writer.compact()
+    assert seen == [(generation + 1, expected, expected)]
+    assert _view(reader) == expected
+    writer.put("after")
+    assert _view(reader) == _view(writer)
+
+
+def test_two_queues_see_each_others_changes_across_frequent_compactions(
+    path: Path, open_queue: Callable[..., djq.Queue], clock: FakeClock
+):
+    """Two queues (two processes' caches) take turns; one compacts while the other holds its cached state.
+
+    With ``compact_bytes=1`` a write compacts whenever the journal outgrows the snapshot.
+    After every call both queues, and a fresh one, see the same state.
+    """
+    a = open_queue(path, compact_bytes=1)
+    b = open_queue(path, compact_bytes=1)
+    held: list[Task] = []
+    for i in range(60):
+        writer, other = (a, b) if i % 2 else (b, a)
+        cached = _view(other)
+        if i % 3 == 0:
+            writer.put_many([{"i": i}] * (1 + i % 2))
+        elif i % 3 == 1:
+            task = writer.get(lease=10.0)
+            assert task is not None
+            held.append(task)
+        else:
+            writer.ack(held.pop(0))
+        clock.advance(0.5)
+        expected = _view(writer)
+        assert _view(other) == expected, f"call {i}"
+        assert _view(open_queue(path)) == expected
+        assert cached != expected
+    print(f"generation {_generation(path)}; compactions {a.file.compactions} by a, {b.file.compactions} by b")
+    assert a.file.compactions >= 2
+    assert b.file.compactions >= 2
+
+
+# Many random calls: two journal queues against one rewrite queue
+
+STEPS = 400
+COMPACT_BYTES = [1, 300, 2_000, 1 << 20]
+
+
+@dataclasses.dataclass
+class _Mirror:
+    """Two journal queues on one file taking turns, and a rewrite queue on another: the same calls."""
+
+    rng: random.Random
+    clock: FakeClock
+    journal: list[djq.Queue]
+    reference: djq.Queue
+    reopen: Callable[[], djq.Queue]
+    held: list[tuple[Task, Task]] = dataclasses.field(default_factory=list)  #: (journal, reference)
+    step: int = 0
+
+    def both(self, call: Callable[[djq.Queue, int], object]) -> tuple[Any, Any]:
+        """Run ``call(queue, side)`` on the journal queue whose turn it is and on the reference."""
+        q = self.journal[self.step % 2]
+        return _outcome(lambda: call(q, 0)), _outcome(lambda: call(self.reference, 1))
+
+    def pick(self) -> tuple[Task, Task] | None:
+        return self.rng.choice(self.held[-6:]) if self.held else None
+
+    def run(self, op: str) -> tuple[Any, Any]:
+        rng = self.rng
+        if op == "put":
+            payload = {"k": self.step, "x": rng.random()}
+            priority, delay = rng.choice([0, 0, 1, -1]), rng.choice([0.0, 0.0, 4.0])
+            return self.both(lambda q, _: q.put(payload, priority=priority, delay=delay))
+        if op == "put_many":
+            payloads = [{"k": self.step, "i": i} for i in range(rng.randrange(4))]
+            priority = rng.choice([0, 2])
+            return self.both(lambda q, _: q.put_many(payloads, priority=priority))
+        if op in ("get", "get_many"):
+            lease, n = rng.choice([5.0, 20.0]), rng.randint(1, 3)
+            got = self.both(
+                lambda q, _: q.get_many(n, lease=lease) if op == "get_many" else q.get(lease=lease)
+            )
+            pairs = zip(*got, strict=False) if op == "get_many" else [got]  # compared after
+            self.held += [pair for pair in pairs if isinstance(pair[0], Task)]
+            return got
+        if op in ("ack", "nack", "extend") and self.held:
+            pair = self.pick()
+            assert pair is not None
+            delay, lease = rng.choice([0.0, 3.0]), rng.choice([5.0, 30.0])
+            if op == "ack":
+                return self.both(lambda q, side: q.ack(pair[side]))
+            if op == "nack":
+                return self.both(lambda q, side: q.nack(pair[side], delay=delay))
+            return self.both(lambda q, side: q.extend(pair[side], lease=lease))
+        if op == "ack_many" and self.held:
+            chosen = [self.pick() for _ in range(rng.randint(1, 3))]
+            return self.both(lambda q, side: q.ack_many([p[side] for p in chosen if p is not None]))
+        if op == "requeue":
+            dead = [t.id for t in self.reference.dead()]
+            task_id = rng.choice(dead) if dead and rng.random() < 0.8 else "999999"
+            return self.both(lambda q, _: q.requeue(task_id))
+        if op == "purge":
+            dead_only = rng.random() < 0.8
+            return self.both(lambda q, _: q.purge(dead_only=dead_only))
+        if op == "advance":
+            self.clock.advance(rng.choice([0.5, 3.0, 11.0]))
+            return None, None
+        if op == "compact":
+            return self.journal[self.step % 2].compact(), True
+        if op == "reopen":
+            self.journal[self.step % 2].close()
+            self.journal[self.step % 2] = self.reopen()
+            return None, None
+        return None, None  # ack, nack, extend with no lease yet
+
+
+def _outcome(call: Callable[[], object]) -> Any:
+    """The call's result, or the type of the LeaseError it raised (LeaseLost, UnknownTask)."""
+    try:
+        return call()
+    except djq.LeaseError as exc:
+        return type(exc)
+
+
+OPS = {
+    "put": 8,
+    "put_many": 3,
+    "get": 6,
+    "get_many": 2,
+    "ack": 4,
+    "ack_many": 2,
+    "nack": 3,
+    "extend": 2,
+    "requeue": 1,
+    "purge": 1,
+    "advance": 4,
+    "compact": 1,
+    "reopen": 1,
+}
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_random_calls_on_two_journal_queues_match_a_rewrite_queue(
+    tmp_path: Path, open_queue: Callable[..., djq.Queue], clock: FakeClock, seed: int
+):
+    """Random calls alternate between two journal queues on one file (small ``compact_bytes``).
+
+    A rewrite-storage queue gets the same calls on the same fake clock. After every call
+    the two journal queues see the same state (tokens included), and it is the reference's
+    (ids, states, attempts, payloads, times, counters and each call's result; only the
+    lease tokens differ between the two files). Compactions happen often along the way.
+    """
+    rng = random.Random(seed)
+    path = tmp_path / "journal" / "Queue.json"
+
+    def reopen() -> djq.Queue:
+        return open_queue(path, compact_bytes=rng.choice(COMPACT_BYTES), max_attempts=2)
+
+    mirror = _Mirror(
+        rng=rng,
+        clock=clock,
+        journal=[reopen(), reopen()],
+        reference=open_queue(tmp_path / "rewrite" / "Queue.json", storage="rewrite", max_attempts=2),
+        reopen=reopen,
+    )
+    names, weights = list(OPS), list(OPS.values())
+    for step in range(STEPS):
+        mirror.step = step
+        op = rng.choices(names, weights)[0]
+        got, expected = mirror.run(op)
+        where = f"seed {seed}, step {step}: {op}"
+        assert _tokenless(got) == _tokenless(expected), where
+        first, second = (_view(q) for q in mirror.journal)
+        assert first == second, where
+        assert _tokenless(first) == _tokenless(_view(mirror.reference)), where
+    assert clock.now > 1_000_000.0
+    stats = mirror.reference.stats()
+    assert stats.acked_total > 20
+    assert stats.dead_total > 0
+    print(f"seed {seed}: generation {_generation(path)}, {stats}")
+    assert _generation(path) >= 5, "the journal was seldom compacted"
+
+
+# Durability and failed appends
+
+
+def _seeded_queue(path: Path, open_queue: Callable[..., djq.Queue], **options: Any) -> djq.Queue:
+    """A queue with ``{"n": 1}`` leased and ``{"n": 2}``, ``"three"`` ready; its journal holds one line."""
+    q = open_queue(path, **options)
+    q.put_many([{"n": 1}, {"n": 2}, "three"])
+    assert q.get() is not None
+    assert len(_lines(_journal_bytes(path))) == 1  # the first put compacted: Queue.json exists
+    return q
+
+
+def test_with_fsync_each_append_is_fdatasynced_before_the_call_returns(
+    path: Path, open_queue: Callable[..., djq.Queue], monkeypatch: pytest.MonkeyPatch
+):
+    """``fsync=True``: each call that appends fdatasyncs the journal, after the write, before returning."""
+    q = _seeded_queue(path, open_queue, fsync=True)
+    fake = _JournalOs()
+    monkeypatch.setattr(djq.journal, "os", fake)
+    journal = journal_path(path)
+    for call in (lambda: q.put("x"), lambda: q.get(), lambda: q.put_many(["y", "z"])):
+        synced = len(fake.synced)
+        call()
+        st = journal.stat()
+        assert fake.synced[synced:] == [(st.st_ino, st.st_size)]
+    q.peek()
+    q.stats()
+    assert len(fake.synced) == 3  # reads never sync
+
+
+def test_without_fsync_an_append_is_not_synced(
+    path: Path, open_queue: Callable[..., djq.Queue], monkeypatch: pytest.MonkeyPatch
+):
+    """``fsync=False`` skips fdatasync (the change is in the page cache when the call returns)."""
+    q = _seeded_queue(path, open_queue, fsync=False)
+    fake = _JournalOs()
+    monkeypatch.setattr(djq.journal, "os", fake)
+    q.put("x")
+    assert fake.synced == []
+    assert len(_lines(_journal_bytes(path))) == 2
+
+
+def _journal_error(q: djq.Queue, path: Path, code: int, call: Callable[[djq.Queue], object]) -> None:
+    with pytest.raises(djq.StorageError) as info:
+        call(q)
+    exc = info.value
+    assert not isinstance(exc, djq.CorruptQueueError)
+    assert exc.errno == code
+    assert exc.path == str(journal_path(path))
+    assert isinstance(exc.__cause__, OSError)
+    assert exc.__cause__.errno == code
+
+
+FAILURES = ["fdatasync-EIO", "write-ENOSPC", "write-EDQUOT", "short-write"]
+
+
+def _fail(fake: _JournalOs, failure: str) -> int:
+    """Arm ``fake`` for ``failure``; return the errno the call must raise."""
+    if failure == "fdatasync-EIO":
+        fake.sync_error = OSError(errno.EIO, os.strerror(errno.EIO))
+        return errno.EIO
+    if failure == "short-write":
+        fake.short_write = True
+        return errno.ENOSPC
+    code = errno.ENOSPC if failure == "write-ENOSPC" else errno.EDQUOT
+    fake.write_error = OSError(code, os.strerror(code))
+    return code
+
+
+@pytest.mark.parametrize("failure", FAILURES)
+def test_a_failed_append_raises_storage_error_and_leaves_the_journal_as_before(
+    path: Path, open_queue: Callable[..., djq.Queue], monkeypatch: pytest.MonkeyPatch, failure: str
+):
+    """A full disk or a failed fdatasync: StorageError, the journal cut back to its bytes before the call.
+
+    A fresh queue sees the state without the change, and the queue works again once the
+    disk does.
+    """
+    q = _seeded_queue(path, open_queue, fsync=True)
+    before, view = _journal_bytes(path), _view(q)
+    fake = _JournalOs()
+    monkeypatch.setattr(djq.journal, "os", fake)
+    code = _fail(fake, failure)
+    calls: list[Callable[[djq.Queue], object]] = [
+        lambda q: q.put("x"),
+        lambda q: q.put_many(["a", "b"]),
+        lambda q: q.get(),
+        lambda q: q.purge(),
+    ]
+    for call in calls:
+        _journal_error(q, path, code, call)
+        assert _journal_bytes(path) == before
+        assert _view(open_queue(path)) == view
+        assert _view(q) == view
+        assert temp_files(path) == []
+    monkeypatch.setattr(djq.journal, "os", os)
+    q.put("after")
+    reader = open_queue(path)
+    assert reader.check() == []
+    assert [t.payload for t in reader.peek()] == [{"n": 2}, "three", "after"]
+
+
+def _put_lines(q: djq.Queue, payloads: list[str]) -> None:
+    """Put each payload as its own event in one call: one append, a line per payload (as the broker does)."""
+
+    def change(current: state.QueueState, now: float) -> None:
+        for payload in payloads:
+            state.apply(current, state.Put(payload=payload), now=now)
+
+    q.transact("put", change)
+
+
+@pytest.mark.parametrize("looks", ["after-the-failure", "after-the-next-append"])
+@pytest.mark.parametrize("failure", ["fdatasync-EIO", "short-write"])
+def test_a_lock_free_reader_that_saw_a_failed_append_forgets_it(
+    path: Path,
+    open_queue: Callable[..., djq.Queue],
+    monkeypatch: pytest.MonkeyPatch,
+    failure: str,
+    looks: str,
+):
+    """A reader (``peek`` takes no lock) applied lines of an append that then failed and was cut off.
+
+    The reader must drop them: right after the failure it sees the state without them,
+    and after the next append (whose lines have the same sizes, so the journal is as long
+    as what the reader had applied) it sees that append, like everyone else.
+    """
+    writer = _seeded_queue(path, open_queue, fsync=True)
+    reader = open_queue(path)
+    view = _view(reader)
+    fake = _JournalOs()
+    monkeypatch.setattr(djq.journal, "os", fake)
+    code = _fail(fake, failure)
+    glimpses = []
+    fake.after_write = lambda: glimpses.append([t.payload for t in reader.peek()])
+    _journal_error(writer, path, code, lambda q: _put_lines(q, ["four", "five"]))
+    seen = ["four"] if failure == "short-write" else ["four", "five"]  # the short write: one whole line
+    assert glimpses == [[{"n": 2}, "three", *seen]], "the reader did not see the failing append"
+    monkeypatch.setattr(djq.journal, "os", os)
+    if looks == "after-the-failure":
+        assert _view(reader) == view
+    _put_lines(writer, ["FOUR", "FIVE"])
+    expected = _view(open_queue(path))
+    assert [t.payload for t in expected["peek"]] == [{"n": 2}, "three", "FOUR", "FIVE"]
+    assert _view(writer) == expected
+    assert _view(reader) == expected
+
+
+@pytest.mark.parametrize("failure", ["write-ENOSPC", "fsync-EIO"])
+def test_a_failed_compaction_leaves_a_readable_queue(
+    path: Path, open_queue: Callable[..., djq.Queue], monkeypatch: pytest.MonkeyPatch, failure: str
+):
+    """The journal's half of a compaction fails (after the new snapshot is in place): nothing is lost.
+
+    The call raises StorageError; the snapshot of the next generation stands beside the old
+    journal, which is ignored; a fresh queue sees every task once; the next write works.
+    """
+    q = _seeded_queue(path, open_queue, fsync=True)
+    view = _view(q)
+    generation = _generation(path)
+    fake = _JournalOs()
+    monkeypatch.setattr(djq.journal, "os", fake)
+    if failure == "write-ENOSPC":
+        fake.write_error = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    else:
+        fake.fsync_error = OSError(errno.EIO, os.strerror(errno.EIO))
+    code = errno.ENOSPC if failure == "write-ENOSPC" else errno.EIO
+    _journal_error(q, path, code, lambda q: q.compact())
+    assert temp_files(path) == []
+    assert _generation(path) == generation + 1
+    assert _view(open_queue(path)) == view
+    assert _view(q) == view
+    monkeypatch.setattr(djq.journal, "os", os)
+    q.put("after")
+    reader = open_queue(path)
+    assert reader.check() == []
+    assert _journal_bytes(path).startswith(_header(generation + 1))
+    assert [t.payload for t in reader.peek()] == [{"n": 2}, "three", "after"]
+
+
+# check, compact and the command line
+
+
+def test_check_reports_a_torn_last_line_and_fix_cuts_it(
+    tmp_path: Path, path: Path, open_queue: Callable[..., djq.Queue], clock: FakeClock
+):
+    """``check`` reports torn bytes and leaves them; ``check(fix=True)`` cuts them and reports nothing."""
+    before, _, data, start = _seeded_journal(path, open_queue, clock, "put")
+    cut = start + (len(data) - start) // 2
+    copy = _copy(path, tmp_path / "copy" / "Queue.json", data[:cut])
+    q = open_queue(copy)
+    problems = q.check()
+    assert len(problems) == 1
+    assert f"a {TORN} of {cut - start} bytes" in problems[0]
+    assert _journal_bytes(copy) == data[:cut]
+    assert q.check(fix=True) == []
+    assert _journal_bytes(copy) == data[:start]
+    assert q.check() == []
+    assert _view(open_queue(copy)) == before
+
+
+BAD_HEADERS = {
+    "not-json": b"garbage\n",
+    "foreign-json": b'{"hello": 1}\n',
+    "wrong-format": b'{"format":"djq.queue","version":1,"generation":1}\n',
+    "no-generation": b'{"format":"djq.journal","version":1}\n',
+    "generation-not-int": b'{"format":"djq.journal","version":1,"generation":"1"}\n',
+    "an-event-line": b"",  # the journal starts with its first event: no header
+}
+
+
+@pytest.mark.parametrize("bad", list(BAD_HEADERS))
+def test_a_bad_header_is_reported_and_refused(
+    path: Path, open_queue: Callable[..., djq.Queue], clock: FakeClock, bad: str
+):
+    """A journal whose first line is not a djq journal header: every call refuses it, check reports it."""
+    q = open_queue(path)
+    _seed(q, clock)
+    data = _journal_bytes(path)
+    header_end = data.index(b"\n") + 1
+    damaged = BAD_HEADERS[bad] + data[header_end:]
+    _replace_with(journal_path(path), damaged)
+    fresh = open_queue(path)
+    for call in (lambda r: r.stats(), lambda r: r.put("x")):
+        with pytest.raises(djq.CorruptQueueError) as info:
+            call(fresh)
+        assert "bad header line" in info.value.reason
+    problems = fresh.check()
+    assert len(problems) == 1
+    assert "bad header line" in problems[0]
+    assert _journal_bytes(path) == damaged
+
+
+def _djq(*args: str) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m djq ARGS`` (the package from this checkout)."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    result = subprocess.run(
+        [sys.executable, "-m", "djq", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=CLI_TIMEOUT,
+        check=False,
+    )
+    assert "Traceback" not in result.stdout + result.stderr, result.stderr
+    return result
+
+
+def test_cli_compact_folds_the_journal_into_the_snapshot(
+    path: Path, open_queue: Callable[..., djq.Queue], clock: FakeClock
+):
+    """``djq compact``: Queue.json holds every task at the next generation, the journal only its header."""
+    q = open_queue(path)
+    _seed(q, clock)
+    view = _view(q)
+    generation = _generation(path)
+    assert len(_lines(_journal_bytes(path))) >= 8
+    result = _djq("--queue", str(path), "--json", "compact")
+    assert result.returncode == 0, result.stderr
+    assert orjson.loads(result.stdout) == {"compacted": True}
+    assert _journal_bytes(path) == _header(generation + 1)
+    snapshot = decode(path.read_bytes(), path)
+    assert (snapshot.storage, snapshot.generation) == ("journal", generation + 1)
+    assert [r.snapshot() for r in snapshot.tasks.values()] == view["tasks"]
+    assert _view(q) == view
+    assert _view(open_queue(path)) == view
+
+
+def test_cli_compact_of_a_rewrite_queue_does_nothing(path: Path, open_queue: Callable[..., djq.Queue]):
+    """``djq --storage rewrite compact`` on a rewrite queue: nothing to fold, the file unchanged."""
+    open_queue(path, storage="rewrite").put("x")
+    before = path.read_bytes()
+    result = _djq("--queue", str(path), "--storage", "rewrite", "--json", "compact")
+    assert result.returncode == 0, result.stderr
+    assert orjson.loads(result.stdout) == {"compacted": False}
+    assert path.read_bytes() == before
+    assert not journal_path(path).exists()
+
+
+def test_cli_check_reports_a_torn_line_and_fix_cuts_it(
+    tmp_path: Path, path: Path, open_queue: Callable[..., djq.Queue], clock: FakeClock
+):
+    """``djq check`` exits 1 naming the torn line; ``djq check --fix`` cuts it and exits 0."""
+    _, _, data, start = _seeded_journal(path, open_queue, clock, "ack")
+    copy = _copy(path, tmp_path / "copy" / "Queue.json", data[: start + 5])
+    result = _djq("--queue", str(copy), "--json", "check")
+    assert result.returncode == 1
+    problems = orjson.loads(result.stdout)["problems"]
+    assert len(problems) == 1
+    assert f"a {TORN} of 5 bytes" in problems[0]
+    assert _journal_bytes(copy) == data[: start + 5]
+    result = _djq("--queue", str(copy), "--json", "check", "--fix")
+    assert result.returncode == 0, result.stdout
+    assert _journal_bytes(copy) == data[:start]
+    result = _djq("--queue", str(copy), "check")
+    assert result.returncode == 0
+    assert result.stdout.strip().endswith("ok")
+
+
+def test_cli_check_reports_a_corrupt_middle_line(
+    tmp_path: Path, path: Path, open_queue: Callable[..., djq.Queue], clock: FakeClock
+):
+    """``djq check`` exits 1 naming the byte of a corrupt line before the last, and changes nothing."""
+    _, _, data, start = _seeded_journal(path, open_queue, clock, "put")
+    bad_at = data.rindex(b"\n", 0, start - 1) + 1
+    damaged = _damage(data, bad_at, "json")
+    copy = _copy(path, tmp_path / "copy" / "Queue.json", damaged)
+    result = _djq("--queue", str(copy), "--json", "check")
+    assert result.returncode == 1
+    problems = orjson.loads(result.stdout)["problems"]
+    assert len(problems) == 1
+    assert f"bad line at byte {bad_at}" in problems[0]
+    assert _journal_bytes(copy) == damaged
+
+
+# Mixed storage
+
+
+def test_a_rewrite_queue_refuses_a_journal_queue_and_leaves_its_files(
+    path: Path, open_queue: Callable[..., djq.Queue], clock: FakeClock
+):
+    """``storage="rewrite"`` on a journal queue: ConfigError naming storage, for reads and writes alike.
+
+    Rewriting Queue.json would drop every change still in the journal, so nothing is written.
+    """
+    q = open_queue(path)
+    _seed(q, clock)
+    snapshot, journal = path.read_bytes(), _journal_bytes(path)
+    rewrite = open_queue(path, storage="rewrite")
+    calls: list[Callable[[djq.Queue], object]] = [
+        lambda r: r.stats(),
+        lambda r: r.peek(),
+        lambda r: r.put("x"),
+        lambda r: r.get(),
+        lambda r: r.purge(),
+        lambda r: r.check(fix=True),
+    ]
+    for call in calls:
+        with pytest.raises(djq.ConfigError) as info:
+            call(rewrite)
+        assert info.value.field == "storage"
+        assert "journal" in str(info.value)
+        assert (path.read_bytes(), _journal_bytes(path)) == (snapshot, journal)
+    assert temp_files(path) == []
+    assert q.check() == []
+
+
+def test_a_journal_queue_takes_over_a_rewrite_queue_at_its_first_write(
+    path: Path, open_queue: Callable[..., djq.Queue], clock: FakeClock
+):
+    """A rewrite-storage file opened in journal storage: read as is, converted by the first write."""
+    old = open_queue(path, storage="rewrite", max_attempts=2)
+    _seed(old, clock)
+    view = _view(old)
+    assert not journal_path(path).exists()
+    q = open_queue(path)
+    assert _view(q) == view
+    assert not journal_path(path).exists(), "a read wrote something"
+    q.put("converted")
+    snapshot = decode(path.read_bytes(), path)
+    assert (snapshot.storage, snapshot.generation) == ("journal", 1)
+    assert _journal_bytes(path).startswith(_header(1))
+    after = _view(open_queue(path))
+    assert after["tasks"][:-1] == view["tasks"]
+    assert after["tasks"][-1].payload == "converted"
+    with pytest.raises(djq.ConfigError):
+        old.stats()
