@@ -159,10 +159,13 @@ def _indexed(state: QueueState) -> _Index:
     if state.index is None:
         index = _Index()
         for r in state.tasks.values():
-            if r.state is TaskState.READY:
+            if r.state is TaskState.READY and r.available_at > r.enqueued_at:  # delayed at some point
                 index.later.append((r.available_at, r.seq, r.id))
+            elif r.state is TaskState.READY:  # available since it was put: no promotion needed
+                index.due.append((-r.priority, r.seq, r.id))
             elif r.state is TaskState.LEASED and r.lease_expires_at is not None and r.token is not None:
                 index.expiry.append((r.lease_expires_at, r.seq, r.id, r.token))
+        heapq.heapify(index.due)
         heapq.heapify(index.later)
         heapq.heapify(index.expiry)
         state.index = index
