@@ -544,7 +544,8 @@ class Queue:
             if mode is not None and mode & 0o077:
                 problems.append(f"{self.path} is mode {mode:o}; djq creates it 600 (owner only)")
         leftovers = temp_files(self.path)
-        if fix and isinstance(self._file, JournalFile):
+        torn_only = all("torn last line" in p for p in problems)  # anything else is never repaired
+        if fix and isinstance(self._file, JournalFile) and problems and torn_only:
             with self._holding("check"):
                 self._file.load()
                 self._file.cut_torn()

@@ -327,11 +327,6 @@ def test_a_queue_that_met_a_corrupt_line_reads_afresh_once_it_is_repaired(
     assert _view(open_queue(copy)) == _view(q)
 
 
-@pytest.mark.xfail(
-    raises=djq.CorruptQueueError,
-    strict=True,
-    reason="queue.py: check(fix=True) loads the journal under the lock and lets CorruptQueueError out",
-)
 def test_check_with_fix_reports_a_corrupt_middle_line_and_leaves_it(
     tmp_path: Path, path: Path, open_queue: Callable[..., djq.Queue], clock: FakeClock
 ):
