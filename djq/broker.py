@@ -12,8 +12,9 @@ machine, the same atomic write) and write the file once for the batch: group com
 Only then does it reply, so a ``put`` is answered after the write that holds it. A
 ``get`` that finds nothing waits in the broker, not in the client, and is served in
 arrival order when a task comes. Direct clients may share the file: the broker takes
-the file lock for every batch, and while consumers wait it looks at the file's metadata
-every ``watch_interval`` seconds to notice their writes.
+the file lock for every batch, and while consumers wait it wakes when the files change
+(inotify; where that is missing, it looks at their metadata every ``watch_interval``
+seconds) to notice their writes.
 
 Imports from djq: the core (``errors``, ``model``, ``state``, ``storage``, ``metrics``,
 ``queue``) and ``wire``.
@@ -44,11 +45,14 @@ from .metrics import LockRecorder
 from .model import DEFAULT_QUEUE_PATH, EventType, QueueConfig, TaskState
 from .queue import Clock, Queue
 from .storage import check_payload
+from .watch import Watcher, watcher
 
 __all__ = ["Broker", "BrokerMetrics"]
 
 logger = logging.getLogger(__name__)
 
+_WATCH: Final = "watch"  #: selector key data of the inotify descriptor
+_WATCH_SAFETY: Final = 1.0  #: seconds; with inotify, waiting gets still look this often
 _HANDSHAKE_TIMEOUT: Final = 5.0  #: seconds a new client has to prove it has the key
 DEFAULT_WATCH_INTERVAL: Final = 0.05  #: seconds between looks at the file while gets wait
 _METRIC_ROWS: Final = 200_000  #: per-batch and per-event rows kept (the newest)
@@ -138,6 +142,7 @@ class Broker:
         self._queue = Queue.from_config(self.config, clock=clock, recorder=self._recorder)
         self._clock = clock
         self._watch = watch_interval
+        self._watcher: Watcher | None = None  # inotify on the queue's files, where available
         self._clients: list[mpc.Connection] = []
         self._selector = selectors.DefaultSelector()  # kept for the broker's life: one per loop costs
         self._arrivals: collections.deque[mpc.Connection] = collections.deque()
@@ -187,6 +192,11 @@ class Broker:
             self.paths.socket.unlink(missing_ok=True)  # stale: its broker is gone (we own the file)
             listener = mpc.Listener(str(self.paths.socket), family="AF_UNIX", backlog=128)
             os.chmod(self.paths.socket, 0o600)
+            self._watcher = watcher(
+                self.paths.queue.parent, {self.paths.queue.name, f"{self.paths.queue.name}.journal"}
+            )
+            if self._watcher is not None:
+                self._selector.register(self._watcher, selectors.EVENT_READ, _WATCH)
             self._started_at = time.time()
             info = {"pid": os.getpid(), "address": str(self.paths.socket), "started_at": self._started_at}
             os.ftruncate(owner, 0)
@@ -220,6 +230,8 @@ class Broker:
 
     def _close_files(self) -> None:
         self._selector.close()
+        if self._watcher is not None:
+            self._watcher.close()
         self._queue.close()
         for fd in (self._wake_r, self._wake_w):
             os.close(fd)
@@ -271,7 +283,9 @@ class Broker:
             ready = self._selector.select(self._timeout())
             batch: list[_Pending] = []
             for key, _ in ready:
-                if key.data is None:
+                if key.data is _WATCH:
+                    self._watcher.drain()  # type: ignore[union-attr]  # a change: _run looks if gets wait
+                elif key.data is None:
                     os.read(self._wake_r, 4096)
                     while self._arrivals:
                         conn = self._arrivals.popleft()
@@ -286,7 +300,7 @@ class Broker:
         if not self._waiting:
             return None
         now = time.monotonic()
-        wait = self._watch
+        wait = self._watch if self._watcher is None else _WATCH_SAFETY  # inotify wakes us on a change
         for pending in self._waiting:
             if pending.deadline is not None:
                 wait = min(wait, pending.deadline - now)

@@ -74,6 +74,10 @@ class Watcher:
         ready, _, _ = select.select([self._fd], [], [], deadline)
         return bool(ready) and self.drain()
 
+    def fileno(self) -> int:
+        """The inotify descriptor, readable when events are pending (for ``select``)."""
+        return self._fd
+
     def close(self) -> None:
         """Stop watching."""
         if self._fd >= 0:
