@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -119,6 +121,29 @@ def _no_queue_in_cwd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     for name in list(os.environ):
         if name.startswith("DJQ_"):
             monkeypatch.delenv(name)
+
+
+ROOT = Path(__file__).resolve().parent.parent
+CLI_TIMEOUT = 60.0  #: seconds for any one ``python -m djq`` command
+
+
+def run_djq(
+    *args: str, cwd: Path | None = None, timeout: float = CLI_TIMEOUT
+) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m djq ARGS`` (the package of this checkout); never a traceback."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    result = subprocess.run(
+        [sys.executable, "-m", "djq", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    assert "Traceback" not in result.stdout + result.stderr, result.stderr
+    return result
 
 
 def file_bytes(path: Path) -> bytes | None:

@@ -16,7 +16,6 @@ import signal
 import socket
 import struct
 import subprocess
-import sys
 import threading
 import time
 from collections import Counter
@@ -28,15 +27,13 @@ from typing import Any
 import orjson
 import pytest
 import workers
-from conftest import BrokerThread
+from conftest import BrokerThread, run_djq
 
 import djq
 from djq import wire
 from djq.broker import Broker
 from djq.model import EventType, QueueConfig
 
-ROOT = Path(__file__).resolve().parent.parent
-CLI_TIMEOUT = 60.0  #: seconds for any one CLI command
 CLIENT_TIMEOUT = 10.0  #: seconds a test's client waits for a reply before BrokerUnavailable
 
 
@@ -109,31 +106,6 @@ MIXED_HIGH_WATER = 50  #: as in test_processes: keeps the file (rewritten by eve
 MIXED_DEADLINE = 60.0  #: seconds for all four children; runs take 5 s on two cores, 17 s with two CPU hogs
 
 
-def _join_all(processes: list[Any], deadline: float) -> list[str]:
-    """Wait for every child until ``deadline`` (monotonic); return what went wrong."""
-    problems = []
-    for p in processes:
-        p.join(max(0.0, deadline - time.monotonic()))
-        if p.is_alive():
-            problems.append(f"{p.name} still running at the deadline")
-        elif p.exitcode != 0:
-            problems.append(f"{p.name} exited with {p.exitcode}")
-    return problems
-
-
-def _reap(processes: list[Any]) -> None:
-    """Stop and reap every child, whatever state it is in."""
-    for p in processes:
-        if p.is_alive():
-            p.terminate()
-    for p in processes:
-        p.join(5)
-        if p.is_alive():
-            p.kill()
-            p.join()
-        p.close()
-
-
 @pytest.mark.timeout(120)
 def test_direct_and_broker_clients_on_one_file_move_every_task_exactly_once(tmp_path: Path):
     """A direct and a broker producer, a direct and a broker consumer: each task acked once, none lost.
@@ -173,10 +145,10 @@ def test_direct_and_broker_clients_on_one_file_move_every_task_exactly_once(tmp_
         manager.start()
         for p in processes:
             p.start()
-        problems = _join_all(processes, started + MIXED_DEADLINE)
+        problems = workers.join_all(processes, started + MIXED_DEADLINE)
         status = manager.status()
     finally:
-        _reap(processes)
+        workers.reap(processes)
         manager.stop()
     assert problems == [], problems
     assert status["answers"], status
@@ -582,20 +554,7 @@ def test_a_client_without_a_broker_gets_broker_unavailable_at_once(queue_path: P
 
 
 def _cli(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    """Run ``python -m djq ARGS`` in ``cwd``; never a traceback."""
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-    result = subprocess.run(
-        [sys.executable, "-m", "djq", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=CLI_TIMEOUT,
-        check=False,
-    )
-    assert "Traceback" not in result.stdout + result.stderr, result.stderr
-    return result
+    return run_djq(*args, cwd=cwd)
 
 
 def _one_error_line(result: subprocess.CompletedProcess[str]) -> str:

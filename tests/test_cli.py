@@ -2,20 +2,17 @@
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
-from conftest import file_bytes
+from conftest import file_bytes, run_djq
 
 import djq
 
-ROOT = Path(__file__).resolve().parent.parent
 TIMEOUT = 60  # seconds, for any one command
 
 
@@ -25,27 +22,12 @@ class Cli:
     def __init__(self, tmp_path: Path) -> None:
         self.cwd = tmp_path
         self.path = tmp_path / "q" / "Queue.json"
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-        self.env = env
 
     def __call__(
         self, *args: str, queue: bool = True, timeout: float = TIMEOUT
     ) -> subprocess.CompletedProcess[str]:
-        cmd = [sys.executable, "-m", "djq"]
-        if queue:
-            cmd += ["--queue", str(self.path)]
-        result = subprocess.run(
-            [*cmd, *args],
-            cwd=self.cwd,
-            env=self.env,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
-        )
-        assert "Traceback" not in result.stdout + result.stderr, result.stderr
-        return result
+        prefix = ["--queue", str(self.path)] if queue else []
+        return run_djq(*prefix, *args, cwd=self.cwd, timeout=timeout)
 
     def ok(self, *args: str) -> str:
         """Run a command that must succeed; return its stdout."""

@@ -20,14 +20,13 @@ import errno
 import os
 import random
 import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
-from conftest import FakeClock, file_bytes
+from conftest import FakeClock, file_bytes, run_djq
 
 import djq
 import djq.journal
@@ -36,8 +35,6 @@ from djq.journal import decode_line, journal_path
 from djq.model import Task
 from djq.storage import decode, temp_files
 
-ROOT = Path(__file__).resolve().parent.parent
-CLI_TIMEOUT = 60  #: seconds, for one ``python -m djq`` command
 TORN = "torn last line"
 
 
@@ -249,6 +246,19 @@ def _damage(data: bytes, line_start: int, where: str) -> bytes:
     return data[:at] + new + data[at + 1 :]
 
 
+def _damaged_middle_line(
+    tmp_path: Path, path: Path, open_queue: Callable[..., djq.Queue], clock: FakeClock, where: str
+) -> tuple[Path, int, bytes]:
+    """Seed a journal ending in a put, damage (``where``) the line before the last in a copy.
+
+    Returns the copy's queue path, where the bad line starts, and the damaged journal bytes.
+    """
+    _, _, data, start = _seeded_journal(path, open_queue, clock, "put")
+    bad_at = data.rindex(b"\n", 0, start - 1) + 1
+    damaged = _damage(data, bad_at, where)
+    return _copy(path, tmp_path / "copy" / "Queue.json", damaged), bad_at, damaged
+
+
 @pytest.mark.parametrize("where", ["checksum", "json"])
 @pytest.mark.parametrize("last", ["put", "lease", "ack"])
 def test_a_damaged_last_line_is_ignored_and_cut_by_the_next_write(
@@ -277,10 +287,7 @@ def test_a_damaged_line_before_the_last_is_corruption_and_never_rewritten(
     tmp_path: Path, path: Path, open_queue: Callable[..., djq.Queue], clock: FakeClock, where: str
 ):
     """A bad line with a good line after it: calls raise CorruptQueueError; the files are left as they are."""
-    _, _, data, start = _seeded_journal(path, open_queue, clock, "put")
-    bad_at = data.rindex(b"\n", 0, start - 1) + 1  # the line before the last
-    damaged = _damage(data, bad_at, where)
-    copy = _copy(path, tmp_path / "copy" / "Queue.json", damaged)
+    copy, bad_at, damaged = _damaged_middle_line(tmp_path, path, open_queue, clock, where)
     snapshot = copy.read_bytes()
     q = open_queue(copy)
     calls: list[Callable[[djq.Queue], object]] = [
@@ -331,10 +338,7 @@ def test_check_with_fix_reports_a_corrupt_middle_line_and_leaves_it(
     tmp_path: Path, path: Path, open_queue: Callable[..., djq.Queue], clock: FakeClock
 ):
     """``check(fix=True)`` only cuts torn lines: a corrupt line is reported, never rewritten."""
-    _, _, data, start = _seeded_journal(path, open_queue, clock, "put")
-    bad_at = data.rindex(b"\n", 0, start - 1) + 1
-    damaged = _damage(data, bad_at, "checksum")
-    copy = _copy(path, tmp_path / "copy" / "Queue.json", damaged)
+    copy, bad_at, damaged = _damaged_middle_line(tmp_path, path, open_queue, clock, "checksum")
     q = open_queue(copy)
     try:
         problems = q.check(fix=True)
@@ -946,19 +950,7 @@ def test_a_bad_header_is_reported_and_refused(
 
 
 def _djq(*args: str) -> subprocess.CompletedProcess[str]:
-    """Run ``python -m djq ARGS`` (the package from this checkout)."""
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-    result = subprocess.run(
-        [sys.executable, "-m", "djq", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=CLI_TIMEOUT,
-        check=False,
-    )
-    assert "Traceback" not in result.stdout + result.stderr, result.stderr
-    return result
+    return run_djq(*args)
 
 
 def test_cli_compact_folds_the_journal_into_the_snapshot(
@@ -1016,10 +1008,7 @@ def test_cli_check_reports_a_corrupt_middle_line(
     tmp_path: Path, path: Path, open_queue: Callable[..., djq.Queue], clock: FakeClock
 ):
     """``djq check`` exits 1 naming the byte of a corrupt line before the last, and changes nothing."""
-    _, _, data, start = _seeded_journal(path, open_queue, clock, "put")
-    bad_at = data.rindex(b"\n", 0, start - 1) + 1
-    damaged = _damage(data, bad_at, "json")
-    copy = _copy(path, tmp_path / "copy" / "Queue.json", damaged)
+    copy, bad_at, damaged = _damaged_middle_line(tmp_path, path, open_queue, clock, "json")
     result = _djq("--queue", str(copy), "--json", "check")
     assert result.returncode == 1
     problems = orjson.loads(result.stdout)["problems"]

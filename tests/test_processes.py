@@ -47,31 +47,6 @@ POLL_INTERVAL = {"flock": None, "filelock": 0.003, "soft": 0.003}
 DEADLINE = 100.0
 
 
-def _join_all(processes: list[Any], deadline: float) -> list[str]:
-    """Wait for every child until ``deadline`` (monotonic); return what went wrong."""
-    problems = []
-    for p in processes:
-        p.join(max(0.0, deadline - time.monotonic()))
-        if p.is_alive():
-            problems.append(f"{p.name} still running at the deadline")
-        elif p.exitcode != 0:
-            problems.append(f"{p.name} exited with {p.exitcode}")
-    return problems
-
-
-def _reap(processes: list[Any]) -> None:
-    """Stop and reap every child, whatever state it is in."""
-    for p in processes:
-        if p.is_alive():
-            p.terminate()
-    for p in processes:
-        p.join(5)
-        if p.is_alive():
-            p.kill()
-            p.join()
-        p.close()
-
-
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize(("storage", "lock_kind"), CASES)
 def test_producers_and_consumers_move_every_task_exactly_once(tmp_path: Path, storage: str, lock_kind: str):
@@ -115,9 +90,9 @@ def test_producers_and_consumers_move_every_task_exactly_once(tmp_path: Path, st
     try:
         for p in processes:
             p.start()
-        problems = _join_all(processes, started + DEADLINE)
+        problems = workers.join_all(processes, started + DEADLINE)
     finally:
-        _reap(processes)
+        workers.reap(processes)
     elapsed = time.monotonic() - started
     assert problems == [], problems
 

@@ -224,3 +224,28 @@ def run_forked(target: Any, *args: Any, **kwargs: Any) -> None:
             os.write(2, traceback.format_exc().encode())
     finally:
         os._exit(code)
+
+
+def join_all(processes: list[Any], deadline: float) -> list[str]:
+    """Wait for every child until ``deadline`` (monotonic); return what went wrong."""
+    problems = []
+    for p in processes:
+        p.join(max(0.0, deadline - time.monotonic()))
+        if p.is_alive():
+            problems.append(f"{p.name} still running at the deadline")
+        elif p.exitcode != 0:
+            problems.append(f"{p.name} exited with {p.exitcode}")
+    return problems
+
+
+def reap(processes: list[Any]) -> None:
+    """Stop and reap every child, whatever state it is in."""
+    for p in processes:
+        if p.is_alive():
+            p.terminate()
+    for p in processes:
+        p.join(5)
+        if p.is_alive():
+            p.kill()
+            p.join()
+        p.close()
