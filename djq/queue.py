@@ -330,7 +330,7 @@ class Queue:
                 tasks = self._lease(n, holder, duration)
                 if tasks or timeout == 0:
                     return tasks
-                if not self._wait_for_change(deadline):
+                if not self._sleep_until_change(deadline, leader=True, notify=False):
                     return []
         tasks = self._lease(n, holder, duration) if self._work_ready() else []
         if tasks or timeout == 0:
@@ -372,19 +372,24 @@ class Queue:
         with self._mutex:
             return state.has_work(self._file.load(), now=self._clock())
 
-    def _sleep_until_change(self, deadline: float | None, *, leader: bool) -> bool:
-        """Sleep until the file changes (or, for the leader, something comes due); False at the deadline."""
+    def _sleep_until_change(self, deadline: float | None, *, leader: bool, notify: bool = True) -> bool:
+        """Sleep until the file changes (or, for the leader, something comes due); False at the deadline.
+
+        With ``notify`` the sleep is on inotify where it works; otherwise the file's metadata
+        is polled, the pause doubling from 1 ms to 50 ms. A follower returns after each
+        pause anyway, to try for the turn (the leader may have left without a change).
+        """
         with self._mutex:
             current = self._file.load()  # what we look at now; a change after this wakes us
             due = state.next_deadline(current, now=self._clock()) if leader else None
-            if self._watcher is None:
+            if notify and self._watcher is None:
                 self._watcher = watcher(self.path.parent, {self.path.name, f"{self.path.name}.journal"})
-            watch = self._watcher
+            watch = self._watcher if notify else None
             if watch is not None:
                 watch.drain()
             if self._file.has_changed():  # changed since we last looked: no event will come for it
                 return True
-        pause = _WATCH_SAFETY if leader else _FOLLOWER_POLL
+        pause = _IDLE_POLL_MIN if leader else _FOLLOWER_POLL
         while True:
             left = math.inf if deadline is None else deadline - time.monotonic()
             if left <= 0:
@@ -392,10 +397,10 @@ class Queue:
             until_due = math.inf if due is None else due - self._clock()
             if until_due <= 0:
                 return True
-            step = min(pause, left, until_due)
             if watch is None:
-                time.sleep(min(step, _IDLE_POLL_MAX))
-            elif watch.wait(step):
+                time.sleep(min(pause, left, until_due))
+                pause = min(pause * 2, _IDLE_POLL_MAX)
+            elif watch.wait(min(_WATCH_SAFETY if leader else _FOLLOWER_POLL, left, until_due)):
                 return True
             if not leader:
                 return True  # a follower tries for the turn now and then: the leader may have left
@@ -414,24 +419,6 @@ class Queue:
             "lease", state.LeaseMany(tokens=tokens, owner=owner, duration=duration)
         )
         return tasks
-
-    def _wait_for_change(self, deadline: float | None) -> bool:
-        """Sleep until the file changed or something comes due; False when time ran out."""
-        with self._mutex:
-            due = state.next_deadline(self._file.load(), now=self._clock())
-        pause = _IDLE_POLL_MIN
-        while True:
-            left = math.inf if deadline is None else deadline - time.monotonic()
-            if left <= 0:
-                return False
-            until_due = math.inf if due is None else due - self._clock()
-            if until_due <= 0:
-                return True
-            time.sleep(min(pause, left, until_due))
-            pause = min(pause * 2, _IDLE_POLL_MAX)
-            with self._mutex:
-                if self._file.has_changed():
-                    return True
 
     def ack(self, task: Task | Lease) -> None:
         """Finish a leased task: it is never delivered again.
