@@ -393,9 +393,7 @@ class Broker:
 
         try:
             self._queue.transact("batch", change)
-        except BaseException as exc:
-            if not isinstance(exc, DjqError | OSError):
-                raise
+        except (DjqError, OSError) as exc:  # the whole batch failed: the file is as it was
             logger.warning("a batch of %d failed: %s", len(writes) + len(served), exc)
             for pending in writes + served:
                 pending.error = exc

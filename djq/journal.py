@@ -39,11 +39,10 @@ from .model import DEFAULT_COMPACT_BYTES, DEFAULT_MAX_FILE_BYTES, TaskState
 from .state import QueueState
 from .storage import QueueFile
 
-__all__ = ["COMPACT_BYTES", "JOURNAL_FORMAT", "JournalFile", "decode_line", "encode_line", "journal_path"]
+__all__ = ["JOURNAL_FORMAT", "JournalFile", "decode_line", "encode_line", "journal_path"]
 
 JOURNAL_FORMAT: Final = "djq.journal"
 JOURNAL_VERSION: Final = 1
-COMPACT_BYTES: Final = DEFAULT_COMPACT_BYTES
 
 _EVENTS: Final[dict[str, type[Any]]] = {
     "put": state.Put,
@@ -125,7 +124,7 @@ class JournalFile:
         fsync: bool = True,
         mode: int = 0o600,
         max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
-        compact_bytes: int = COMPACT_BYTES,
+        compact_bytes: int = DEFAULT_COMPACT_BYTES,
     ) -> None:
         """Describe the files; touches nothing on disk."""
         self.path = Path(path)
