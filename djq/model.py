@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import enum
 import math
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, TypeAlias
@@ -16,6 +17,7 @@ from typing import Any, Final, TypeAlias
 from .errors import ConfigError
 
 __all__ = [
+    "CONFIG_FIELDS",
     "DEFAULT_COMPACT_BYTES",
     "DEFAULT_FSYNC",
     "DEFAULT_LEASE_DURATION",
@@ -233,3 +235,35 @@ class QueueConfig:
                 raise ConfigError(f"{name} must be a positive integer, not {value!r}", field=name)
         if not isinstance(self.fsync, bool):
             raise ConfigError(f"fsync must be True or False, not {self.fsync!r}", field="fsync")
+
+    def to_json(self) -> dict[str, JSON]:
+        """Return every field as a JSON object (the path as a string): the config, whole.
+
+        ``QueueConfig.from_json(config.to_json()) == config``; this is how a config
+        travels to a broker process and back in its ``ping``.
+        """
+        return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
+
+    @classmethod
+    def from_json(cls, fields: object) -> QueueConfig:
+        """Build a config from ``to_json``'s object; an unknown or bad field is a ``ConfigError``."""
+        if not isinstance(fields, dict):
+            raise ConfigError(f"a queue config must be a JSON object, not {fields!r:.80}", field="config")
+        return cls.from_options(**fields)
+
+    @classmethod
+    def from_options(cls, **options: object) -> QueueConfig:
+        """Build a config from keyword options, naming an unknown one in a ``ConfigError``."""
+        unknown = sorted(set(options) - set(CONFIG_FIELDS))
+        if unknown:
+            known = ", ".join(CONFIG_FIELDS)
+            raise ConfigError(f"unknown queue option {unknown[0]!r}; the options are: {known}", field=unknown[0])
+        return cls(**options)  # type: ignore[arg-type]
+
+
+def _plain(value: object) -> JSON:
+    return str(value) if isinstance(value, Path) else value
+
+
+#: The names of ``QueueConfig``'s fields, in order: derive flags and controls from these.
+CONFIG_FIELDS: Final = tuple(f.name for f in dataclasses.fields(QueueConfig))
