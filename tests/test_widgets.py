@@ -15,6 +15,7 @@ import pytest
 from matplotlib.figure import Figure
 
 from djq import SimulationError, sim
+from djq.model import DEFAULT_LOCK, DEFAULT_STORAGE
 from djq.widgets import Lab, LabRun, describe
 
 SMALL = {"producers": 1, "consumers": 1, "tasks": 50, "work": "0", "batch": 1}
@@ -192,6 +193,15 @@ def test_errors_during_the_run_are_shown_with_their_type(tmp_path, monkeypatch, 
     assert not panel.run_button.disabled
 
 
+def test_the_first_values_are_the_panels_and_the_queue_defaults(tmp_path):
+    """Lock and storage start at djq.model's defaults; the panel's own choices (500 tasks, no fsync) too."""
+    options = Lab(root=tmp_path).options()
+    assert options["lock"] == DEFAULT_LOCK.value
+    assert options["storage"] == DEFAULT_STORAGE.value
+    assert options["poll_interval"] is None
+    assert (options["tasks"], options["fsync"], options["work"]) == (500, False, "0.001")
+
+
 def test_choosing_flock_puts_the_poll_interval_back_to_the_default(tmp_path):
     """flock does not poll: switching to it resets the poll interval; other values are added as choices."""
     panel = Lab(root=tmp_path, lock="soft", poll_interval=0.003)
@@ -215,8 +225,12 @@ def test_the_run_button_runs_in_the_background(tmp_path, monkeypatch):
     panel.run_button.click()
     assert panel.running
     assert panel.run_button.disabled
-    assert panel.run() is None
+    assert panel.run(tasks=100) is None
     assert "a run is already going" in panel.status.value
+    assert panel.controls["tasks"].value == 50  # refused before the controls change
+    panel.clear()
+    assert "a run is going: forget the runs once it has finished" in panel.status.value
+    assert panel.progress.bar_style == "info"
     release.set()
     assert panel.wait(60)
     assert [r.label for r in panel.runs] == ["#1 1P/1C flock, 50 tasks"]
@@ -227,6 +241,7 @@ def test_the_run_button_runs_in_the_background(tmp_path, monkeypatch):
 def test_forgetting_runs_empties_the_compare_tab(tmp_path, lab):
     """clear() forgets the kept runs and empties the comparison."""
     panel = Lab(root=tmp_path)
+    assert panel.runs is panel.session.runs
     panel.runs.extend(lab.runs)
     assert len(panel.compare()) == 2
     panel.clear()
