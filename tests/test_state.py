@@ -8,24 +8,28 @@ from collections.abc import Callable
 
 import pytest
 
-from djq import state
-from djq.errors import LeaseLost, UnknownTask
-from djq.model import DEFAULT_MAX_ATTEMPTS, EventType, QueueStats, Task, TaskState
-from djq.state import (
-    TRANSITIONS,
+from djq import ops, state
+from djq.errors import ConfigError, LeaseLost, UnknownTask
+from djq.model import DEFAULT_MAX_ATTEMPTS, MAX_DELAY, QueueStats, Task, TaskState
+from djq.ops import (
     Ack,
     AckMany,
-    Event,
+    Dead,
     Extend,
     LeaseMany,
     LeaseNext,
     Nack,
+    Peek,
     Purge,
     Put,
     PutMany,
-    QueueState,
     Reap,
     Requeue,
+    Stats,
+)
+from djq.state import (
+    RULES,
+    QueueState,
     ack,
     ack_many,
     apply,
@@ -777,19 +781,19 @@ def test_next_deadline_ignores_dead_tasks():
 # --- apply -------------------------------------------------------------------------------
 
 
-def _apply_cases() -> dict[str, tuple[Event, Callable[[QueueState, float], object]]]:
-    """Each event next to the direct call it stands for, by name."""
+def _apply_cases() -> dict[str, tuple[ops.Op[object], Callable[[QueueState, float], object]]]:
+    """Each operation next to the direct call it stands for, as the client API sees its result."""
     dead_only = frozenset({TaskState.DEAD})
     return {
         "put": (
             Put(payload={"x": 1}, priority=2, delay=1.5, max_attempts=3),
-            lambda s, now: put(s, {"x": 1}, priority=2, delay=1.5, max_attempts=3, now=now),
+            lambda s, now: [put(s, {"x": 1}, priority=2, delay=1.5, max_attempts=3, now=now).id],
         ),
         "put_many": (
             PutMany(payloads=("a", "b"), priority=1, delay=0.5, max_attempts=2),
-            lambda s, now: put_many(s, ("a", "b"), priority=1, delay=0.5, max_attempts=2, now=now),
+            lambda s, now: _ids(put_many(s, ("a", "b"), priority=1, delay=0.5, max_attempts=2, now=now)),
         ),
-        "put_many_empty": (PutMany(payloads=()), lambda s, now: put_many(s, (), now=now)),
+        "put_many_empty": (PutMany(payloads=()), lambda s, now: _ids(put_many(s, (), now=now))),
         "lease": (
             LeaseNext(token="tn", owner="o", duration=4.0),
             lambda s, now: lease(s, token="tn", owner="o", duration=4.0, now=now),
@@ -819,6 +823,9 @@ def _apply_cases() -> dict[str, tuple[Event, Callable[[QueueState, float], objec
         "purge": (Purge(), lambda s, now: purge(s, now=now)),
         "purge_dead": (Purge(states=dead_only), lambda s, now: purge(s, states=dead_only, now=now)),
         "reap": (Reap(), lambda s, now: reap(s, now=now)),
+        "stats": (Stats(), lambda s, now: stats(s, now=now)),
+        "peek": (Peek(limit=3), lambda s, now: peek(s, 3, now=now)),
+        "dead": (Dead(), lambda s, now: dead(s)),
     }
 
 
@@ -828,9 +835,9 @@ APPLY_CASES = _apply_cases()
 @pytest.mark.parametrize("now", [T0 + 1, T0 + 100], ids=["lease-live", "lease-expired"])
 @pytest.mark.parametrize("name", list(APPLY_CASES))
 def test_apply_gives_the_same_result_and_state_as_the_direct_call(name: str, now: float):
-    """apply(event) returns (or raises) what the matching function does and leaves the same state."""
-    event, direct = APPLY_CASES[name]
-    via_event, via_call = _mixed(), _mixed()
+    """apply(op) returns (or raises) the API's form of the direct call's result, leaving the same state."""
+    op, direct = APPLY_CASES[name]
+    via_op, via_call = _mixed(), _mixed()
 
     def outcome(run: Callable[[], object]) -> tuple[str, object]:
         try:
@@ -838,16 +845,154 @@ def test_apply_gives_the_same_result_and_state_as_the_direct_call(name: str, now
         except (LeaseLost, UnknownTask) as exc:
             return "raised", (type(exc), exc.args, exc.task_id)
 
-    got = outcome(lambda: apply(via_event, event, now=now))
+    got = outcome(lambda: apply(via_op, op, now=now))
     expected = outcome(lambda: direct(via_call, now))
     assert got == expected
-    assert via_event == via_call
-    assert encode(via_event) == encode(via_call)
+    assert via_op == via_call
+    assert encode(via_op) == encode(via_call)
 
 
-def test_apply_cases_cover_every_event_type():
-    """The apply test above has a case for every member of the Event union."""
-    assert {type(event) for event, _ in APPLY_CASES.values()} == set(Event.__args__)
+READ_CASES = [name for name, (op, _) in APPLY_CASES.items() if not op.writes]
+
+
+@pytest.mark.parametrize("now", [T0 + 1, T0 + 100], ids=["lease-live", "lease-expired"])
+@pytest.mark.parametrize("name", READ_CASES)
+def test_apply_of_a_read_operation_changes_nothing(name: str, now: float):
+    """An operation that does not write (``writes`` False) leaves the state and its revision alone."""
+    op, _ = APPLY_CASES[name]
+    s = _mixed()
+    before = Unchanged(s)
+    apply(s, op, now=now)
+    before.check()
+
+
+def test_apply_returns_ids_for_puts_not_snapshots():
+    """Put and PutMany give the client API's result through apply: the new ids, as strings."""
+    s = QueueState()
+    assert apply(s, Put(payload="a"), now=T0) == ["1"]
+    assert apply(s, PutMany(payloads=("b", "c"), delay=2.0), now=T0) == ["2", "3"]
+    assert apply(s, PutMany(payloads=()), now=T0) == []
+    assert [(r.payload, r.available_at) for r in s.tasks.values()] == [
+        ("a", T0),
+        ("b", T0 + 2),
+        ("c", T0 + 2),
+    ]
+
+
+def test_apply_cases_cover_every_rule_and_every_rule_every_operation_but_check():
+    """The apply test above has a case for every rule, and RULES has one for every operation but check."""
+    assert {type(op) for op, _ in APPLY_CASES.values()} == set(RULES)
+    assert set(RULES) == set(ops.OPS.values()) - {ops.Check}
+    assert sorted(READ_CASES) == ["dead", "peek", "stats"]
+
+
+def test_apply_refuses_an_operation_without_a_rule():
+    """check is the storage's operation, not a rule of the state: apply raises TypeError, changes nothing."""
+    s = _mixed()
+    before = Unchanged(s)
+    with pytest.raises(TypeError):
+        apply(s, ops.Check(), now=T0)
+    before.check()
+
+
+# --- operations validate their fields when built ---------------------------------------------
+
+
+BAD_OPS: dict[str, Callable[[], object]] = {
+    "empty-token": lambda: LeaseNext(token="", owner="o", duration=1.0),
+    "empty-owner": lambda: LeaseNext(token="t", owner="", duration=1.0),
+    "int-token": lambda: LeaseNext(token=1, owner="o", duration=1.0),
+    "zero-duration": lambda: LeaseNext(token="t", owner="o", duration=0.0),
+    "long-duration": lambda: LeaseNext(token="t", owner="o", duration=43_200.001),
+    "nan-duration": lambda: LeaseNext(token="t", owner="o", duration=float("nan")),
+    "list-tokens": lambda: LeaseMany(tokens=["a"], owner="o", duration=1.0),
+    "no-tokens": lambda: LeaseMany(tokens=(), owner="o", duration=1.0),
+    "an-empty-token": lambda: LeaseMany(tokens=("a", ""), owner="o", duration=1.0),
+    "list-leases": lambda: AckMany(leases=[("1", "t")]),
+    "short-lease": lambda: AckMany(leases=(("1",),)),
+    "lease-empty-token": lambda: AckMany(leases=(("1", ""),)),
+    "list-payloads": lambda: PutMany(payloads=["a"]),
+    "negative-delay": lambda: Put(payload=1, delay=-1.0),
+    "infinite-delay": lambda: Put(payload=1, delay=float("inf")),
+    "delay-over-a-century": lambda: Put(payload=1, delay=MAX_DELAY * 2),
+    "nan-delay": lambda: PutMany(payloads=(1,), delay=float("nan")),
+    "priority-2**63": lambda: Put(payload=1, priority=1 << 63),
+    "priority-below-int64": lambda: Put(payload=1, priority=-(1 << 63) - 1),
+    "bool-priority": lambda: Put(payload=1, priority=True),
+    "zero-attempts": lambda: Put(payload=1, max_attempts=0),
+    "nack-negative-delay": lambda: Nack(id="1", token="t", delay=-0.5),
+    "extend-zero": lambda: Extend(id="1", token="t", duration=0.0),
+    "int-id": lambda: Requeue(id=1),
+    "int-lease-id": lambda: AckMany(leases=((1, "t"),)),
+    "set-states": lambda: Purge(states={TaskState.DEAD}),
+    "string-states": lambda: Purge(states=frozenset({"dead"})),
+}
+
+
+@pytest.mark.parametrize("name", list(BAD_OPS))
+def test_an_operation_with_a_bad_field_is_refused_when_built(name: str):
+    """A bad field raises ConfigError when the operation is built, before it reaches any state."""
+    with pytest.raises(ConfigError):
+        BAD_OPS[name]()
+
+
+def test_an_id_no_task_has_is_refused_by_the_rule_not_when_built():
+    """Any string is an id (even ""): an operation on a missing task is refused by its rule."""
+    s = _mixed()
+    before = Unchanged(s)
+    with pytest.raises(LeaseLost):
+        apply(s, Ack(id="", token="t2"), now=T0 + 2)
+    with pytest.raises(UnknownTask):
+        apply(s, Requeue(id=""), now=T0 + 2)
+    assert apply(s, AckMany(leases=(("", "t2"),)), now=T0 + 2) == [""]
+    before.check()
+
+
+def test_operations_at_their_limits_are_accepted():
+    """The edges of the documented ranges are valid operations."""
+    LeaseNext(token="t", owner="o", duration=0.001)
+    LeaseNext(token="t", owner="o", duration=43_200.0)
+    Put(payload=None, delay=0.0, priority=(1 << 63) - 1)
+    Put(payload=None, delay=MAX_DELAY, priority=-(1 << 63))
+    Purge(states=frozenset())
+    Purge(states=None)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="bug in djq/ops.py: model.check_seconds lets None through, so duration/delay=None build",
+)
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda: LeaseNext(token="t", owner="o", duration=None),
+        lambda: LeaseMany(tokens=("t",), owner="o", duration=None),
+        lambda: Extend(id="1", token="t", duration=None),
+        lambda: Put(payload=1, delay=None),
+        lambda: PutMany(payloads=(1,), delay=None),
+        lambda: Nack(id="1", token="t", delay=None),
+    ],
+    ids=["lease", "lease_many", "extend", "put", "put_many", "nack"],
+)
+def test_a_missing_duration_or_delay_is_refused_when_built(build: Callable[[], object]):
+    """None is no duration and no delay: refused when built, not a TypeError inside a rule."""
+    with pytest.raises(ConfigError):
+        build()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="bug in djq/ops.py (LeaseNext accepts duration=None) and djq/state.py (lease marks the "
+    "task LEASED before computing its expiry): the TypeError leaves the task leased forever",
+)
+def test_a_lease_without_duration_leaves_the_state_as_it_was():
+    """Whether refused when built or by the rule, a lease with no duration changes nothing."""
+    s = QueueState()
+    put(s, "a", now=T0)
+    before = Unchanged(s)
+    with pytest.raises((ConfigError, TypeError)):
+        apply(s, LeaseNext(token="t", owner="o", duration=None), now=T0)
+    before.check()
 
 
 # --- revision ------------------------------------------------------------------------------
@@ -915,17 +1060,23 @@ def test_revision_stays_put_on_an_empty_state():
     assert s.revision == 0
 
 
-# --- TRANSITIONS -----------------------------------------------------------------------------
+# --- the transition table ----------------------------------------------------------------
+
+#: The state changes that are a plain function of (state, operation): what a task in one
+#: live state becomes when its holder (token "t1") performs the operation on it. Attempts,
+#: dead letters, token checks and order are explicit code in djq.state, tested above. This
+#: table used to be djq.state.TRANSITIONS; it lives here now, as the functions' specification.
+TRANSITIONS: dict[tuple[TaskState, type[ops.Op[object]]], TaskState] = {
+    (TaskState.READY, LeaseNext): TaskState.LEASED,
+    (TaskState.LEASED, Ack): TaskState.DONE,
+    (TaskState.LEASED, Nack): TaskState.READY,  # DEAD when attempts run out
+    (TaskState.LEASED, Reap): TaskState.READY,  # DEAD when attempts run out
+    (TaskState.LEASED, Extend): TaskState.LEASED,
+    (TaskState.DEAD, Requeue): TaskState.READY,
+}
 
 _LIVE_STATES = (TaskState.READY, TaskState.LEASED, TaskState.DEAD)
-_TASK_EVENTS = (
-    EventType.LEASE,
-    EventType.ACK,
-    EventType.NACK,
-    EventType.EXTEND,
-    EventType.REQUEUE,
-    EventType.REAP,
-)
+_TASK_OPS: tuple[type[ops.Op[object]], ...] = (LeaseNext, Ack, Nack, Extend, Requeue, Reap)
 
 
 def _one_task_in(state: TaskState) -> QueueState:
@@ -939,52 +1090,61 @@ def _one_task_in(state: TaskState) -> QueueState:
     return s
 
 
-def _do(s: QueueState, event: EventType) -> None:
-    """Perform ``event`` on task "1" as its holder would (token "t1"); swallow refusals."""
-    later = T0 + LEASE  # the lease from _leased_one has expired by then, but is not reclaimed
+# The lease from _leased_one has expired by T0 + LEASE, but is not reclaimed: only reap runs then.
+_TASK_OP_CALLS: dict[type[ops.Op[object]], tuple[ops.Op[object], float, Callable[[QueueState], object]]] = {
+    LeaseNext: (
+        LeaseNext(token="fresh", owner="w1", duration=LEASE),
+        T0 + 1,
+        lambda s: _lease(s, "fresh", now=T0 + 1),
+    ),
+    Ack: (Ack(id="1", token="t1"), T0 + 1, lambda s: ack(s, "1", "t1", now=T0 + 1)),
+    Nack: (Nack(id="1", token="t1"), T0 + 1, lambda s: nack(s, "1", "t1", now=T0 + 1)),
+    Extend: (
+        Extend(id="1", token="t1", duration=1.0),
+        T0 + 1,
+        lambda s: extend(s, "1", "t1", duration=1.0, now=T0 + 1),
+    ),
+    Requeue: (Requeue(id="1"), T0 + 1, lambda s: requeue(s, "1", now=T0 + 1)),
+    Reap: (Reap(), T0 + LEASE, lambda s: reap(s, now=T0 + LEASE)),
+}
+
+
+def _do(s: QueueState, op: type[ops.Op[object]], via: str) -> None:
+    """Perform ``op`` on task "1" as its holder would, by the function or through apply; swallow refusals."""
+    built, now, call = _TASK_OP_CALLS[op]
     try:
-        match event:
-            case EventType.LEASE:
-                _lease(s, "fresh", now=T0 + 1)
-            case EventType.ACK:
-                ack(s, "1", "t1", now=T0 + 1)
-            case EventType.NACK:
-                nack(s, "1", "t1", now=T0 + 1)
-            case EventType.EXTEND:
-                extend(s, "1", "t1", duration=1.0, now=T0 + 1)
-            case EventType.REQUEUE:
-                requeue(s, "1", now=T0 + 1)
-            case EventType.REAP:
-                reap(s, now=later)
-            case _:  # pragma: no cover
-                raise AssertionError(event)
+        if via == "function":
+            call(s)
+        else:
+            apply(s, built, now=now)
     except (LeaseLost, UnknownTask):
         pass
 
 
-@pytest.mark.parametrize("event", _TASK_EVENTS, ids=str)
+@pytest.mark.parametrize("via", ["function", "apply"])
+@pytest.mark.parametrize("op", _TASK_OPS, ids=lambda op: op.name)
 @pytest.mark.parametrize("start", _LIVE_STATES, ids=str)
-def test_transitions_table_agrees_with_the_functions(start: TaskState, event: EventType):
-    """A task moves to TRANSITIONS[(state, event)] when listed, and is left alone otherwise."""
+def test_transitions_table_agrees_with_the_functions(start: TaskState, op: type[ops.Op[object]], via: str):
+    """A task moves to TRANSITIONS[(state, op)] when listed, and is left alone otherwise."""
     s = _one_task_in(start)
     before = Unchanged(s)
-    _do(s, event)
+    _do(s, op, via)
     record = s.tasks.get("1")
     got = TaskState.DONE if record is None else record.state
-    if (start, event) in TRANSITIONS:
-        assert got is TRANSITIONS[start, event]
+    if (start, op) in TRANSITIONS:
+        assert got is TRANSITIONS[start, op]
     else:
         assert got is start
         before.check()
 
 
 def test_transitions_table_names_only_task_events_and_live_states():
-    """TRANSITIONS starts only from live states, names only task events, and ends DONE only by ack."""
+    """TRANSITIONS starts only from live states, names only task operations, and ends DONE only by ack."""
     assert {state for state, _ in TRANSITIONS} <= set(_LIVE_STATES)
-    assert {event for _, event in TRANSITIONS} <= set(_TASK_EVENTS)
-    assert [key for key, end in TRANSITIONS.items() if end is TaskState.DONE] == [
-        (TaskState.LEASED, EventType.ACK)
-    ]
+    assert {op for _, op in TRANSITIONS} <= set(_TASK_OPS)
+    assert set(_TASK_OPS) == set(_TASK_OP_CALLS)
+    assert all(op in ops.OPS.values() and op.writes for op in _TASK_OPS)
+    assert [key for key, end in TRANSITIONS.items() if end is TaskState.DONE] == [(TaskState.LEASED, Ack)]
 
 
 def test_a_lease_extended_back_to_an_earlier_expiry_is_reclaimed_once():

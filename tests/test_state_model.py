@@ -17,23 +17,9 @@ from hypothesis import strategies as st
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, invariant, multiple, precondition, rule
 
 from djq.errors import LeaseLost, UnknownTask
-from djq.model import QueueStats, Task, TaskState
-from djq.state import (
-    Ack,
-    Extend,
-    LeaseNext,
-    Nack,
-    Purge,
-    Put,
-    PutMany,
-    QueueState,
-    Reap,
-    Requeue,
-    apply,
-    next_deadline,
-    peek,
-    stats,
-)
+from djq.model import QueueStats, TaskState
+from djq.ops import Ack, Extend, LeaseNext, Nack, Purge, Put, PutMany, Reap, Requeue
+from djq.state import QueueState, apply, next_deadline, peek, stats
 from djq.storage import encode
 
 START = 1_000_000.0
@@ -125,43 +111,43 @@ class StateMachine(RuleBasedStateMachine):
 
     # --- helpers ---------------------------------------------------------------------
 
-    def _apply(self, event: Any) -> Any:
-        """Apply ``event`` to the real state; check revision moves exactly when something changed."""
+    def _apply(self, op: Any) -> Any:
+        """Apply ``op`` to the real state; check revision moves exactly when something changed."""
         before = self._content()
         revision = self.state.revision
         try:
-            result = apply(self.state, event, now=self.now)
+            result = apply(self.state, op, now=self.now)
         except (LeaseLost, UnknownTask):
             assert self._content() == before, "a refused transition changed the state"
             assert self.state.revision == revision
             raise
         if self._content() == before:
-            assert self.state.revision == revision, f"revision moved on a no-op {event!r}"
+            assert self.state.revision == revision, f"revision moved on a no-op {op!r}"
         else:
-            assert self.state.revision > revision, f"revision did not move on {event!r}"
+            assert self.state.revision > revision, f"revision did not move on {op!r}"
         return result
 
     def _content(self) -> bytes:
         """The encoded state without its revision."""
         return encode(dataclasses.replace(self.state, revision=0))
 
-    def _refused(self, event: Any, error: type[Exception]) -> None:
+    def _refused(self, op: Any, error: type[Exception]) -> None:
         try:
-            self._apply(event)
+            self._apply(op)
         except error:
             return
-        raise AssertionError(f"{event!r} should have raised {error.__name__}")
+        raise AssertionError(f"{op!r} should have raised {error.__name__}")
 
     # --- rules -----------------------------------------------------------------------
 
     @rule(target=ids, payload=payloads, priority=priorities, delay=delays, attempts=max_attempts)
     def put(self, payload: Any, priority: int, delay: float, attempts: int) -> str:
-        task = self._apply(Put(payload=payload, priority=priority, delay=delay, max_attempts=attempts))
+        got = self._apply(Put(payload=payload, priority=priority, delay=delay, max_attempts=attempts))
         expected = self._model_put(payload, priority, delay, attempts)
-        assert isinstance(task, Task)
-        assert task.id == expected
-        assert task.state is TaskState.READY
-        return task.id
+        assert got == [expected]  # apply gives the client API's result: the new ids
+        assert all(type(task_id) is str for task_id in got)
+        assert self.state.tasks[expected].state is TaskState.READY
+        return expected
 
     @rule(
         target=ids,
@@ -172,9 +158,10 @@ class StateMachine(RuleBasedStateMachine):
     )
     def put_many(self, count: int, priority: int, delay: float, attempts: int) -> Any:
         batch = tuple(range(count))
-        tasks = self._apply(PutMany(payloads=batch, priority=priority, delay=delay, max_attempts=attempts))
+        got = self._apply(PutMany(payloads=batch, priority=priority, delay=delay, max_attempts=attempts))
         expected = [self._model_put(p, priority, delay, attempts) for p in batch]
-        assert [t.id for t in tasks] == expected
+        assert got == expected
+        assert all(self.state.tasks[task_id].state is TaskState.READY for task_id in expected)
         return multiple(*expected)
 
     @rule(target=leases, duration=durations)
@@ -240,12 +227,12 @@ class StateMachine(RuleBasedStateMachine):
 
     @rule(task_id=ids, op=st.sampled_from(["ack", "nack", "extend"]))
     def forged_token(self, task_id: str, op: str) -> None:
-        event = {
+        forged = {
             "ack": Ack(id=task_id, token="forged"),
             "nack": Nack(id=task_id, token="forged"),
             "extend": Extend(id=task_id, token="forged", duration=1.0),
         }[op]
-        self._refused(event, LeaseLost)
+        self._refused(forged, LeaseLost)
 
     @precondition(lambda self: any(t["state"] == DEAD for t in self.model))
     @rule(data=st.data())
