@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import enum
 import itertools
 import math
 import multiprocessing
@@ -40,12 +41,12 @@ import pandas as pd
 from . import frames
 from .errors import ConfigError, SimulationError
 from .manager import BrokerManager
-from .model import DEFAULT_STORAGE, LockKind, QueueConfig, StorageKind, WaitKind
+from .model import CONFIG_FIELDS, LockKind, QueueConfig
 from .queue import Queue
 from .remote import connect
 from .workers import Dist, WorkerSpec, main, worker_name
 
-__all__ = ["Run", "SimConfig", "load", "simulate", "sweep"]
+__all__ = ["QUEUE_OPTIONS", "SIM_QUEUE", "Run", "SimConfig", "load", "simulate", "sweep"]
 
 FILELOCK_POLL_INTERVAL: Final = 0.05  #: seconds; filelock's own default, when none is given
 _START_TIMEOUT: Final = 120.0  #: seconds for every worker to reach the start barrier
@@ -68,40 +69,68 @@ def _dist(name: str, value: float | str | Dist) -> Dist:
     return Dist(kind=kind or "const", mean=seconds)
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+#: The queue options a simulation takes: every ``QueueConfig`` field but ``path`` (each run's
+#: ``Queue.json`` lives in its folder, the ``path`` of ``SimConfig``).
+QUEUE_OPTIONS: Final = tuple(name for name in CONFIG_FIELDS if name != "path")
+#: The queue a simulation opens when told nothing: ``QueueConfig``'s defaults, fsync off.
+SIM_QUEUE: Final = QueueConfig(path=Path("Queue.json"), fsync=False)
+_NO_TIME: Final = Dist()  #: no work, no think time
+
+
+@dataclass(frozen=True, slots=True, kw_only=True, init=False)
 class SimConfig:
     """How a simulation runs; stored on the ``Run`` so a result says how it was produced.
 
-    Times are in seconds. ``fsync`` is off by default: the simulation studies the lock and
-    the file, and fsync is a variable of its own (turn it on to see its cost).
+    Takes the simulation's own options (the fields below) and any queue option (a field of
+    ``QueueConfig`` but ``path``: ``lock``, ``storage``, ``fsync``, ``lease``, ...), which
+    every worker's queue gets, in ``queue``; read them as ``config.queue.lock`` or, as
+    before, ``config.lock``. Times are in seconds. ``fsync`` is off by default: the
+    simulation studies the lock and the file, and fsync is a variable of its own (turn it
+    on to see its cost).
+
+    Raises:
+        ConfigError: an unknown or invalid option, naming it.
     """
 
     producers: int = 2
     consumers: int = 2
     tasks: int = 1_000
-    lock: LockKind = LockKind.FLOCK
-    storage: StorageKind = DEFAULT_STORAGE
-    wait: WaitKind = WaitKind.NOTIFY  #: how idle direct-mode consumers wait ("notify" or "poll")
-    poll_interval: float | None = None  #: "filelock"/"soft" only; None: filelock's 0.05 s
     mode: str = "direct"  #: "direct": workers take the file lock; "broker": a broker owns the file
-    fsync: bool = False
     payload_bytes: int = 100
-    work: Dist = field(default_factory=Dist)  #: consumer time per task ("exp:0.002" or 0.002)
-    think: Dist = field(default_factory=Dist)  #: producer pause between puts (closed loop)
+    work: Dist = _NO_TIME  #: consumer time per task ("exp:0.002" or 0.002)
+    think: Dist = _NO_TIME  #: producer pause between puts (closed loop)
     rate: float | None = None  #: puts per second per producer, Poisson (open loop)
     batch: int = 1  #: tasks per put_many (producers) and per get_many + ack_many (consumers)
-    lease: float = 30.0
-    max_attempts: int = 5
     start_method: str = "spawn"  #: "spawn" works everywhere, notebooks included
     seed: int = 0
     path: Path | None = None  #: folder of the run; a fresh temporary folder when None
     progress: bool = False
     time_limit: float = 300.0
     sample_interval: float = 0.01  #: seconds between the runner's looks at the queue file
+    queue: QueueConfig = SIM_QUEUE  #: the queue every worker opens (its path: the run's Queue.json)
 
-    def __post_init__(self) -> None:
-        """Validate every field; raise ``ConfigError`` naming the first bad one."""
-        for name in ("producers", "consumers", "tasks", "batch", "max_attempts"):
+    def __init__(self, *, queue: QueueConfig = SIM_QUEUE, **options: Any) -> None:
+        """Split ``options`` into the simulation's and the queue's; validate both."""
+        given = {name: options.pop(name) for name in QUEUE_OPTIONS if name in options}
+        for f in dataclasses.fields(self):
+            if f.name != "queue":
+                object.__setattr__(self, f.name, options.pop(f.name, f.default))
+        if options:
+            name = sorted(options)[0]
+            known = ", ".join([f.name for f in dataclasses.fields(self)][:-1] + list(QUEUE_OPTIONS))
+            raise ConfigError(f"unknown simulation option {name!r}; the options are: {known}", field=name)
+        object.__setattr__(self, "queue", dataclasses.replace(queue, **given))  # validates them
+        self._check()
+
+    def __getattr__(self, name: str) -> Any:
+        """Read a queue option through: ``config.lock`` is ``config.queue.lock``."""
+        if name in QUEUE_OPTIONS:
+            return getattr(self.queue, name)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    def _check(self) -> None:
+        """Validate the simulation's own fields; raise ``ConfigError`` naming the first bad one."""
+        for name in ("producers", "consumers", "tasks", "batch"):
             value = getattr(self, name)
             if type(value) is not int or value < 1:
                 raise ConfigError(f"{name} must be a positive integer, not {value!r}", field=name)
@@ -120,37 +149,24 @@ class SimConfig:
         for name in ("time_limit", "sample_interval"):
             if not isinstance(getattr(self, name), int | float) or getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be seconds > 0", field=name)
-        queue = self.queue_config(Path("Queue.json"))  # validates lock, lease, poll_interval
-        object.__setattr__(self, "lock", queue.lock)
-        object.__setattr__(self, "storage", queue.storage)
-        object.__setattr__(self, "wait", queue.wait)
-        if queue.lock is LockKind.FLOCK and self.poll_interval is not None:
+        if self.queue.lock is LockKind.FLOCK and self.queue.poll_interval is not None:
             raise ConfigError(
                 "flock does not poll: poll_interval is for 'filelock' and 'soft'", field="poll_interval"
             )
 
     def queue_config(self, path: Path) -> QueueConfig:
-        """The queue every worker opens."""
-        return QueueConfig(
-            path=path,
-            lock=self.lock,
-            storage=self.storage,
-            wait=self.wait,
-            poll_interval=self.poll_interval,
-            fsync=self.fsync,
-            lease=self.lease,
-            max_attempts=self.max_attempts,
-        )
+        """The queue every worker opens, at ``path``."""
+        return dataclasses.replace(self.queue, path=path)
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-able values (distributions as "exp:MEAN" strings)."""
-        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        """Plain JSON-able values, the queue's options among the others (as ``config.json`` holds them)."""
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "queue"}
         for name in ("work", "think"):
             out[name] = f"{out[name].kind}:{out[name].mean:g}"
-        out["lock"] = self.lock.value
-        out["storage"] = self.storage.value
-        out["wait"] = self.wait.value
         out["path"] = None if self.path is None else str(self.path)
+        for name in QUEUE_OPTIONS:
+            value = getattr(self.queue, name)
+            out[name] = value.value if isinstance(value, enum.Enum) else value
         return out
 
 
@@ -207,7 +223,7 @@ class Run:
     def __repr__(self) -> str:
         s = self.summary
         return (
-            f"<Run {self.config.producers}P/{self.config.consumers}C lock={self.config.lock.value} "
+            f"<Run {self.config.producers}P/{self.config.consumers}C lock={self.config.queue.lock.value} "
             f"acked={s['acked']}/{s['tasks']} throughput={s['throughput_per_s']:.0f}/s "
             f"lost={s['lost']} acked_twice={s['acked_twice']}>"
         )
@@ -234,9 +250,10 @@ def simulate(**options: Any) -> Run:
     """Run N producers and M consumers against one queue file and measure everything.
 
     Args:
-        **options: the fields of ``SimConfig``: producers, consumers, tasks, lock,
-            poll_interval, mode, fsync, payload_bytes, work, think, rate, batch, lease,
-            max_attempts, start_method, seed, path, progress, time_limit.
+        **options: the options of ``SimConfig``: its own (producers, consumers, tasks,
+            mode, payload_bytes, work, think, rate, batch, start_method, seed, path,
+            progress, time_limit, sample_interval) and any queue option (``QUEUE_OPTIONS``:
+            lock, storage, wait, poll_interval, fsync, lease, max_attempts, ...).
 
     Returns:
         A ``Run`` with ``tasks``, ``locks``, ``ops``, ``depth``, ``workers``, ``batches`` frames and
@@ -264,12 +281,12 @@ class _Runner:
         producers = [
             WorkerSpec(role="producer", index=i, queue=queue, out=self.records / f"P{i}.json",
                        seed=c.seed * 7919 + i, tasks=n, payload_bytes=c.payload_bytes, batch=c.batch,
-                       think=c.think, rate=c.rate, lease=c.lease, mode=c.mode)
+                       think=c.think, rate=c.rate, lease=c.queue.lease, mode=c.mode)
             for i, n in enumerate(shares)
         ]  # fmt: skip
         consumers = [
             WorkerSpec(role="consumer", index=i, queue=queue, out=self.records / f"C{i}.json",
-                       seed=c.seed * 7919 + 1000 + i, tasks=c.tasks, work=c.work, lease=c.lease,
+                       seed=c.seed * 7919 + 1000 + i, tasks=c.tasks, work=c.work, lease=c.queue.lease,
                        mode=c.mode, batch=c.batch)
             for i in range(c.consumers)
         ]  # fmt: skip
@@ -288,10 +305,8 @@ class _Runner:
         queue = self._prepare()
         if self.config.mode != "broker":
             return self._run(queue)
-        config = self.config.queue_config(self.queue_path)
-        names = ("lock", "storage", "fsync", "lease", "max_attempts", "poll_interval")
-        options = {f: getattr(config, f) for f in names}
-        with BrokerManager(self.queue_path, **options):
+        options = {name: getattr(self.config.queue, name) for name in QUEUE_OPTIONS}
+        with BrokerManager(self.queue_path, **options):  # the broker gets the whole queue config
             return self._run(queue)
 
     def _broker_batches(self) -> list[list[Any]]:
@@ -431,7 +446,9 @@ def _progress(config: SimConfig) -> Any:
     from tqdm.auto import tqdm
 
     return tqdm(
-        total=config.tasks, desc=f"{config.producers}P/{config.consumers}C {config.lock.value}", unit="task"
+        total=config.tasks,
+        desc=f"{config.producers}P/{config.consumers}C {config.queue.lock.value}",
+        unit="task",
     )
 
 
@@ -458,18 +475,19 @@ def _version(package: str) -> str:
 
 
 def _metadata(config: SimConfig, folder: Path) -> dict[str, Any]:
-    poll = config.poll_interval
-    if poll is None and config.lock is not LockKind.FLOCK:
+    queue = config.queue
+    poll = queue.poll_interval
+    if poll is None and queue.lock is not LockKind.FLOCK:
         poll = FILELOCK_POLL_INTERVAL
     return {
         "producers": config.producers,
         "consumers": config.consumers,
-        "lock": config.lock.value,
+        "lock": queue.lock.value,
         "poll_interval_s": poll,
         "mode": config.mode,
-        "storage": config.storage.value,
-        "wait": config.wait.value,
-        "fsync": config.fsync,
+        "storage": queue.storage.value,
+        "wait": queue.wait.value,
+        "fsync": queue.fsync,
         "start_method": config.start_method,
         "python": platform.python_version(),
         "djq": _version("djq"),
