@@ -1,11 +1,12 @@
 """``BrokerManager``: start a broker process for a queue file, watch it, restart it, stop it.
 
-The broker runs as ``python -m djq --queue PATH broker start --foreground`` in a session
-of its own, so it outlives the process that started it (``djq broker start`` returns at
-once); its output goes to ``Queue.json.broker.log``. A live broker holds an flock on
-``Queue.json.broker``: the kernel drops it when the broker dies, however it dies, so
-"is a broker alive" never trusts a stale pid. A second broker for the same file is
-refused. Imports from djq: ``errors``, ``model``, ``remote``, ``wire``.
+The broker runs as ``python -m djq --queue PATH broker start --foreground --config-json
+CONFIG`` (CONFIG: the whole ``QueueConfig`` as JSON) in a session of its own, so it
+outlives the process that started it (``djq broker start`` returns at once); its output
+goes to ``Queue.json.broker.log``. A live broker holds an flock on ``Queue.json.broker``:
+the kernel drops it when the broker dies, however it dies, so "is a broker alive" never
+trusts a stale pid. A second broker for the same file is refused. Imports from djq:
+``errors``, ``model``, ``remote``, ``wire``.
 """
 
 from __future__ import annotations
@@ -36,18 +37,16 @@ _PACKAGE_ROOT: Final = str(Path(__file__).resolve().parent.parent)
 
 
 def broker_command(config: QueueConfig) -> list[str]:
-    """Return the command line that runs a broker for ``config`` in the foreground."""
-    command = [sys.executable, "-m", "djq", "--queue", str(config.path), "--lock", config.lock.value]
-    command += ["--storage", config.storage.value]
-    if not config.fsync:
-        command.append("--no-fsync")
-    command += ["broker", "start", "--foreground", "--lease-s", repr(config.lease)]
-    command += ["--max-attempts", str(config.max_attempts)]
-    if config.lock_timeout is not None:
-        command += ["--lock-timeout-s", repr(config.lock_timeout)]
-    if config.poll_interval is not None:
-        command += ["--poll-interval-s", repr(config.poll_interval)]
-    return command
+    """Return the command line that runs a broker for ``config`` in the foreground.
+
+    The config travels whole, as one JSON argument (``QueueConfig.to_json``): a field
+    added to ``QueueConfig`` reaches the broker without a new flag.
+    """
+    config_json = orjson.dumps(config.to_json()).decode()
+    return [
+        sys.executable, "-m", "djq", "--queue", str(config.path),
+        "broker", "start", "--foreground", "--config-json", config_json,
+    ]  # fmt: skip
 
 
 class BrokerManager:
@@ -63,8 +62,11 @@ class BrokerManager:
     Args:
         path: the queue file.
         start_timeout: seconds ``start`` waits for the broker to answer.
-        options: the queue's options (``lock``, ``fsync``, ``lease``, ``max_attempts``,
-            ``lock_timeout``, ``poll_interval``), as for ``djq.Queue``.
+        options: the queue's options: any field of ``QueueConfig`` but ``path``
+            (``lock``, ``fsync``, ``lease``, ...); all of them reach the broker.
+
+    Raises:
+        ConfigError: an unknown or invalid option (before anything starts).
     """
 
     def __init__(
@@ -77,7 +79,7 @@ class BrokerManager:
         """Describe the broker; nothing starts until ``start``."""
         check_seconds("start_timeout", start_timeout, low=0.0, high=math.inf)
         self.paths = wire.broker_paths(path)
-        self.config = QueueConfig(path=self.paths.queue, **options)
+        self.config = QueueConfig.from_options(path=self.paths.queue, **options)
         self._start_timeout = start_timeout
         self._process: subprocess.Popen[bytes] | None = None
 
