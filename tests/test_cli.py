@@ -12,6 +12,8 @@ import pytest
 from conftest import file_bytes, run_djq
 
 import djq
+from djq import cli as djq_cli
+from djq.model import DEFAULT_QUEUE_PATH
 
 TIMEOUT = 60  # seconds, for any one command
 
@@ -283,6 +285,81 @@ def test_version(cli: Cli):
     result = cli("--version", queue=False)
     assert result.returncode == 0
     assert result.stdout.strip() == f"djq {djq.__version__}"
+
+
+# Global options: before or after the command
+
+
+def _parse(*argv: str) -> Any:
+    return djq_cli._parser().parse_args(argv)
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--json", "--queue", "q/Q.json", "stats"],
+        ["stats", "--json", "--queue", "q/Q.json"],
+        ["--json", "stats", "--queue", "q/Q.json"],
+        ["--queue", "q/Q.json", "stats", "--json"],
+    ],
+    ids=["before", "after", "json-before", "queue-before"],
+)
+def test_global_options_go_before_or_after_the_command(argv: list[str]):
+    """An option given before the command survives the command's parser; after it, it counts too."""
+    args = _parse(*argv)
+    assert (args.json, args.queue, args.broker, args.verbose) == (True, Path("q/Q.json"), False, False)
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--lock", "soft", "--no-fsync", "--storage", "rewrite", "put", "1"],
+        ["put", "1", "--lock", "soft", "--no-fsync", "--storage", "rewrite"],
+    ],
+    ids=["before", "after"],
+)
+def test_queue_options_go_before_or_after_the_command(argv: list[str]):
+    assert djq_cli._queue_options(_parse(*argv)) == {"lock": "soft", "fsync": False, "storage": "rewrite"}
+
+
+def test_options_not_given_are_left_to_the_defaults():
+    """No flag: no queue option (the component's default applies), and the global defaults."""
+    args = _parse("stats")
+    assert djq_cli._queue_options(args) == {}
+    assert (args.json, args.queue, args.broker, args.verbose) == (False, DEFAULT_QUEUE_PATH, False, False)
+    assert djq_cli._queue_config(args) == djq.QueueConfig()
+
+
+def test_global_options_after_the_command_end_to_end(cli: Cli):
+    """``djq put --queue q/Queue.json '{"n": 1}'`` and ``djq stats --json`` work as written."""
+    queue = ["--queue", str(cli.path)]
+    assert cli("put", *queue, '{"n": 1}', queue=False).stdout == "1\n"
+    assert cli("put", "2", "--no-fsync", "--lock", "soft", *queue, queue=False).stdout == "2\n"
+    after = cli("stats", "--json", *queue, queue=False)
+    before = cli("--json", *queue, "stats", queue=False)
+    assert after.returncode == before.returncode == 0, after.stderr + before.stderr
+    assert orjson.loads(after.stdout) == orjson.loads(before.stdout)
+    assert orjson.loads(after.stdout)["ready"] == 2
+
+
+def test_queue_options_with_broker_are_refused(cli: Cli):
+    """--broker uses the broker's config: a --lock beside it would be dropped, so it is an error."""
+    result = cli("--broker", "stats", "--lock", "soft")
+    assert result.returncode == 2
+    assert "--lock" in _one_error_line(result)
+    result = cli("broker", "stop", "--lease-s", "5")
+    assert result.returncode == 2
+    assert "--lease-s" in _one_error_line(result)
+
+
+def test_help_shows_the_global_options_everywhere(cli: Cli):
+    top = cli("--help", queue=False).stdout
+    assert "global options (before or after the command)" in top
+    for command in ("stats", "put", "broker"):
+        text = cli(command, "--help", queue=False).stdout
+        assert "global options (before or after the command)" in text
+        assert all(flag in text for flag in ("--queue", "--json", "--lock", "--no-fsync", "--broker"))
+    assert "--max-payload-bytes" in cli("broker", "--help", queue=False).stdout
 
 
 # Errors: one line on stderr, the right exit status, the file unchanged

@@ -8,8 +8,11 @@ import sys
 
 import pytest
 
+import djq
+from djq import cli, cli_sim
 
-def djq(*args: str, cwd) -> subprocess.CompletedProcess[str]:
+
+def run(*args: str, cwd) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "djq", *args],
         cwd=cwd,
@@ -24,7 +27,7 @@ def djq(*args: str, cwd) -> subprocess.CompletedProcess[str]:
 def test_simulate_writes_the_run_and_its_plots(tmp_path):
     """simulate prints the summary (oracle included) and writes frames, config and PNGs."""
     out = tmp_path / "run"
-    result = djq(
+    result = run(
         "--json",
         "simulate",
         "--producers",
@@ -51,7 +54,7 @@ def test_simulate_writes_the_run_and_its_plots(tmp_path):
 def test_sweep_prints_one_row_per_point_and_writes_csv(tmp_path):
     """sweep runs the grid and writes sweep.csv plus a throughput plot."""
     out = tmp_path / "sweep"
-    result = djq("sweep", "--grid", "workers=1,2", "--tasks", "20", "--out", str(out), cwd=tmp_path)
+    result = run("sweep", "--grid", "workers=1,2", "--tasks", "20", "--out", str(out), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert (out / "sweep.csv").read_text().count("\n") == 3
     assert (out / "throughput.png").is_file()
@@ -60,7 +63,21 @@ def test_sweep_prints_one_row_per_point_and_writes_csv(tmp_path):
 
 def test_sweep_without_a_grid_is_a_usage_error(tmp_path):
     """A sweep needs at least one --grid; the error is one line, not a traceback."""
-    result = djq("sweep", cwd=tmp_path)
+    result = run("sweep", cwd=tmp_path)
     assert result.returncode == 2
     assert result.stderr.startswith("djq: error:")
     assert "Traceback" not in result.stderr
+
+
+def test_simulate_takes_every_queue_option():
+    """simulate's queue flags are QueueConfig's, and only the ones given reach sim.simulate."""
+    args = cli._parser().parse_args(["simulate", "--fsync", "--lease-s", "5", "--compact-bytes", "4096"])
+    assert cli._queue_options(args) == {"fsync": True, "lease": 5.0, "compact_bytes": 4096}
+    assert cli._queue_options(cli._parser().parse_args(["simulate"])) == {}
+
+
+def test_sweep_refuses_an_option_both_swept_and_fixed():
+    """``--grid lock=... --lock soft``: one of them would be dropped, so neither runs."""
+    args = cli._parser().parse_args(["sweep", "--grid", "lock=flock,soft", "--lock", "soft"])
+    with pytest.raises(djq.ConfigError, match="lock"):
+        cli_sim.sweep(args, cli._queue_options(args))
