@@ -14,7 +14,7 @@ here gets the whole config as one ``--config-json`` argument.
 
 Errors are one line on stderr and a non-zero exit (1 for a queue error, 2 for bad usage:
 a ``ConfigError``), never a traceback. ``--json`` prints machine-readable output. This is
-the only module, with ``cli_sim``, that prints or configures logging.
+the only module that prints or configures logging (``cli_sim`` returns what to print).
 """
 
 from __future__ import annotations
