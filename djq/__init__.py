@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.metadata as _metadata
 
+from .api import BaseQueue as BaseQueue
 from .client import Consumer as Consumer
 from .client import Producer as Producer
 from .client import QueueLike as QueueLike
@@ -27,7 +28,6 @@ from .errors import UnknownTask as UnknownTask
 from .errors import UnsupportedVersion as UnsupportedVersion
 from .manager import BrokerManager as BrokerManager
 from .metrics import LockRecorder as LockRecorder
-from .model import EventType as EventType
 from .model import Lease as Lease
 from .model import LockKind as LockKind
 from .model import QueueConfig as QueueConfig
@@ -44,6 +44,7 @@ except _metadata.PackageNotFoundError:  # running from a source tree that was ne
     __version__ = "0+unknown"
 
 __all__ = [
+    "BaseQueue",
     "BrokerClient",
     "BrokerError",
     "BrokerManager",
@@ -53,7 +54,6 @@ __all__ = [
     "Consumer",
     "CorruptQueueError",
     "DjqError",
-    "EventType",
     "Lease",
     "LeaseError",
     "LeaseLost",

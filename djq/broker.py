@@ -16,8 +16,9 @@ the file lock for every batch, and while consumers wait it wakes when the files 
 (inotify; where that is missing, it looks at their metadata every ``watch_interval``
 seconds) to notice their writes.
 
-Imports from djq: the core (``errors``, ``model``, ``state``, ``storage``, ``metrics``,
-``queue``) and ``wire``.
+The broker holds an ``engine.Engine``, not a client: each batch is one
+``Engine.transact``. It never touches storage internals. Imports from djq: ``engine``,
+``errors``, ``files``, ``metrics``, ``model``, ``ops``, ``state``, ``wire``, ``watch``.
 """
 
 from __future__ import annotations
@@ -39,12 +40,11 @@ from typing import Any, Final
 
 import orjson
 
-from . import state, wire
+from . import files, ops, state, wire
+from .engine import Clock, Engine, Transaction
 from .errors import BrokerError, DjqError, LeaseError, StorageError
 from .metrics import LockRecorder
-from .model import DEFAULT_QUEUE_PATH, EventType, QueueConfig, TaskState
-from .queue import Clock, Queue
-from .storage import check_payload
+from .model import DEFAULT_QUEUE_PATH, QueueConfig
 from .watch import Watcher, watcher
 
 __all__ = ["Broker", "BrokerMetrics"]
@@ -56,11 +56,6 @@ _WATCH_SAFETY: Final = 1.0  #: seconds; with inotify, waiting gets still look th
 _HANDSHAKE_TIMEOUT: Final = 5.0  #: seconds a new client has to prove it has the key
 DEFAULT_WATCH_INTERVAL: Final = 0.05  #: seconds between looks at the file while gets wait
 _METRIC_ROWS: Final = 200_000  #: per-batch and per-event rows kept (the newest)
-_WRITES: Final = frozenset(
-    {EventType.PUT_MANY, EventType.ACK, EventType.ACK_MANY, EventType.NACK, EventType.EXTEND,
-     EventType.REQUEUE, EventType.PURGE}
-)  # fmt: skip
-_LEASES: Final = frozenset({EventType.LEASE, EventType.LEASE_MANY})
 
 
 @dataclass(slots=True)
@@ -68,10 +63,8 @@ class _Pending:
     """One request on its way through the broker."""
 
     conn: mpc.Connection
-    op: EventType
-    args: dict[str, Any]
+    request: wire.Request
     received_ns: int
-    token: str = ""
     deadline: float | None = None  #: monotonic; a waiting get gives up then
     result: Any = None
     error: BaseException | None = None
@@ -135,11 +128,11 @@ class Broker:
     ) -> None:
         """Describe the broker; nothing is touched until ``serve``."""
         base = config or QueueConfig()
-        self.config = QueueConfig(**{**wire.config_fields(base), "path": path})
+        self.config = QueueConfig.from_json({**base.to_json(), "path": os.fspath(path)})
         self.paths = wire.broker_paths(self.config.path)
         self.metrics = BrokerMetrics()
         self._recorder = LockRecorder()
-        self._queue = Queue.from_config(self.config, clock=clock, recorder=self._recorder)
+        self._engine = Engine(self.config, clock=clock, recorder=self._recorder)
         self._clock = clock
         self._watch = watch_interval
         self._watcher: Watcher | None = None  # inotify on the queue's files, where available
@@ -178,7 +171,7 @@ class Broker:
             BrokerError: another broker already serves this file.
             StorageError: the folder, socket or key file could not be made.
         """
-        self._queue.file.make_folder()
+        files.make_folder(self.paths.queue)
         try:
             owner = self._own()
         except BrokerError:
@@ -188,7 +181,7 @@ class Broker:
         acceptor = None
         try:
             key = secrets.token_bytes(32)
-            _write_private(self.paths.key, key.hex().encode())
+            files.write_atomic(self.paths.key, key.hex().encode(), fsync=False)  # new at every start
             self.paths.socket.unlink(missing_ok=True)  # stale: its broker is gone (we own the file)
             listener = mpc.Listener(str(self.paths.socket), family="AF_UNIX", backlog=128)
             os.chmod(self.paths.socket, 0o600)
@@ -232,7 +225,7 @@ class Broker:
         self._selector.close()
         if self._watcher is not None:
             self._watcher.close()
-        self._queue.close()
+        self._engine.close()
         for fd in (self._wake_r, self._wake_w):
             os.close(fd)
 
@@ -268,6 +261,13 @@ class Broker:
             _receive_timeout(conn, _HANDSHAKE_TIMEOUT)  # a client that sends nothing is dropped
             mpc.deliver_challenge(conn, key)
             mpc.answer_challenge(conn, key)
+            hello = conn.recv_bytes(wire.MAX_MESSAGE_BYTES)
+            try:
+                wire.check_hello(hello)
+            except BrokerError as exc:
+                conn.send_bytes(wire.encode_error(exc))
+                raise
+            conn.send_bytes(wire.encode_ok({"protocol": wire.PROTOCOL}))
             _receive_timeout(conn, 0.0)  # afterwards, reads wait as long as the loop wants
         except Exception as exc:  # a stranger, garbage, or a client that left: never the broker's end
             logger.warning("refused a client: %s: %s", type(exc).__name__, exc)
@@ -317,16 +317,12 @@ class Broker:
         received = time.perf_counter_ns()
         self.metrics.requests += 1
         try:
-            request = wire.decode_request(data)
-            if request.op is EventType.PUT_MANY:
-                limit = self.config.max_payload_bytes
-                request.args["payloads"] = [
-                    check_payload(p, max_bytes=limit) for p in request.args["payloads"]
-                ]
-        except DjqError as exc:
+            request = wire.decode_request(data, max_payload_bytes=self.config.max_payload_bytes)
+        except Exception as exc:  # a client's bad request is its error, never the end of the loop
+            logger.warning("refused a request: %s: %s", type(exc).__name__, exc)
             self._reply(conn, wire.encode_error(exc))
             return
-        batch.append(_Pending(conn, request.op, request.args, received))
+        batch.append(_Pending(conn, request, received))
 
     def _drop(self, conn: mpc.Connection) -> None:
         if not conn.closed:
@@ -345,12 +341,13 @@ class Broker:
             return False
 
     def _run(self, batch: list[_Pending]) -> None:
-        writes = [p for p in batch if p.op in _WRITES]
+        writes = [
+            p for p in batch if p.request.op is not None and p.request.op.writes and not p.request.op.waits
+        ]
         for pending in batch:
-            if pending.op in _LEASES:
-                pending.token = secrets.token_hex(8)
-                timeout = pending.args["timeout"]
-                pending.deadline = None if timeout is None else time.monotonic() + timeout
+            if pending.request.op is not None and pending.request.op.waits:
+                wait = pending.request.wait
+                pending.deadline = None if wait is None else time.monotonic() + wait
                 self._waiting.append(pending)
         served: list[_Pending] = []
         if writes or (self._waiting and (batch or self._something_changed())):
@@ -358,48 +355,48 @@ class Broker:
         for pending in writes + served:
             self._answer(pending)
         for pending in batch:
-            if pending.op not in _WRITES and pending.op not in _LEASES:
+            if pending.request.op is None or not pending.request.op.writes:
                 self._serve_read(pending)
         self._give_up_waiting()
 
     def _something_changed(self) -> bool:
         """True if a direct client wrote the file or a delayed task or lease came due."""
         due = self._due is not None and self._due <= self._clock()
-        return due or self._queue.file.has_changed()
+        return due or self._engine.has_changed()
 
     def _transact(self, writes: list[_Pending]) -> list[_Pending]:
         """Apply the writes, then serve waiting gets in order; one lock, at most one write."""
         served: list[_Pending] = []
         marks: list[int] = []
         start = time.perf_counter_ns()
-        writes_before = self._queue.file.writes
+        writes_before = self._engine.storage.writes
 
-        def change(current: state.QueueState, now: float) -> None:
+        def change(tx: Transaction) -> None:
             marks.append(time.perf_counter_ns())
             for pending in writes:
                 try:
-                    pending.result = self._apply(current, pending, now)
+                    pending.result = tx.apply(pending.request.op)  # type: ignore[arg-type]
                 except LeaseError as exc:  # changes nothing; only this request fails
                     pending.error = exc
             while self._waiting:
                 pending = self._waiting[0]
-                task = state.apply(current, self._lease_event(pending), now=now)
-                if not task:  # None, or no tasks for a lease_many
+                result = tx.apply(pending.request.op)  # type: ignore[arg-type]
+                if not result:  # None, or no tasks for a lease_many
                     break
-                pending.result = task
+                pending.result = result
                 served.append(self._waiting.popleft())
-            self._due = state.next_deadline(current, now=now)
+            self._due = state.next_deadline(tx.state, now=tx.now)
             marks.append(time.perf_counter_ns())
 
         try:
-            self._queue.transact("batch", change)
+            self._engine.transact("batch", change)
         except (DjqError, OSError) as exc:  # the whole batch failed: the file is as it was
             logger.warning("a batch of %d failed: %s", len(writes) + len(served), exc)
             for pending in writes + served:
                 pending.error = exc
             self._due = None
         end = time.perf_counter_ns()
-        wrote = self._queue.file.writes != writes_before
+        wrote = self._engine.storage.writes != writes_before
         applied_at = self._record_batch(start, end, marks, len(writes) + len(served), wrote)
         for pending in writes + served:
             pending.applied_ns = applied_at
@@ -421,34 +418,6 @@ class Broker:
         m.batches.append((requested, acquired, released, size, apply_ns, write_ns, wrote))
         return applied_at
 
-    def _apply(self, current: state.QueueState, pending: _Pending, now: float) -> Any:
-        args = pending.args
-        event: state.Event
-        match pending.op:
-            case EventType.PUT_MANY:
-                event = state.PutMany(
-                    payloads=tuple(args["payloads"]), priority=args["priority"], delay=args["delay"],
-                    max_attempts=self.config.max_attempts,
-                )  # fmt: skip
-                return [t.id for t in state.apply(current, event, now=now)]  # type: ignore[attr-defined]
-            case EventType.ACK:
-                event = state.Ack(id=args["id"], token=args["token"])
-            case EventType.ACK_MANY:
-                event = state.AckMany(leases=tuple((i, t) for i, t in args["leases"]))
-            case EventType.NACK:
-                event = state.Nack(id=args["id"], token=args["token"], delay=args["delay"])
-            case EventType.EXTEND:
-                event = state.Extend(
-                    id=args["id"], token=args["token"], duration=args["lease"] or self.config.lease
-                )
-            case EventType.REQUEUE:
-                event = state.Requeue(id=args["id"])
-            case EventType.PURGE:
-                event = state.Purge(states=frozenset({TaskState.DEAD}) if args["dead_only"] else None)
-            case _:  # pragma: no cover - _WRITES lists every case
-                raise AssertionError(pending.op)
-        return state.apply(current, event, now=now)
-
     def _answer(self, pending: _Pending) -> None:
         if pending.error is not None:
             data = wire.encode_error(pending.error)
@@ -457,7 +426,7 @@ class Broker:
         ok = self._reply(pending.conn, data)
         self.metrics.events.append(
             (
-                pending.op.value,
+                pending.request.op.name if pending.request.op is not None else pending.request.control,
                 pending.received_ns,
                 pending.applied_ns,
                 time.perf_counter_ns(),
@@ -465,46 +434,30 @@ class Broker:
             )
         )
 
-    def _lease_event(self, pending: _Pending) -> state.LeaseNext | state.LeaseMany:
-        args = pending.args
-        owner = args["owner"] or "broker-client"
-        duration = args["lease"] or self.config.lease
-        if pending.op is EventType.LEASE_MANY:
-            tokens = (pending.token, *(secrets.token_hex(8) for _ in range(args["n"] - 1)))
-            return state.LeaseMany(tokens=tokens, owner=owner, duration=duration)
-        return state.LeaseNext(token=pending.token, owner=owner, duration=duration)
-
     def _give_up_waiting(self) -> None:
         """Answer None (or []) to waiting gets whose time is up (or that never wanted to wait)."""
         now = time.monotonic()
         still: collections.deque[_Pending] = collections.deque()
         for pending in self._waiting:
             if pending.deadline is not None and pending.deadline <= now:
-                pending.result = [] if pending.op is EventType.LEASE_MANY else None
+                pending.result = [] if isinstance(pending.request.op, ops.LeaseMany) else None
                 self._answer(pending)
             else:
                 still.append(pending)
         self._waiting = still
 
     def _serve_read(self, pending: _Pending) -> None:
-        """Answer a request that changes nothing (stats, peek, dead, check, ping, ...)."""
-        queue, args = self._queue, pending.args
+        """Answer a request that changes nothing (stats, peek, dead, check, ping, metrics, shutdown)."""
+        request = pending.request
         try:
-            match pending.op:
-                case EventType.STATS:
-                    pending.result = queue.stats()
-                case EventType.PEEK:
-                    pending.result = queue.peek(args["limit"])
-                case EventType.DEAD:
-                    pending.result = queue.dead()
-                case EventType.CHECK:
-                    pending.result = queue.check(fix=args["fix"])
-                case EventType.PING:
-                    pending.result = self.info()
-                case EventType.METRICS:
-                    pending.result = self._metrics(rows=args["rows"])
-                case EventType.SHUTDOWN:
-                    self._stopping = True
+            if request.op is not None:
+                pending.result = self._engine.run(request.op)
+            elif request.control == "ping":
+                pending.result = self.info()
+            elif request.control == "metrics":
+                pending.result = self._metrics(rows=request.args["rows"])
+            else:  # shutdown
+                self._stopping = True
         except (DjqError, OSError) as exc:
             pending.error = exc
         self._answer(pending)
@@ -515,7 +468,7 @@ class Broker:
             "pid": os.getpid(),
             "address": str(self.paths.socket),
             "started_at": self._started_at,
-            "config": wire.config_fields(self.config),
+            "config": self.config.to_json(),
             "clients": len(self._clients),
             "waiting": len(self._waiting),
         }
@@ -538,14 +491,3 @@ def _receive_timeout(conn: mpc.Connection, seconds: float) -> None:
         )
     finally:
         sock.close()
-
-
-def _write_private(path: os.PathLike[str], data: bytes) -> None:
-    """Write a small owner-only file atomically (temp file, then rename)."""
-    tmp = f"{os.fspath(path)}.{os.getpid()}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-    try:
-        os.write(fd, data)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)

@@ -1,54 +1,26 @@
 """``Producer`` and ``Consumer``: the two roles, over anything shaped like a queue.
 
-They depend only on the ``QueueLike`` protocol, which the direct ``Queue`` (and the
-broker's client) satisfy structurally; this module imports neither. Imports from djq:
-``errors``, ``model``.
+They depend only on the one client API (``api.BaseQueue``, also named ``QueueLike``),
+which the direct ``Queue`` and the broker's client implement; this module imports
+neither. Imports from djq: ``api``, ``errors``, ``model``.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable, Iterator
-from typing import Protocol
 
+from .api import BaseQueue
 from .errors import LeaseLost
-from .model import JSON, Lease, QueueStats, Task, TaskState
+from .model import JSON, Task
 
 __all__ = ["Consumer", "Producer", "QueueLike"]
 
 logger = logging.getLogger(__name__)
 
 
-class QueueLike(Protocol):
-    """The calls producers and consumers make; ``Queue`` and the broker client have them."""
-
-    def put(self, payload: JSON, *, priority: int = 0, delay: float = 0.0) -> str:
-        """Add a task; return its id."""
-
-    def put_many(self, payloads: Iterable[JSON], *, priority: int = 0, delay: float = 0.0) -> list[str]:
-        """Add several tasks; return their ids."""
-
-    def get(
-        self, *, lease: float | None = None, timeout: float | None = 0.0, owner: str | None = None
-    ) -> Task | None:
-        """Lease the next task, or return None."""
-
-    def get_many(
-        self, n: int, *, lease: float | None = None, timeout: float | None = 0.0, owner: str | None = None
-    ) -> list[Task]:
-        """Lease up to ``n`` tasks."""
-
-    def ack(self, task: Task | Lease) -> None:
-        """Finish a leased task."""
-
-    def ack_many(self, tasks: Iterable[Task | Lease]) -> list[str]:
-        """Finish several leased tasks; return the ids whose lease was lost."""
-
-    def nack(self, task: Task | Lease, *, delay: float = 0.0) -> TaskState:
-        """Give a leased task back."""
-
-    def stats(self) -> QueueStats:
-        """Count the tasks in each state."""
+#: What producers and consumers need: the one client API (``Queue``, ``BrokerClient``, ...).
+QueueLike = BaseQueue
 
 
 class Producer:

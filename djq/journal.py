@@ -15,50 +15,38 @@ snapshot means the snapshot read was stale, and it is read again.
 A line is ``<crc32 of the JSON, 8 hex digits> <JSON>`` and a newline. A writer killed mid-append
 leaves a last line without its newline (or with a bad checksum): it is never applied,
 and the next writer cuts it off before appending. A bad line before the last is
-corruption (``CorruptQueueError``), never skipped. Imports from djq: ``errors``,
-``model``, ``state``, ``storage``.
+corruption (``CorruptQueueError``), never skipped; so is a complete line that does not
+decode to a valid operation this djq knows (say, one from a newer djq), and a header of
+a newer journal version. Lines are ``ops``' one codec: ``{"op": name, "now": now,
+**op.to_json()}``. Imports from djq: ``errors``, ``files``, ``model``, ``ops``, ``state``,
+``storage``.
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import errno
+import math
 import os
-import secrets
 import stat
 import zlib
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Final
 
 import orjson
 
-from . import state
-from .errors import CorruptQueueError, LeaseError, StorageError
-from .model import DEFAULT_COMPACT_BYTES, DEFAULT_MAX_FILE_BYTES, TaskState
+from . import files, ops, state
+from .errors import CorruptQueueError, DjqError, LeaseError, StorageError, UnsupportedVersion
+from .model import DEFAULT_COMPACT_BYTES, DEFAULT_MAX_FILE_BYTES
+from .snapshot import Snapshot, SnapshotFile
 from .state import QueueState
-from .storage import QueueFile
+from .storage import Applied, Problem, check_snapshot
 
 __all__ = ["JOURNAL_FORMAT", "JournalFile", "decode_line", "encode_line", "journal_path"]
 
 JOURNAL_FORMAT: Final = "djq.journal"
 JOURNAL_VERSION: Final = 1
-
-_EVENTS: Final[dict[str, type[Any]]] = {
-    "put": state.Put,
-    "put_many": state.PutMany,
-    "lease": state.LeaseNext,
-    "lease_many": state.LeaseMany,
-    "ack": state.Ack,
-    "ack_many": state.AckMany,
-    "nack": state.Nack,
-    "extend": state.Extend,
-    "requeue": state.Requeue,
-    "purge": state.Purge,
-    "reap": state.Reap,
-}
-_OPS: Final = {cls: op for op, cls in _EVENTS.items()}
-_FIELDS: Final = {cls: tuple(f.name for f in dataclasses.fields(cls)) for cls in _EVENTS.values()}
 
 
 def journal_path(path: str | os.PathLike[str]) -> Path:
@@ -67,17 +55,18 @@ def journal_path(path: str | os.PathLike[str]) -> Path:
     return p.with_name(p.name + ".journal")
 
 
-def encode_line(event: state.Event, now: float) -> bytes:
-    """Return one journal line: checksum, space, the event as JSON, newline."""
-    doc = orjson.dumps({"op": _OPS[type(event)], "now": now, **_event_doc(event)})
+def encode_line(op: ops.Op[Any], now: float) -> bytes:
+    """Return one journal line: checksum, space, the operation as JSON, newline."""
+    doc = orjson.dumps({"op": op.name, "now": now, **op.to_json()})
     return b"%08x %s\n" % (zlib.crc32(doc), doc)
 
 
-def decode_line(line: bytes) -> tuple[state.Event, float]:
-    """Parse one journal line (without its newline) back into ``(event, now)``.
+def decode_line(line: bytes) -> tuple[ops.Op[Any], float]:
+    """Parse one journal line (without its newline) back into ``(operation, now)``.
 
     Raises:
-        ValueError: the checksum does not match, or the line is not a djq event.
+        ValueError: the checksum does not match, or the line is not an operation that
+            changes a queue (an unknown one, or a bad field).
     """
     if len(line) < 10 or line[8:9] != b" ":
         raise ValueError("not a journal line")
@@ -85,36 +74,31 @@ def decode_line(line: bytes) -> tuple[state.Event, float]:
     if int(line[:8], 16) != zlib.crc32(doc):
         raise ValueError("checksum mismatch")
     fields = orjson.loads(doc)
-    op, now = fields.pop("op"), fields.pop("now")
-    cls = _EVENTS[op]
-    if cls is state.PutMany:
-        fields["payloads"] = tuple(fields["payloads"])
-    elif cls is state.LeaseMany:
-        fields["tokens"] = tuple(fields["tokens"])
-    elif cls is state.AckMany:
-        fields["leases"] = tuple((i, t) for i, t in fields["leases"])
-    elif cls is state.Purge and fields["states"] is not None:
-        fields["states"] = frozenset(TaskState(s) for s in fields["states"])
-    if type(now) not in (int, float):
-        raise ValueError("bad time")
-    return cls(**fields), float(now)
+    now = fields.pop("now", None) if isinstance(fields, dict) else None
+    if not isinstance(now, int | float) or isinstance(now, bool) or not math.isfinite(now):
+        raise ValueError("no time, or a bad one")
+    try:
+        op = ops.from_json(fields)
+    except DjqError as exc:
+        raise ValueError(str(exc)) from None
+    if not op.writes:
+        raise ValueError(f"{op.name!r} does not change a queue")
+    return op, float(now)
 
 
-def _event_doc(event: state.Event) -> dict[str, Any]:
-    """The event's fields as JSON-ready values."""
-    if isinstance(event, state.Purge):
-        return {"states": None if event.states is None else sorted(event.states)}
-    fields = {name: getattr(event, name) for name in _FIELDS[type(event)]}
-    if isinstance(event, state.PutMany):
-        fields["payloads"] = list(event.payloads)
-    return fields
+def _is_checksummed(line: bytes) -> bool:
+    """Whether a line is whole: its checksum matches (so a decode failure is not a torn write)."""
+    try:
+        return len(line) >= 10 and line[8:9] == b" " and int(line[:8], 16) == zlib.crc32(line[9:])
+    except ValueError:
+        return False
 
 
 class JournalFile:
-    """``Queue.json`` plus ``Queue.json.journal``, with ``QueueFile``'s interface.
+    """Journal storage: ``Queue.json`` plus ``Queue.json.journal``; implements ``storage.Storage``.
 
-    Callers hold the queue's lock around ``load`` + ``save``, as for ``QueueFile``;
-    ``load`` alone is safe without it (a torn or newer-than-read line is never applied).
+    Callers hold the queue's lock around ``load`` + ``save``; ``load`` alone is safe
+    without it (a torn or newer-than-read line is never applied).
     """
 
     def __init__(
@@ -133,10 +117,10 @@ class JournalFile:
         self.mode = mode
         self.max_file_bytes = max_file_bytes
         self.compact_bytes = compact_bytes
-        self.snapshot = QueueFile(path, fsync=fsync, mode=mode, max_file_bytes=max_file_bytes, journal=True)
+        self.snapshot = SnapshotFile(path, fsync=fsync, mode=mode, max_file_bytes=max_file_bytes)
         self.appends = 0  #: appends to the journal
         self.compactions = 0  #: snapshots written
-        self._base: QueueState | None = None  # the snapshot state the journal was applied onto
+        self._base: Snapshot | None = None  # the snapshot the journal was applied onto
         self._fd: int | None = None  # the journal we read and append to
         self._ino = -1
         self._offset = 0  # bytes of the journal applied (always at a line's end)
@@ -184,7 +168,7 @@ class JournalFile:
         return self.snapshot.file_bytes() + self._size
 
     def make_folder(self) -> None:
-        """Create the queue's folder (0700), as ``QueueFile.make_folder``."""
+        """Create the queue's folder (0700)."""
         self.snapshot.make_folder()
 
     def remove_temp_files(self) -> list[Path]:
@@ -200,18 +184,17 @@ class JournalFile:
             CorruptQueueError: the snapshot or a journal line before the last is corrupt.
         """
         for _ in range(5):
-            current = self.snapshot.load()
-            if current is not self._base:  # a snapshot we have not applied the journal to
+            snapshot = self.snapshot.load()
+            if snapshot is not self._base:  # a snapshot we have not applied the journal to
                 self._close_journal()
-                self._base = current
+                self._base = snapshot
             try:
-                caught_up = self._catch_up(current)
+                caught_up = self._catch_up(snapshot)
             except BaseException:
                 self.invalidate()  # lines may be applied to the cached snapshot already: never reuse it
                 raise
             if caught_up:
-                current.applied = []
-                return current
+                return snapshot.state
             self.invalidate()  # the journal is newer than the snapshot we read: read both again
         raise CorruptQueueError(path=str(self.journal), reason="its generation is ahead of the snapshot's")
 
@@ -221,12 +204,12 @@ class JournalFile:
         except FileNotFoundError:
             return None
         except OSError as exc:
-            raise _error("cannot stat", self.journal, exc) from exc
+            raise files.error("cannot stat", self.journal, exc) from exc
         if not stat.S_ISREG(st.st_mode):
             raise CorruptQueueError(path=str(self.journal), reason="not a regular file")
         return st
 
-    def _catch_up(self, current: QueueState) -> bool:
+    def _catch_up(self, snapshot: Snapshot) -> bool:
         """Apply the journal lines this process has not applied; False if the snapshot is stale."""
         st = self._stat()
         if st is None:
@@ -252,13 +235,13 @@ class JournalFile:
             if end < 0:
                 return True  # a header being written, or torn: nothing to apply
             generation = _header(data[:end], self.journal)
-            if generation < current.generation:
+            if generation < snapshot.generation:
                 self._stale = True  # folded into the snapshot already
                 return True
-            if generation > current.generation:
+            if generation > snapshot.generation:
                 return False
             start = end + 1
-        self._offset += start + self._replay(current, data, start)
+        self._offset += start + self._replay(snapshot.state, data, start)
         return True
 
     def _still_there(self, size: int) -> bool:
@@ -275,21 +258,20 @@ class JournalFile:
         try:
             fd = os.open(self.journal, os.O_RDWR | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC)
         except OSError as exc:
-            raise _error("cannot open", self.journal, exc) from exc
+            raise files.error("cannot open", self.journal, exc) from exc
         self._fd, self._ino = fd, os.fstat(fd).st_ino
 
     def _replay(self, current: QueueState, data: bytes, start: int) -> int:
         """Apply every complete line of ``data`` from ``start``; return the bytes applied."""
         pos = start
-        current.applied = None
         while True:
             end = data.find(b"\n", pos)
             if end < 0:
                 return pos - start  # a torn last line (or none): never applied
             try:
                 event, now = decode_line(data[pos:end])
-            except (ValueError, KeyError, TypeError) as exc:
-                if data.find(b"\n", end + 1) < 0:
+            except (ValueError, KeyError, TypeError, AttributeError) as exc:
+                if data.find(b"\n", end + 1) < 0 and not _is_checksummed(data[pos:end]):
                     return pos - start  # the last line is damaged: torn, never applied
                 raise CorruptQueueError(
                     path=str(self.journal), reason=f"bad line at byte {self._offset + pos}: {exc}"
@@ -305,25 +287,27 @@ class JournalFile:
 
     # Writing
 
-    def save(self, current: QueueState) -> None:
-        """Append the events applied since ``load`` (one write); compact when the journal is big.
+    def save(self, current: QueueState, applied: Applied | None) -> None:
+        """Append the operations applied since ``load`` (one write); compact when the journal is big.
+
+        ``applied`` None means the changes cannot be replayed: the state is folded instead.
 
         Raises:
             StorageError: the journal could not be written; it is as before, the cache dropped.
         """
-        events = current.applied
-        if events is None or current.storage != "journal" or current is not self._base:
+        base = self._base
+        if applied is None or base is None or base.storage != "journal" or current is not base.state:
             self.compact(current)  # changes we cannot replay, or a queue not yet in journal storage
             return
-        if not events:
+        if not applied:
             return
-        data = b"".join(encode_line(event, now) for event, now in events)
+        data = b"".join(encode_line(op, now) for op, now in applied)
         if self._offset + len(data) > self.max_file_bytes:
             self.compact(current)  # the journal never grows past what a reader accepts
             return
         try:
             if self._fd is None or self._stale or self._offset == 0:  # 0: no complete header
-                self._reset(current.generation)
+                self._reset(base.generation)
             elif self._size != self._offset:
                 os.ftruncate(self._fd, self._offset)  # cut off a torn line left by a dead writer
             _append(self._fd, data)  # type: ignore[arg-type]
@@ -334,30 +318,28 @@ class JournalFile:
                 with contextlib.suppress(OSError):
                     os.ftruncate(self._fd, self._offset)  # never leave half of our own append
             self.invalidate()
-            raise _error("cannot append to", self.journal, exc) from exc
+            raise files.error("cannot append to", self.journal, exc) from exc
         last = data.rfind(b"\n", 0, len(data) - 1) + 1
         self._last = (self._offset + last, data[last : last + 8])
         self._offset += len(data)
         self._size = self._offset
         self.appends += 1
-        current.applied = []
         if self._offset > max(min(self.compact_bytes, self.max_file_bytes // 2), self.snapshot.file_bytes()):
             self.compact(current)
 
-    def compact(self, current: QueueState) -> None:
+    def compact(self, current: QueueState) -> bool:
         """Fold the state into a fresh snapshot of the next generation and start an empty journal."""
-        current.generation += 1
-        current.storage = "journal"
-        current.applied = None
+        generation = (self._base.generation if self._base is not None else 0) + 1
+        snapshot = Snapshot(current, "journal", generation)
         try:
-            self.snapshot.save(current)  # atomic: a crash leaves the old snapshot and journal
-            self._reset(current.generation)  # a crash before this leaves a stale journal: ignored
+            self.snapshot.save(snapshot)  # atomic: a crash leaves the old snapshot and journal
+            self._reset(generation)  # a crash before this leaves a stale journal: ignored
         except BaseException:
             self.invalidate()
             raise
-        self._base = current
-        current.applied = []
+        self._base = snapshot
         self.compactions += 1
+        return True
 
     def _reset(self, generation: int) -> None:
         """Replace the journal atomically with an empty one of ``generation``."""
@@ -365,27 +347,7 @@ class JournalFile:
             {"format": JOURNAL_FORMAT, "version": JOURNAL_VERSION, "generation": generation}
         )
         header += b"\n"
-        tmp = self.path.parent / f".{self.path.name}.journal.{os.getpid()}.{secrets.token_hex(4)}.tmp"
-        flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-        try:
-            fd = os.open(tmp, flags, self.mode)
-        except OSError as exc:
-            raise _error("cannot create a temp file beside", self.journal, exc) from exc
-        try:
-            os.fchmod(fd, self.mode)
-            _append(fd, header)
-            if self.fsync:
-                os.fsync(fd)
-            os.replace(tmp, self.journal)
-        except BaseException as exc:
-            os.close(fd)
-            tmp.unlink(missing_ok=True)
-            if isinstance(exc, OSError) and not isinstance(exc, StorageError):
-                raise _error("cannot write", self.journal, exc) from exc
-            raise
-        os.close(fd)
-        if self.fsync:
-            self.snapshot._fsync_folder()
+        files.write_atomic(self.journal, header, mode=self.mode, fsync=self.fsync)
         self._close_journal()
         st = self._stat()
         if st is None:  # pragma: no cover - we just created it under the lock
@@ -400,14 +362,20 @@ class JournalFile:
         try:
             os.ftruncate(self._fd, self._offset)
         except OSError as exc:
-            raise _error("cannot truncate", self.journal, exc) from exc
+            raise files.error("cannot truncate", self.journal, exc) from exc
         self._size = self._offset
         return True
 
     # Checking
 
-    def check(self) -> list[str]:
-        """Validate the journal against the snapshot; return the problems (empty when healthy)."""
+    def check(self) -> list[Problem]:
+        """Validate the snapshot and the journal against it; return the problems (empty when healthy)."""
+        problems = check_snapshot(self.snapshot)
+        if any(p.kind in ("corrupt", "io") for p in problems):
+            return problems
+        return problems + self._check_journal()
+
+    def _check_journal(self) -> list[Problem]:
         self.invalidate()
         try:
             snapshot = self.snapshot.load()
@@ -415,33 +383,37 @@ class JournalFile:
         except FileNotFoundError:
             return []
         except (OSError, CorruptQueueError) as exc:
-            return [str(exc)]
+            return [Problem("io" if not isinstance(exc, CorruptQueueError) else "corrupt", str(exc))]
         end = data.find(b"\n")
         if end < 0:
-            return [f"{self.journal}: no complete header line"] if data else []
+            return [Problem("corrupt", f"{self.journal}: no complete header line")] if data else []
         try:
             generation = _header(data[:end], self.journal)
         except CorruptQueueError as exc:
-            return [str(exc)]
+            return [Problem("corrupt", str(exc))]
         if generation < snapshot.generation:
             return []  # folded already; the next write replaces it
         if generation > snapshot.generation:
-            return [
+            message = (
                 f"{self.journal}: generation {generation} is ahead of the snapshot's {snapshot.generation}"
-            ]
-        problems = []
+            )
+            return [Problem("corrupt", message)]
         try:
-            applied = self._replay(snapshot, data, end + 1)
+            applied = self._replay(snapshot.state, data, end + 1)
         except CorruptQueueError as exc:
-            return [str(exc)]
+            return [Problem("corrupt", str(exc))]
         finally:
             self.invalidate()
         torn = len(data) - (end + 1) - applied
-        if torn:
-            problems.append(
-                f"{self.journal}: a torn last line of {torn} bytes (never applied; the next write cuts it)"
-            )
-        return problems
+        if not torn:
+            return []
+        message = f"{self.journal}: a torn last line of {torn} bytes (never applied; the next write cuts it)"
+        return [Problem("torn", message, fixable=True)]
+
+    def repair(self, problems: Sequence[Problem]) -> None:
+        """Cut off a torn last line, if one of ``problems`` is one (after ``load``, under the lock)."""
+        if any(p.kind == "torn" for p in problems):
+            self.cut_torn()
 
 
 def _header(line: bytes, where: Path) -> int:
@@ -455,6 +427,12 @@ def _header(line: bytes, where: Path) -> int:
         or type(doc.get("generation")) is not int
     ):
         raise CorruptQueueError(path=str(where), reason="not a djq journal (bad header line)")
+    version = doc.get("version")
+    if type(version) is int and version > JOURNAL_VERSION:
+        raise UnsupportedVersion(
+            path=str(where),
+            reason=f"journal version {version} is newer than this djq reads ({JOURNAL_VERSION})",
+        )
     return int(doc["generation"])
 
 
@@ -462,7 +440,3 @@ def _append(fd: int, data: bytes) -> None:
     written = os.write(fd, data)
     if written != len(data):  # O_APPEND on a regular file writes all or fails, unless the disk filled
         raise OSError(errno.ENOSPC, f"short write ({written} of {len(data)} bytes)")
-
-
-def _error(what: str, path: Path, exc: OSError) -> StorageError:
-    return StorageError(f"{what} {path}: {exc.strerror or exc}", path=str(path), errno=exc.errno)

@@ -7,9 +7,9 @@ stores.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import math
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, TypeAlias
@@ -29,10 +29,10 @@ __all__ = [
     "DEFAULT_QUEUE_PATH",
     "DEFAULT_STORAGE",
     "JSON",
+    "MAX_DELAY",
     "MAX_LEASE_DURATION",
     "MIN_LEASE_DURATION",
     "STORAGE_MODES",
-    "EventType",
     "Lease",
     "LockKind",
     "QueueConfig",
@@ -53,6 +53,7 @@ DEFAULT_QUEUE_PATH: Final = Path("data/Queue.json")  #: relative to the working 
 DEFAULT_LEASE_DURATION: Final = 30.0  #: seconds; the SQS visibility-timeout default
 MIN_LEASE_DURATION: Final = 0.001  #: seconds; shorter leases only make sense in tests
 MAX_LEASE_DURATION: Final = 12 * 3600.0  #: seconds; the SQS maximum
+MAX_DELAY: Final = 100 * 365.25 * 86400.0  #: seconds; a century: any longer is a mistake (or infinity)
 DEFAULT_MAX_ATTEMPTS: Final = 5  #: deliveries before dead letters; never 1 (see SQS)
 DEFAULT_LOCK_TIMEOUT: Final = None  #: wait for the lock as long as it takes
 DEFAULT_FSYNC: Final = True  #: a put is on disk when it returns
@@ -68,29 +69,6 @@ class TaskState(enum.StrEnum):
     LEASED = "leased"  #: held by a consumer until ``lease_expires_at``
     DEAD = "dead"  #: delivered ``max_attempts`` times without an ack; kept for inspection
     DONE = "done"  #: acked; the task has left the file and only the counter remains
-
-
-class EventType(enum.StrEnum):
-    """Everything a client can ask of a queue, directly or through the broker."""
-
-    PUT = "put"
-    PUT_MANY = "put_many"
-    LEASE = "lease"
-    LEASE_MANY = "lease_many"
-    ACK = "ack"
-    ACK_MANY = "ack_many"
-    NACK = "nack"
-    EXTEND = "extend"
-    REQUEUE = "requeue"
-    PURGE = "purge"
-    REAP = "reap"
-    STATS = "stats"
-    PEEK = "peek"
-    DEAD = "dead"
-    CHECK = "check"
-    PING = "ping"
-    METRICS = "metrics"
-    SHUTDOWN = "shutdown"
 
 
 class LockKind(enum.StrEnum):
@@ -181,9 +159,9 @@ def check_seconds(name: str, value: float | None, *, low: float, high: float) ->
 
 
 def check_priority(priority: int) -> None:
-    """Raise ``ConfigError`` unless ``priority`` is an integer (not a bool)."""
-    if type(priority) is not int:
-        raise ConfigError(f"priority must be an integer, not {priority!r}", field="priority")
+    """Raise ``ConfigError`` unless ``priority`` is a 64-bit integer (not a bool): what the files store."""
+    if type(priority) is not int or not -(1 << 63) <= priority < 1 << 63:
+        raise ConfigError(f"priority must be a 64-bit integer, not {priority!r:.80}", field="priority")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -257,7 +235,9 @@ class QueueConfig:
         unknown = sorted(set(options) - set(CONFIG_FIELDS))
         if unknown:
             known = ", ".join(CONFIG_FIELDS)
-            raise ConfigError(f"unknown queue option {unknown[0]!r}; the options are: {known}", field=unknown[0])
+            raise ConfigError(
+                f"unknown queue option {unknown[0]!r}; the options are: {known}", field=unknown[0]
+            )
         return cls(**options)  # type: ignore[arg-type]
 
 

@@ -27,29 +27,18 @@ Example:
 from __future__ import annotations
 
 import heapq
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Any, Final
 
+from . import ops
 from .errors import LeaseLost, UnknownTask
-from .model import DEFAULT_MAX_ATTEMPTS, JSON, EventType, QueueStats, Task, TaskState
+from .model import DEFAULT_MAX_ATTEMPTS, JSON, QueueStats, Task, TaskState
 
 __all__ = [
-    "TRANSITIONS",
-    "Ack",
-    "AckMany",
-    "Event",
-    "Extend",
-    "LeaseMany",
-    "LeaseNext",
-    "Nack",
-    "Purge",
-    "Put",
-    "PutMany",
+    "RULES",
     "QueueState",
-    "Reap",
     "Record",
-    "Requeue",
     "ack",
     "ack_many",
     "apply",
@@ -68,17 +57,6 @@ __all__ = [
     "requeue",
     "stats",
 ]
-
-#: The state changes that are a plain function of (state, event). Attempts, dead
-#: letters, token checks and order are explicit code below.
-TRANSITIONS: Final[Mapping[tuple[TaskState, EventType], TaskState]] = {
-    (TaskState.READY, EventType.LEASE): TaskState.LEASED,
-    (TaskState.LEASED, EventType.ACK): TaskState.DONE,
-    (TaskState.LEASED, EventType.NACK): TaskState.READY,  # DEAD when attempts run out
-    (TaskState.LEASED, EventType.REAP): TaskState.READY,  # DEAD when attempts run out
-    (TaskState.LEASED, EventType.EXTEND): TaskState.LEASED,
-    (TaskState.DEAD, EventType.REQUEUE): TaskState.READY,
-}
 
 
 @dataclass(slots=True, kw_only=True)
@@ -136,11 +114,7 @@ class _Index:
 
 @dataclass(slots=True, kw_only=True)
 class QueueState:
-    """Every live task (ready, leased, dead) by id, in put order, and the counters.
-
-    ``applied``, when a list, receives ``(event, now)`` for every event ``apply`` ran that
-    changed something: the journal storage writes exactly those.
-    """
+    """Every live task (ready, leased, dead) by id, in put order, and the counters."""
 
     tasks: dict[str, Record] = field(default_factory=dict)
     next_seq: int = 1
@@ -148,9 +122,6 @@ class QueueState:
     acked_total: int = 0
     dead_total: int = 0
     revision: int = 0  #: raised by every transition that changes something
-    generation: int = 0  #: snapshots written by journal storage (storage metadata, not rules)
-    storage: str = "rewrite"  #: the storage that wrote the file: "rewrite" or "journal"
-    applied: list[tuple[Event, float]] | None = field(default=None, repr=False, compare=False)
     index: _Index | None = field(default=None, repr=False, compare=False)
 
 
@@ -192,152 +163,21 @@ def _promote(state: QueueState, now: float) -> _Index:
     return index
 
 
-# Events: the same transitions as data, for callers that queue them up (the broker).
+def apply(state: QueueState, op: ops.Op[Any], *, now: float) -> Any:
+    """Apply one operation by its rule in ``RULES``; return the operation's result.
 
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Put:
-    """Append one task."""
-
-    payload: JSON
-    priority: int = 0
-    delay: float = 0.0
-    max_attempts: int = DEFAULT_MAX_ATTEMPTS
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class PutMany:
-    """Append several tasks at once."""
-
-    payloads: tuple[JSON, ...]
-    priority: int = 0
-    delay: float = 0.0
-    max_attempts: int = DEFAULT_MAX_ATTEMPTS
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class LeaseNext:
-    """Lease the next task to ``owner`` for ``duration`` seconds under ``token``."""
-
-    token: str
-    owner: str
-    duration: float
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class LeaseMany:
-    """Lease up to ``len(tokens)`` tasks to ``owner``, each under its own token."""
-
-    tokens: tuple[str, ...]
-    owner: str
-    duration: float
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class AckMany:
-    """Finish every task in ``leases`` (``(id, token)`` pairs) whose lease still holds."""
-
-    leases: tuple[tuple[str, str], ...]
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Ack:
-    """Finish a leased task."""
-
-    id: str
-    token: str
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Nack:
-    """Give a leased task back, available again after ``delay`` seconds."""
-
-    id: str
-    token: str
-    delay: float = 0.0
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Extend:
-    """Renew a lease for ``duration`` seconds from now."""
-
-    id: str
-    token: str
-    duration: float
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Requeue:
-    """Move a dead task back to ready, its attempts reset."""
-
-    id: str
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Purge:
-    """Remove every task in ``states`` (all states when None)."""
-
-    states: frozenset[TaskState] | None = None
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Reap:
-    """Reclaim every expired lease."""
-
-
-Event = Put | PutMany | LeaseNext | LeaseMany | Ack | AckMany | Nack | Extend | Requeue | Purge | Reap
-
-
-def apply(state: QueueState, event: Event, *, now: float) -> object:
-    """Apply one event; return what the matching function returns.
-
-    If ``state.applied`` is a list and the event changed something, ``(event, now)`` is
-    appended to it: replaying those on the state as it was gives the same state.
+    A caller that needs to know whether anything changed compares ``state.revision``
+    before and after (the journal writes exactly the operations that changed it).
 
     Raises:
         LeaseLost: ack, nack or extend with a token that no longer holds the task.
         UnknownTask: requeue of an id that is not in the dead letters.
+        TypeError: ``op`` has no rule here (``check`` is the storage's, not a rule).
     """
-    before = state.revision
-    result = _dispatch(state, event, now)
-    if state.applied is not None and state.revision != before:
-        state.applied.append((event, now))
-    return result
-
-
-def _dispatch(state: QueueState, event: Event, now: float) -> object:
-    match event:
-        case Put():
-            return put(
-                state, event.payload, priority=event.priority, delay=event.delay,
-                max_attempts=event.max_attempts, now=now,
-            )  # fmt: skip
-        case PutMany():
-            return put_many(
-                state, event.payloads, priority=event.priority, delay=event.delay,
-                max_attempts=event.max_attempts, now=now,
-            )  # fmt: skip
-        case LeaseNext():
-            return lease(state, token=event.token, owner=event.owner, duration=event.duration, now=now)
-        case LeaseMany():
-            return lease_many(state, tokens=event.tokens, owner=event.owner, duration=event.duration, now=now)
-        case Ack():
-            ack(state, event.id, event.token, now=now)
-            return None
-        case AckMany():
-            return ack_many(state, event.leases, now=now)
-        case Nack():
-            return nack(state, event.id, event.token, delay=event.delay, now=now)
-        case Extend():
-            return extend(state, event.id, event.token, duration=event.duration, now=now)
-        case Requeue():
-            return requeue(state, event.id, now=now)
-        case Purge():
-            return purge(state, states=event.states, now=now)
-        case Reap():
-            return reap(state, now=now)
-        case _:
-            raise TypeError(f"not a queue event: {event!r}")
+    rule = RULES.get(type(op))
+    if rule is None:
+        raise TypeError(f"no rule for {op!r}")
+    return rule(state, op, now)
 
 
 def put(
@@ -428,6 +268,7 @@ def _next_ready(state: QueueState, now: float) -> Record | None:
 
 def lease(state: QueueState, *, token: str, owner: str, duration: float, now: float) -> Task | None:
     """Reclaim expired leases, then lease the next ready task; None when none is ready."""
+    expires_at = now + duration  # before any change: a bad duration must leave the state as it was
     reap(state, now=now)
     record = _next_ready(state, now)
     if record is None:
@@ -436,7 +277,7 @@ def lease(state: QueueState, *, token: str, owner: str, duration: float, now: fl
     record.attempts += 1
     record.owner = owner
     record.token = token
-    record.lease_expires_at = now + duration
+    record.lease_expires_at = expires_at
     heapq.heappush(_indexed(state).expiry, (record.lease_expires_at, record.seq, record.id, token))
     state.revision += 1
     return record.snapshot()
@@ -626,3 +467,34 @@ def stats(state: QueueState, *, now: float, file_bytes: int = 0) -> QueueStats:
         dead_total=state.dead_total,
         file_bytes=file_bytes,
     )
+
+
+# Each operation's rule: the table ``apply`` dispatches on. A rule returns the operation's result.
+
+
+def _put_ids(state: QueueState, op: ops.Put | ops.PutMany, now: float) -> list[str]:
+    payloads = op.payloads if isinstance(op, ops.PutMany) else (op.payload,)
+    tasks = put_many(
+        state, payloads, priority=op.priority, delay=op.delay, max_attempts=op.max_attempts, now=now
+    )
+    return [t.id for t in tasks]
+
+
+RULES: Final[dict[type[ops.Op[Any]], Callable[[QueueState, Any, float], Any]]] = {
+    ops.Put: _put_ids,
+    ops.PutMany: _put_ids,
+    ops.LeaseNext: lambda s, op, now: lease(s, token=op.token, owner=op.owner, duration=op.duration, now=now),
+    ops.LeaseMany: lambda s, op, now: lease_many(
+        s, tokens=op.tokens, owner=op.owner, duration=op.duration, now=now
+    ),
+    ops.Ack: lambda s, op, now: ack(s, op.id, op.token, now=now),
+    ops.AckMany: lambda s, op, now: ack_many(s, op.leases, now=now),
+    ops.Nack: lambda s, op, now: nack(s, op.id, op.token, delay=op.delay, now=now),
+    ops.Extend: lambda s, op, now: extend(s, op.id, op.token, duration=op.duration, now=now),
+    ops.Requeue: lambda s, op, now: requeue(s, op.id, now=now),
+    ops.Purge: lambda s, op, now: purge(s, states=op.states, now=now),
+    ops.Reap: lambda s, op, now: reap(s, now=now),
+    ops.Stats: lambda s, op, now: stats(s, now=now),
+    ops.Peek: lambda s, op, now: peek(s, op.limit, now=now),
+    ops.Dead: lambda s, op, now: dead(s),
+}

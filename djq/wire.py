@@ -1,54 +1,50 @@
-"""The broker's wire: requests and replies as orjson bytes, and the files beside the queue.
+"""The broker's wire: operations and replies as orjson bytes, and the files beside the queue.
 
-A request is one JSON object ``{"op": <EventType value>, ...arguments}``; a reply is
+A request is one JSON object: an operation in ``ops``' one codec plus how long a lease
+may wait (``{"op": "lease", "token": ..., "owner": ..., "duration": ..., "wait": 5.0}``),
+or one of the broker's own messages (``ping``, ``metrics``, ``shutdown``). A reply is
 ``{"ok": value}`` or ``{"error": {"type": <djq error class>, "attrs": {...}}}``. Both
 travel with ``Connection.send_bytes``/``recv_bytes``: nothing is ever unpickled, and an
 error class is rebuilt only if it is one of djq's own. Everything a client sends is
-checked here, with the same checks as the direct ``Queue``, before the broker acts on it.
-Imports from djq: ``errors``, ``model``.
+checked here with the same checks the client ran when it built the operation (the broker's
+trust boundary). The first message of every connection is a hello naming the protocol
+version; a client and a broker of different versions part with one clear error.
+Imports from djq: ``errors``, ``model``, ``ops``.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
 import orjson
 
-from . import errors
-from .errors import BrokerProtocolError, ConfigError, DjqError
-from .model import (
-    JSON,
-    MAX_LEASE_DURATION,
-    MIN_LEASE_DURATION,
-    EventType,
-    QueueStats,
-    Task,
-    TaskState,
-    check_priority,
-    check_seconds,
-)
+from . import errors, ops
+from .errors import BrokerProtocolError, ConfigError, DjqError, PayloadError
+from .model import JSON, check_seconds
 
 __all__ = [
+    "CONTROL",
     "MAX_MESSAGE_BYTES",
+    "PROTOCOL",
     "BrokerPaths",
     "Request",
     "broker_paths",
-    "config_fields",
+    "check_hello",
     "decode_reply",
     "decode_request",
+    "encode_control",
     "encode_error",
+    "encode_hello",
     "encode_ok",
     "encode_request",
-    "stats_from_json",
-    "task_from_json",
 ]
 
-MAX_BATCH: Final = 10_000  #: most tasks one get_many may lease
+PROTOCOL: Final = 2  #: the wire's version: 1 was djq 0.1 (no hello); 2 sends operations in ops' codec
+CONTROL: Final = {"ping": (), "metrics": ("rows",), "shutdown": ()}  #: the broker's own messages, their args
 MAX_MESSAGE_BYTES: Final = 64 << 20  #: largest request or reply; a longer one closes the connection
 _MAX_UNIX_PATH: Final = 107  #: bytes in sockaddr_un.sun_path, less the terminating NUL
 
@@ -92,43 +88,57 @@ def broker_paths(queue_path: str | os.PathLike[str]) -> BrokerPaths:
 
 @dataclass(frozen=True, slots=True)
 class Request:
-    """One decoded, checked request."""
+    """One decoded, checked request: an operation (with its wait) or a control message."""
 
-    op: EventType
-    args: dict[str, Any]
-
-
-def encode_request(op: EventType, **args: JSON) -> bytes:
-    """Return the bytes of one request."""
-    return orjson.dumps({"op": op.value, **args})
+    op: ops.Op[Any] | None = None
+    wait: float | None = 0.0  #: seconds a lease may wait for a task; None: as long as it takes
+    control: str = ""  #: "ping", "metrics" or "shutdown" when ``op`` is None
+    args: dict[str, Any] = field(default_factory=dict)
 
 
-_ARGS: Final[dict[EventType, tuple[str, ...]]] = {
-    EventType.PUT_MANY: ("payloads", "priority", "delay"),
-    EventType.LEASE: ("lease", "timeout", "owner"),
-    EventType.LEASE_MANY: ("n", "lease", "timeout", "owner"),
-    EventType.ACK: ("id", "token"),
-    EventType.ACK_MANY: ("leases",),
-    EventType.NACK: ("id", "token", "delay"),
-    EventType.EXTEND: ("id", "token", "lease"),
-    EventType.REQUEUE: ("id",),
-    EventType.PURGE: ("dead_only",),
-    EventType.STATS: (),
-    EventType.PEEK: ("limit",),
-    EventType.DEAD: (),
-    EventType.CHECK: ("fix",),
-    EventType.PING: (),
-    EventType.METRICS: ("rows",),
-    EventType.SHUTDOWN: (),
-}
+def encode_request(op: ops.Op[Any], wait: float | None = 0.0) -> bytes:
+    """Return the bytes of one operation (and, for a lease, how long it may wait)."""
+    doc: dict[str, JSON] = {"op": op.name, **op.to_json()}
+    if op.waits:
+        doc["wait"] = wait
+    return orjson.dumps(doc)
 
 
-def decode_request(data: bytes) -> Request:
-    """Parse and check one request; the arguments are exactly those its op takes.
+def encode_control(name: str, **args: JSON) -> bytes:
+    """Return the bytes of one of the broker's own messages."""
+    return orjson.dumps({"op": name, **args})
+
+
+def encode_hello() -> bytes:
+    """Return the first message of a connection: this side's protocol version."""
+    return orjson.dumps({"hello": PROTOCOL})
+
+
+def check_hello(data: bytes) -> None:
+    """Accept a peer's hello, or raise naming both versions.
 
     Raises:
-        BrokerProtocolError: not JSON, not an object, an unknown op or wrong arguments.
-        ConfigError: an argument of the right name has a bad value (naming it).
+        BrokerProtocolError: not a hello, or another protocol version.
+    """
+    try:
+        message = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        message = None
+    version = message.get("hello") if isinstance(message, dict) else None
+    if version != PROTOCOL:
+        raise BrokerProtocolError(
+            f"protocol mismatch: this side speaks djq wire protocol {PROTOCOL}, the other "
+            f"{'1 (djq 0.1) or unknown' if version is None else version}; run the same djq on both"
+        )
+
+
+def decode_request(data: bytes, *, max_payload_bytes: int) -> Request:
+    """Parse and check one request, with the checks the client ran when it built it.
+
+    Raises:
+        BrokerProtocolError: not JSON, not an object, or an unknown operation.
+        ConfigError: a field is missing, unknown or has a bad value (naming it).
+        PayloadError: a payload is over ``max_payload_bytes``.
     """
     try:
         message = orjson.loads(data)
@@ -136,56 +146,40 @@ def decode_request(data: bytes) -> Request:
         raise BrokerProtocolError(f"a request is not JSON: {exc}") from None
     if not isinstance(message, dict):
         raise BrokerProtocolError(f"a request must be a JSON object, not {type(message).__name__}")
-    try:
-        op = EventType(message.pop("op", None))
-    except ValueError:
-        raise BrokerProtocolError("a request needs an 'op' the broker serves") from None
-    names = _ARGS.get(op)
-    if names is None or set(message) - set(names):
-        raise BrokerProtocolError(f"bad arguments for {op.value!r}: {sorted(message)}")
-    args = {name: message.get(name) for name in names}
-    _check_args(op, args)
-    return Request(op, args)
+    name = message.get("op")
+    if not isinstance(name, str) or (name not in ops.OPS and name not in CONTROL):
+        raise BrokerProtocolError(f"a request needs an 'op' the broker serves, not {name!r:.40}")
+    if name in CONTROL:
+        return _control(name, message)
+    wait = message.pop("wait", 0.0)
+    op = ops.from_json(message)
+    if op.waits:
+        check_seconds("wait", wait, low=0.0, high=math.inf)
+    elif wait != 0.0:
+        raise ConfigError(f"only a lease may wait, not {op.name!r}", field="wait")
+    _check_sizes(op, max_payload_bytes)
+    return Request(op=op, wait=None if wait is None or wait == math.inf else wait)
 
 
-def _check_args(op: EventType, args: dict[str, Any]) -> None:
-    for name in ("id", "token"):
-        if name in args and not isinstance(args[name], str):
-            raise ConfigError(f"{name} must be a string, not {args[name]!r}", field=name)
-    if "delay" in args:
-        args["delay"] = 0.0 if args["delay"] is None else args["delay"]
-        check_seconds("delay", args["delay"], low=0.0, high=math.inf)
-    if "lease" in args:
-        check_seconds("lease", args["lease"], low=MIN_LEASE_DURATION, high=MAX_LEASE_DURATION)
-    if "timeout" in args:
-        check_seconds("timeout", args["timeout"], low=0.0, high=math.inf)
-    if op is EventType.PUT_MANY:
-        args["priority"] = 0 if args["priority"] is None else args["priority"]
-        check_priority(args["priority"])
-        if not isinstance(args["payloads"], list):
-            raise ConfigError("payloads must be a list", field="payloads")
-    if "n" in args and (type(args["n"]) is not int or not 1 <= args["n"] <= MAX_BATCH):
-        raise ConfigError(f"n must be an integer from 1 to {MAX_BATCH}, not {args['n']!r}", field="n")
-    if "leases" in args:
-        leases = args["leases"]
-        if not isinstance(leases, list) or not all(
-            isinstance(p, list) and len(p) == 2 and all(isinstance(x, str) for x in p) for p in leases
-        ):
-            raise ConfigError("leases must be a list of [id, token] string pairs", field="leases")
-    if "owner" in args and not isinstance(args["owner"], str | None):
-        raise ConfigError(f"owner must be a string, not {args['owner']!r}", field="owner")
-    if "limit" in args:
-        args["limit"] = 10 if args["limit"] is None else args["limit"]
-        if type(args["limit"]) is not int:
-            raise ConfigError(f"limit must be an integer, not {args['limit']!r}", field="limit")
-    for flag in ("dead_only", "fix", "rows"):
-        if flag in args:
-            args[flag] = bool(args[flag])
+def _control(name: str, message: dict[str, Any]) -> Request:
+    args = {k: v for k, v in message.items() if k != "op"}
+    if set(args) - set(CONTROL[name]):
+        raise BrokerProtocolError(f"bad arguments for {name!r}: {sorted(args)}")
+    return Request(control=name, args={k: bool(args.get(k)) for k in CONTROL[name]})
+
+
+def _check_sizes(op: ops.Op[Any], limit: int) -> None:
+    """A payload that came as JSON survives the round trip: only its size is left to check."""
+    payloads = (
+        op.payloads if isinstance(op, ops.PutMany) else (op.payload,) if isinstance(op, ops.Put) else ()
+    )
+    for payload in payloads:
+        size = len(orjson.dumps(payload))
+        if size > limit:
+            raise PayloadError(f"payload is {size} bytes encoded, over the limit of {limit}")
 
 
 # Replies
-
-
 def encode_ok(value: Any) -> bytes:
     """Return the bytes of a successful reply (tasks and stats travel as objects)."""
     return orjson.dumps({"ok": value})
@@ -230,28 +224,3 @@ def _rebuild(name: Any, attrs: Any) -> DjqError:
         return cls(**attrs)
     except TypeError:
         return cls(str(attrs.get("message", "")))
-
-
-def task_from_json(value: Any) -> Task:
-    """Rebuild a ``Task`` from its reply object."""
-    try:
-        return Task(**{**value, "state": TaskState(value["state"])})
-    except (TypeError, KeyError, ValueError) as exc:
-        raise BrokerProtocolError(f"the broker sent a malformed task: {exc}") from None
-
-
-def stats_from_json(value: Any) -> QueueStats:
-    """Rebuild ``QueueStats`` from its reply object."""
-    try:
-        return QueueStats(**value)
-    except TypeError as exc:
-        raise BrokerProtocolError(f"the broker sent malformed stats: {exc}") from None
-
-
-def config_fields(config: Any) -> dict[str, Any]:
-    """Return a ``QueueConfig`` as a JSON object (paths as strings)."""
-    return {f.name: _plain(getattr(config, f.name)) for f in dataclasses.fields(config)}
-
-
-def _plain(value: Any) -> Any:
-    return str(value) if isinstance(value, Path) else value

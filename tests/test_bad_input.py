@@ -26,8 +26,9 @@ import pytest
 from conftest import FakeClock, file_bytes
 
 import djq
+import djq.files
 import djq.storage
-from djq.storage import temp_files
+from djq.files import temp_files
 
 
 def _queue(path: Path, clock: FakeClock, lock_kind: str = "flock", **options: Any) -> djq.Queue:
@@ -362,7 +363,7 @@ READ_ONLY = [
 def test_read_only_folder(queue: djq.Queue, monkeypatch: pytest.MonkeyPatch, error: OSError):
     before = _seeded(queue)
     fake = _Os(open_error=error)
-    monkeypatch.setattr(djq.storage, "os", fake)
+    monkeypatch.setattr(djq.files, "os", fake)
     for op in (lambda q: q.put("x"), lambda q: q.get(), lambda q: q.purge()):
         _storage_error(queue, error.errno, op)
         assert file_bytes(queue.path) == before
@@ -381,7 +382,7 @@ def test_read_only_folder_before_the_first_write(
     queue_path: Path, clock: FakeClock, monkeypatch: pytest.MonkeyPatch, error: OSError
 ):
     queue_path.parent.mkdir()
-    monkeypatch.setattr(djq.storage, "os", _Os(open_error=error))
+    monkeypatch.setattr(djq.files, "os", _Os(open_error=error))
     with _queue(queue_path, clock) as queue:
         _storage_error(queue, error.errno)
         assert queue.stats().total == 0
@@ -425,7 +426,7 @@ def test_full_disk(
     with _durable(queue_path, clock, lock_kind) as queue:
         before = _seeded(queue)
         fake = _Os(**{f"{step}_error": OSError(code, os.strerror(code))})
-        monkeypatch.setattr(djq.storage, "os", fake)
+        monkeypatch.setattr(djq.files, "os", fake)
         for op in (lambda q: q.put("x"), lambda q: q.get(), lambda q: q.put_many(["a", "b"])):
             _storage_error(queue, code, op)
             assert file_bytes(queue_path) == before
@@ -443,7 +444,7 @@ def test_full_disk(
 
 def test_full_disk_on_the_first_write(queue_path: Path, clock: FakeClock, monkeypatch: pytest.MonkeyPatch):
     fake = _Os(write_error=OSError(errno.ENOSPC, "No space left on device"))
-    monkeypatch.setattr(djq.storage, "os", fake)
+    monkeypatch.setattr(djq.files, "os", fake)
     with _durable(queue_path, clock, "flock") as queue:
         _storage_error(queue, errno.ENOSPC)
         assert not queue_path.exists()
@@ -460,7 +461,7 @@ def test_failed_fsync_is_not_retried_into_success(
     fake = _Os(fsync_error=OSError(errno.EIO, "Input/output error"))
     with _durable(queue_path, clock, "flock") as queue:
         before = _seeded(queue)
-        monkeypatch.setattr(djq.storage, "os", fake)
+        monkeypatch.setattr(djq.files, "os", fake)
         _storage_error(queue, errno.EIO)
     assert fake.failures == 1
     assert fake.replaced == []
@@ -594,7 +595,7 @@ def test_every_error_is_a_djq_error_and_the_matching_builtin():
 
 def test_errors_carry_their_data(queue: djq.Queue, monkeypatch: pytest.MonkeyPatch):
     _seeded(queue)
-    monkeypatch.setattr(djq.storage, "os", _Os(open_error=OSError(errno.EROFS, "Read-only file system")))
+    monkeypatch.setattr(djq.files, "os", _Os(open_error=OSError(errno.EROFS, "Read-only file system")))
     with pytest.raises(OSError) as storage:  # noqa: PT011 - caught as the builtin on purpose
         queue.put("x")
     assert isinstance(storage.value, djq.StorageError)

@@ -30,9 +30,9 @@ import workers
 from conftest import BrokerThread, run_djq
 
 import djq
-from djq import wire
+from djq import ops, wire
 from djq.broker import Broker
-from djq.model import EventType, QueueConfig
+from djq.model import QueueConfig
 
 CLIENT_TIMEOUT = 10.0  #: seconds a test's client waits for a reply before BrokerUnavailable
 
@@ -51,7 +51,13 @@ def manager(queue_path: Path) -> Iterator[djq.BrokerManager]:
 def _raw_client(paths: wire.BrokerPaths) -> mpc.Connection:
     """An authenticated connection that sends whatever bytes the test wants."""
     key = bytes.fromhex(paths.key.read_text())
-    return mpc.Client(str(paths.socket), family="AF_UNIX", authkey=key)
+    conn = mpc.Client(str(paths.socket), family="AF_UNIX", authkey=key)
+    assert _ask(conn, wire.encode_hello()) == {"protocol": wire.PROTOCOL}
+    return conn
+
+
+def _lease(owner: str) -> ops.LeaseNext:
+    return ops.LeaseNext(token="t" + owner, owner=owner, duration=30.0)
 
 
 def _ask(conn: mpc.Connection, data: bytes) -> Any:
@@ -365,8 +371,9 @@ def test_garbage_on_the_socket_is_refused_and_the_broker_carries_on(manager: djq
         pytest.param(b"not json", djq.BrokerProtocolError, None, id="not-json"),
         pytest.param(b"[1, 2, 3]", djq.BrokerProtocolError, None, id="not-an-object"),
         pytest.param(orjson.dumps({"op": "drop_tables"}), djq.BrokerProtocolError, None, id="unknown-op"),
+        pytest.param(orjson.dumps({"op": "stats", "extra": 1}), djq.ConfigError, "op", id="extra-arg"),
         pytest.param(
-            orjson.dumps({"op": "stats", "extra": 1}), djq.BrokerProtocolError, None, id="extra-arg"
+            orjson.dumps({"op": "ping", "extra": 1}), djq.BrokerProtocolError, None, id="extra-arg-ping"
         ),
         pytest.param(
             orjson.dumps({"op": "put_many", "payloads": "x"}), djq.ConfigError, "payloads", id="bad-payloads"
@@ -377,7 +384,13 @@ def test_garbage_on_the_socket_is_refused_and_the_broker_carries_on(manager: djq
             "priority",
             id="bad-priority",
         ),
-        pytest.param(orjson.dumps({"op": "lease", "lease": -1}), djq.ConfigError, "lease", id="bad-lease"),
+        pytest.param(
+            orjson.dumps({"op": "lease", "token": "t", "owner": "o", "duration": -1}),
+            djq.ConfigError,
+            "lease",
+            id="bad-lease",
+        ),
+        pytest.param(orjson.dumps({"op": "lease", "token": "t"}), djq.ConfigError, "op", id="missing-field"),
         pytest.param(orjson.dumps({"op": "ack", "id": 1, "token": "t"}), djq.ConfigError, "id", id="bad-id"),
         pytest.param(
             orjson.dumps({"op": "put_many", "payloads": ["x" * (2 << 20)]}),
@@ -399,7 +412,7 @@ def test_malformed_requests_get_error_replies_and_the_connection_keeps_working(
             _ask(conn, request_bytes)
         if field is not None:
             assert info.value.field == field  # type: ignore[attr-defined]
-        assert _ask(conn, wire.encode_request(EventType.PUT_MANY, payloads=["ok"])) == ["1"]
+        assert _ask(conn, wire.encode_request(ops.PutMany(payloads=("ok",)))) == ["1"]
     with djq.Queue(manager.paths.queue, fsync=False) as q:
         assert [t.payload for t in q.peek()] == ["ok"], "a refused request changed the file"
 
@@ -417,8 +430,8 @@ def test_an_oversized_message_closes_only_that_connection(manager: djq.BrokerMan
 def test_a_waiting_get_whose_client_left_takes_no_task(manager: djq.BrokerManager):
     """A get waiting in the broker is dropped with its connection; the next task stays ready."""
     with _raw_client(manager.paths) as conn:
-        conn.send_bytes(wire.encode_request(EventType.LEASE, lease=None, timeout=None, owner="ghost"))
-        info = _ask(conn, wire.encode_request(EventType.PING))  # answered while the get waits
+        conn.send_bytes(wire.encode_request(_lease("ghost"), None))
+        info = _ask(conn, wire.encode_control("ping"))  # answered while the get waits
         assert info["waiting"] == 1
     task_id = _still_serves(manager.paths.queue)
     with djq.Queue(manager.paths.queue, fsync=False) as q:
@@ -429,12 +442,12 @@ def test_a_waiting_get_whose_client_left_takes_no_task(manager: djq.BrokerManage
 def test_a_get_waiting_in_the_broker_is_served_a_task_a_direct_client_puts(manager: djq.BrokerManager):
     """The broker notices a direct client's write while gets wait, and serves them from it."""
     with _raw_client(manager.paths) as conn:
-        conn.send_bytes(wire.encode_request(EventType.LEASE, lease=None, timeout=CLIENT_TIMEOUT, owner="w"))
-        assert _ask(conn, wire.encode_request(EventType.PING))["waiting"] == 1
+        conn.send_bytes(wire.encode_request(_lease("w"), CLIENT_TIMEOUT))
+        assert _ask(conn, wire.encode_control("ping"))["waiting"] == 1
         with djq.Queue(manager.paths.queue, fsync=False) as direct:
             task_id = direct.put({"from": "direct"})
         assert conn.poll(CLIENT_TIMEOUT * 2)
-        task = wire.task_from_json(wire.decode_reply(conn.recv_bytes()))
+        task = ops.decode_result(_lease("w"), wire.decode_reply(conn.recv_bytes()))
     assert (task.id, task.payload, task.owner) == (task_id, {"from": "direct"}, "w")
 
 

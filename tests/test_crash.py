@@ -29,9 +29,10 @@ import pytest
 import workers
 
 import djq
+from djq.files import temp_files
 from djq.journal import journal_path
 from djq.model import DEFAULT_COMPACT_BYTES, StorageKind, Task, TaskState
-from djq.storage import decode, temp_files
+from djq.snapshot import decode
 
 SEED = int(os.environ.get("CRASH_TEST_SEED", "20240917"))
 MAX_KILL_DELAY = 0.050  #: seconds; each kill lands uniformly in [0, this) after the fork

@@ -29,11 +29,14 @@ import pytest
 from conftest import FakeClock, file_bytes, run_djq
 
 import djq
+import djq.files
 import djq.journal
-from djq import state
+from djq import ops
+from djq.engine import Transaction
+from djq.files import temp_files
 from djq.journal import decode_line, journal_path
 from djq.model import Task
-from djq.storage import decode, temp_files
+from djq.snapshot import decode
 
 TORN = "torn last line"
 
@@ -521,6 +524,34 @@ class _JournalOs:
         os.replace(src, dst)
 
 
+class _OnlyTheJournal:
+    """Stands in for ``os`` in djq.files (``write_atomic``): a fake's faults for the journal's files only."""
+
+    def __init__(self, fake: Any) -> None:
+        self.fake = fake
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(os, name)
+
+    def _os(self, fd: int) -> Any:
+        return self.fake if ".journal" in os.readlink(f"/proc/self/fd/{fd}") else os
+
+    def fsync(self, fd: int) -> None:
+        self._os(fd).fsync(fd)
+
+    def write(self, fd: int, data: bytes) -> int:
+        return int(self._os(fd).write(fd, data))
+
+    def replace(self, src: Any, dst: Any) -> None:
+        (self.fake if str(dst).endswith(".journal") else os).replace(src, dst)
+
+
+def _use_os(monkeypatch: pytest.MonkeyPatch, fake: Any) -> None:
+    """Let ``fake`` stand in for ``os`` wherever djq touches the journal (appends and new journals)."""
+    monkeypatch.setattr(djq.journal, "os", fake)
+    monkeypatch.setattr(djq.files, "os", os if fake is os else _OnlyTheJournal(fake))
+
+
 def test_a_reader_between_the_snapshot_replace_and_the_journal_replace_sees_the_right_state(
     path: Path, open_queue: Callable[..., djq.Queue], clock: FakeClock, monkeypatch: pytest.MonkeyPatch
 ):
@@ -533,7 +564,7 @@ def test_a_reader_between_the_snapshot_replace_and_the_journal_replace_sees_the_
     fake = _JournalOs()
     seen = []
     fake.before_replace = lambda: seen.append((_generation(path), _view(reader), _view(open_queue(path))))
-    monkeypatch.setattr(djq.journal, "os", fake)
+    _use_os(monkeypatch, fake)
     generation = _generation(path)
     writer.compact()
     assert seen == [(generation + 1, expected, expected)]
@@ -734,7 +765,7 @@ def test_with_fsync_each_append_is_fdatasynced_before_the_call_returns(
     """``fsync=True``: each call that appends fdatasyncs the journal, after the write, before returning."""
     q = _seeded_queue(path, open_queue, fsync=True)
     fake = _JournalOs()
-    monkeypatch.setattr(djq.journal, "os", fake)
+    _use_os(monkeypatch, fake)
     journal = journal_path(path)
     for call in (lambda: q.put("x"), lambda: q.get(), lambda: q.put_many(["y", "z"])):
         synced = len(fake.synced)
@@ -752,7 +783,7 @@ def test_without_fsync_an_append_is_not_synced(
     """``fsync=False`` skips fdatasync (the change is in the page cache when the call returns)."""
     q = _seeded_queue(path, open_queue, fsync=False)
     fake = _JournalOs()
-    monkeypatch.setattr(djq.journal, "os", fake)
+    _use_os(monkeypatch, fake)
     q.put("x")
     assert fake.synced == []
     assert len(_lines(_journal_bytes(path))) == 2
@@ -797,7 +828,7 @@ def test_a_failed_append_raises_storage_error_and_leaves_the_journal_as_before(
     q = _seeded_queue(path, open_queue, fsync=True)
     before, view = _journal_bytes(path), _view(q)
     fake = _JournalOs()
-    monkeypatch.setattr(djq.journal, "os", fake)
+    _use_os(monkeypatch, fake)
     code = _fail(fake, failure)
     calls: list[Callable[[djq.Queue], object]] = [
         lambda q: q.put("x"),
@@ -811,7 +842,7 @@ def test_a_failed_append_raises_storage_error_and_leaves_the_journal_as_before(
         assert _view(open_queue(path)) == view
         assert _view(q) == view
         assert temp_files(path) == []
-    monkeypatch.setattr(djq.journal, "os", os)
+    _use_os(monkeypatch, os)
     q.put("after")
     reader = open_queue(path)
     assert reader.check() == []
@@ -821,11 +852,11 @@ def test_a_failed_append_raises_storage_error_and_leaves_the_journal_as_before(
 def _put_lines(q: djq.Queue, payloads: list[str]) -> None:
     """Put each payload as its own event in one call: one append, a line per payload (as the broker does)."""
 
-    def change(current: state.QueueState, now: float) -> None:
+    def change(tx: Transaction) -> None:
         for payload in payloads:
-            state.apply(current, state.Put(payload=payload), now=now)
+            tx.apply(ops.Put(payload=payload))
 
-    q.transact("put", change)
+    q.engine.transact("put", change)
 
 
 @pytest.mark.parametrize("looks", ["after-the-failure", "after-the-next-append"])
@@ -847,14 +878,14 @@ def test_a_lock_free_reader_that_saw_a_failed_append_forgets_it(
     reader = open_queue(path)
     view = _view(reader)
     fake = _JournalOs()
-    monkeypatch.setattr(djq.journal, "os", fake)
+    _use_os(monkeypatch, fake)
     code = _fail(fake, failure)
     glimpses = []
     fake.after_write = lambda: glimpses.append([t.payload for t in reader.peek()])
     _journal_error(writer, path, code, lambda q: _put_lines(q, ["four", "five"]))
     seen = ["four"] if failure == "short-write" else ["four", "five"]  # the short write: one whole line
     assert glimpses == [[{"n": 2}, "three", *seen]], "the reader did not see the failing append"
-    monkeypatch.setattr(djq.journal, "os", os)
+    _use_os(monkeypatch, os)
     if looks == "after-the-failure":
         assert _view(reader) == view
     _put_lines(writer, ["FOUR", "FIVE"])
@@ -877,7 +908,7 @@ def test_a_failed_compaction_leaves_a_readable_queue(
     view = _view(q)
     generation = _generation(path)
     fake = _JournalOs()
-    monkeypatch.setattr(djq.journal, "os", fake)
+    _use_os(monkeypatch, fake)
     if failure == "write-ENOSPC":
         fake.write_error = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
     else:
@@ -888,7 +919,7 @@ def test_a_failed_compaction_leaves_a_readable_queue(
     assert _generation(path) == generation + 1
     assert _view(open_queue(path)) == view
     assert _view(q) == view
-    monkeypatch.setattr(djq.journal, "os", os)
+    _use_os(monkeypatch, os)
     q.put("after")
     reader = open_queue(path)
     assert reader.check() == []
@@ -968,7 +999,7 @@ def test_cli_compact_folds_the_journal_into_the_snapshot(
     assert _journal_bytes(path) == _header(generation + 1)
     snapshot = decode(path.read_bytes(), path)
     assert (snapshot.storage, snapshot.generation) == ("journal", generation + 1)
-    assert [r.snapshot() for r in snapshot.tasks.values()] == view["tasks"]
+    assert [r.snapshot() for r in snapshot.state.tasks.values()] == view["tasks"]
     assert _view(q) == view
     assert _view(open_queue(path)) == view
 

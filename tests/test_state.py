@@ -27,6 +27,7 @@ from djq.ops import (
     Requeue,
     Stats,
 )
+from djq.snapshot import encode
 from djq.state import (
     RULES,
     QueueState,
@@ -47,7 +48,6 @@ from djq.state import (
     requeue,
     stats,
 )
-from djq.storage import encode
 
 T0 = 1_000_000.0  # an arbitrary wall-clock moment; every test counts from here
 LEASE = 10.0  # the lease duration most tests use
@@ -958,10 +958,6 @@ def test_operations_at_their_limits_are_accepted():
     Purge(states=None)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug in djq/ops.py: model.check_seconds lets None through, so duration/delay=None build",
-)
 @pytest.mark.parametrize(
     "build",
     [
@@ -980,11 +976,6 @@ def test_a_missing_duration_or_delay_is_refused_when_built(build: Callable[[], o
         build()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug in djq/ops.py (LeaseNext accepts duration=None) and djq/state.py (lease marks the "
-    "task LEASED before computing its expiry): the TypeError leaves the task leased forever",
-)
 def test_a_lease_without_duration_leaves_the_state_as_it_was():
     """Whether refused when built or by the rule, a lease with no duration changes nothing."""
     s = QueueState()

@@ -19,8 +19,8 @@ from hypothesis.stateful import Bundle, RuleBasedStateMachine, invariant, multip
 from djq.errors import LeaseLost, UnknownTask
 from djq.model import QueueStats, TaskState
 from djq.ops import Ack, Extend, LeaseNext, Nack, Purge, Put, PutMany, Reap, Requeue
+from djq.snapshot import encode
 from djq.state import QueueState, apply, next_deadline, peek, stats
-from djq.storage import encode
 
 START = 1_000_000.0
 READY, LEASED, DEAD = "ready", "leased", "dead"

@@ -20,11 +20,15 @@ from typing import Any
 import orjson
 import pytest
 
+import djq.files
 import djq.storage
 from djq.errors import CorruptQueueError, PayloadError, StorageError, UnsupportedVersion
+from djq.files import temp_files
 from djq.model import TaskState
+from djq.ops import check_payload
+from djq.snapshot import FORMAT, VERSION, decode, encode
 from djq.state import QueueState, ack, lease, nack, put
-from djq.storage import FORMAT, VERSION, QueueFile, check_payload, decode, encode, temp_files
+from djq.storage import QueueFile
 
 WHERE = "some/dir/Queue.json"
 
@@ -70,7 +74,7 @@ def _corrupt(doc: object) -> CorruptQueueError:
 def test_encode_decode_round_trip():
     s = _state()
     data = encode(s)
-    back = decode(data, WHERE)
+    back = decode(data, WHERE).state
     assert back == s
     assert list(back.tasks) == list(s.tasks)  # put order survives
     assert encode(back) == data  # and the bytes are stable
@@ -78,7 +82,7 @@ def test_encode_decode_round_trip():
 
 def test_round_trip_of_an_empty_state():
     s = QueueState()
-    assert decode(encode(s), WHERE) == s
+    assert decode(encode(s), WHERE).state == s
 
 
 def test_encoded_file_has_the_header():
@@ -92,19 +96,19 @@ def test_round_trip_keeps_bools_ints_and_floats_apart():
     s = QueueState()
     payload = {"t": True, "one": 1, "f": 1.0, "z": -0.0, "big": 2**64 - 1, "neg": -(2**63)}
     put(s, payload, now=0.5)
-    got = decode(encode(s), WHERE).tasks["1"].payload
+    got = decode(encode(s), WHERE).state.tasks["1"].payload
     assert got == payload
     assert [type(v) for v in got.values()] == [bool, int, float, float, int, int]
     assert math.copysign(1.0, got["z"]) == -1.0
 
 
 def test_decode_accepts_a_path_object():
-    state = decode(encode(_state()), Path(WHERE))
+    state = decode(encode(_state()), Path(WHERE)).state
     assert len(state.tasks) == 4
 
 
 def test_decode_accepts_surrounding_whitespace():
-    assert decode(b"\n " + encode(_state()) + b"\n", WHERE) == _state()
+    assert decode(b"\n " + encode(_state()) + b"\n", WHERE).state == _state()
 
 
 # The codec: every validation rule names its field
@@ -760,7 +764,7 @@ def test_a_short_writing_os_write_still_writes_everything(path: Path, monkeypatc
         calls.append(len(data))
         return os.write(fd, bytes(data[:7]))
 
-    monkeypatch.setattr(djq.storage, "os", _Os(write=short_write))
+    monkeypatch.setattr(djq.files, "os", _Os(write=short_write))
     QueueFile(path).save(_state())
     monkeypatch.undo()
     assert len(calls) > 10
@@ -853,7 +857,7 @@ def test_oversize_file_is_refused_before_reading(path: Path, monkeypatch: pytest
         reads.append(n)
         return os.read(fd, n)
 
-    monkeypatch.setattr(djq.storage, "os", _Os(read=counting_read))
+    monkeypatch.setattr(djq.files, "os", _Os(read=counting_read))
     with pytest.raises(CorruptQueueError) as info:
         QueueFile(path, max_file_bytes=1000).load()
     assert "1001 bytes" in info.value.reason
@@ -869,7 +873,7 @@ def test_huge_sparse_file_is_refused_by_the_default_limit(path: Path, monkeypatc
     def no_read(fd: int, n: int) -> bytes:
         raise AssertionError("read a file that is over the limit")
 
-    monkeypatch.setattr(djq.storage, "os", _Os(read=no_read))
+    monkeypatch.setattr(djq.files, "os", _Os(read=no_read))
     with pytest.raises(CorruptQueueError, match="over the limit"):
         QueueFile(path).load()
 

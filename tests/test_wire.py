@@ -120,11 +120,6 @@ def test_a_bad_wait_is_a_config_error_naming_wait(op, wait):
     assert info.value.field == "wait"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: decode_request pops 'wait' from every operation, so an operation that does not "
-    "wait accepts an unknown 'wait' field of any value (and returns it in Request.wait)",
-)
 @pytest.mark.parametrize("name", ["ack", "put_many", "stats"])
 def test_a_wait_on_an_operation_that_does_not_wait_is_refused(name):
     """Only leases take a wait; on any other operation it is an unknown field."""
@@ -192,13 +187,6 @@ def test_a_request_without_an_op_the_broker_serves_is_a_protocol_error(message):
         _decode(_raw(message))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: decode_request tests `name in CONTROL` on the raw 'op' value, so a list or object "
-    "'op' raises TypeError (unhashable), not BrokerProtocolError; the broker's _receive catches "
-    "only DjqError, so one such request from a client ends the broker's loop",
-    raises=TypeError,
-)
 @pytest.mark.parametrize("message", [{"op": ["stats"]}, {"op": {"x": 1}}])
 def test_an_op_that_is_a_list_or_an_object_is_a_protocol_error(message):
     """A non-string op that JSON cannot hash is refused like any other unknown op."""
@@ -341,13 +329,6 @@ def test_a_bad_field_value_is_a_config_error_naming_the_field(message, field):
     assert direct.value.field == field
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: ops._DECODE['states'] builds TaskState(s) before the field check, so a state "
-    "name that is not a TaskState is a ValueError that from_json reports with field 'op', "
-    "not 'states'",
-    raises=AssertionError,
-)
 @pytest.mark.parametrize("states", [["lost"], ["dead", "DEAD"], [1], [None]])
 def test_a_bad_state_in_purges_states_names_states(states):
     """A purge of a state that does not exist names the field "states"."""

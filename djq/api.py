@@ -1,0 +1,209 @@
+"""The one client API: the queue's methods, written once over one seam.
+
+``BaseQueue`` holds every user method (put, put_many, get, get_many, ack, ack_many,
+nack, extend, requeue, purge, stats, peek, dead, check). Each resolves its defaults, lease
+tokens and owner here, builds one operation of ``djq.ops`` (validated when built, before
+any lock, socket or query) and hands it to the seam::
+
+    _submit(op, wait=0.0) -> the operation's result
+
+A transport is a subclass that implements ``_submit``, ``config`` and ``close``: the
+direct ``Queue`` runs the operation in the file engine; ``BrokerClient`` sends it to the
+broker. A server backend (PostgreSQL, Redis) executes the operation itself, in SQL or
+Lua: it needs no djq state machine, only the contract (``tests/test_contract.py``).
+``wait`` is how long a leasing operation may wait for a task (0: not at all; None: as
+long as it takes); every other operation is submitted with 0.
+
+Imports from djq: ``errors``, ``model``, ``ops``.
+"""
+
+from __future__ import annotations
+
+import abc
+import math
+import os
+import secrets
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from . import ops
+from .errors import ConfigError
+from .model import JSON, Lease, QueueConfig, QueueStats, Task, TaskState, check_seconds
+
+__all__ = ["BaseQueue", "new_token"]
+
+R = TypeVar("R")
+
+
+def new_token() -> str:
+    """Return a fresh lease token: 16 hex digits from ``secrets``."""
+    return secrets.token_hex(8)
+
+
+class BaseQueue(abc.ABC):
+    """The queue's methods; a subclass supplies the transport (``_submit``, ``config``, ``close``).
+
+    Delivery is at-least-once: a leased task that is not acked before its lease expires
+    is delivered again, its ``attempts`` raised; after ``max_attempts`` deliveries it goes
+    to the dead letters. Calls are safe from several threads.
+    """
+
+    @property
+    @abc.abstractmethod
+    def config(self) -> QueueConfig:
+        """The queue's configuration (lease, max_attempts, payload limit, ...)."""
+
+    @property
+    def path(self) -> Path:
+        """The queue file."""
+        return self.config.path
+
+    @abc.abstractmethod
+    def _submit(self, op: ops.Op[R], *, wait: float | None = 0.0) -> R:
+        """Run one operation; return its result (the seam every transport implements)."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Release what this client holds open; the queue itself carries on."""
+
+    def __enter__(self: Any) -> Any:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def put(self, payload: JSON, *, priority: int = 0, delay: float = 0.0) -> str:
+        """Add a task; return its id once it is stored (and durable, with ``fsync``).
+
+        Args:
+            payload: any JSON value that survives an orjson round trip unchanged.
+            priority: higher is delivered first; FIFO within a priority.
+            delay: seconds before the task can be leased.
+
+        Raises:
+            PayloadError: the payload is not storable; nothing was touched.
+            StorageError: the queue could not be read or written; it is unchanged.
+        """
+        return self.put_many([payload], priority=priority, delay=delay)[0]
+
+    def put_many(self, payloads: Iterable[JSON], *, priority: int = 0, delay: float = 0.0) -> list[str]:
+        """Add several tasks in one operation (one lock, one write); return their ids in order."""
+        limit = self.config.max_payload_bytes
+        copies = tuple(ops.check_payload(p, max_bytes=limit) for p in payloads)
+        op = ops.PutMany(
+            payloads=copies, priority=priority, delay=delay, max_attempts=self.config.max_attempts
+        )
+        return self._submit(op) if copies else []
+
+    def get(
+        self, *, lease: float | None = None, timeout: float | None = 0.0, owner: str | None = None
+    ) -> Task | None:
+        """Lease the next task; return it, or None when none came in time.
+
+        Args:
+            lease: seconds the lease lasts; None uses the queue's default.
+            timeout: 0 does not wait; None waits until a task comes; a number waits up to
+                that many seconds.
+            owner: who holds the lease, stored with it (default ``pid-<pid>``).
+        """
+        op = ops.LeaseNext(token=new_token(), owner=_owner(owner), duration=self._lease(lease))
+        return self._submit(op, wait=_timeout(timeout))
+
+    def get_many(
+        self, n: int, *, lease: float | None = None, timeout: float | None = 0.0, owner: str | None = None
+    ) -> list[Task]:
+        """Lease up to ``n`` tasks at once, each with its own lease; [] when none came in time.
+
+        Waits (``timeout`` as for ``get``) only until at least one task can be leased.
+        """
+        if type(n) is not int or not 1 <= n <= ops.MAX_BATCH:
+            raise ConfigError(f"n must be an integer from 1 to {ops.MAX_BATCH}, not {n!r}", field="n")
+        tokens = tuple(new_token() for _ in range(n))
+        op = ops.LeaseMany(tokens=tokens, owner=_owner(owner), duration=self._lease(lease))
+        return self._submit(op, wait=_timeout(timeout))
+
+    def ack(self, task: Task | Lease) -> None:
+        """Finish a leased task: it is never delivered again.
+
+        Raises:
+            LeaseLost: the lease expired and the task was leased again (or acked, nacked,
+                requeued, purged). Nothing changed.
+        """
+        self._submit(ops.Ack(id=task.id, token=_token(task)))
+
+    def ack_many(self, tasks: Iterable[Task | Lease]) -> list[str]:
+        """Ack several leased tasks at once; return the ids whose lease was lost (not acked)."""
+        leases = tuple((t.id, _token(t)) for t in tasks)
+        return self._submit(ops.AckMany(leases=leases)) if leases else []
+
+    def nack(self, task: Task | Lease, *, delay: float = 0.0) -> TaskState:
+        """Give a leased task back; return ``READY``, or ``DEAD`` if its attempts are used up.
+
+        Args:
+            task: the leased task.
+            delay: seconds before it can be leased again.
+
+        Raises:
+            LeaseLost: the token no longer holds the task.
+        """
+        return self._submit(ops.Nack(id=task.id, token=_token(task), delay=delay))
+
+    def extend(self, task: Task | Lease, *, lease: float | None = None) -> Task:
+        """Renew a lease for ``lease`` seconds from now; return the renewed task.
+
+        Raises:
+            LeaseLost: the token no longer holds the task.
+        """
+        return self._submit(ops.Extend(id=task.id, token=_token(task), duration=self._lease(lease)))
+
+    def requeue(self, task_id: str) -> Task:
+        """Move a dead task back to ready with its attempts reset; return it.
+
+        Raises:
+            UnknownTask: no dead task has this id.
+        """
+        return self._submit(ops.Requeue(id=task_id))
+
+    def purge(self, *, dead_only: bool = False) -> int:
+        """Remove every task (or only the dead letters); return how many were removed."""
+        return self._submit(ops.Purge(states=frozenset({TaskState.DEAD}) if dead_only else None))
+
+    def stats(self) -> QueueStats:
+        """Count the tasks in each state."""
+        return self._submit(ops.Stats())
+
+    def peek(self, limit: int = 10) -> list[Task]:
+        """Return up to ``limit`` ready tasks in delivery order, without leasing them."""
+        return self._submit(ops.Peek(limit=limit))
+
+    def dead(self) -> list[Task]:
+        """Return the dead letters."""
+        return self._submit(ops.Dead())
+
+    def check(self, *, fix: bool = False) -> list[str]:
+        """Validate the stored queue; return the problems, one line each (empty when healthy).
+
+        Never repairs anything unless ``fix``; then only what is safe (temp files left by
+        crashed writers, a torn last journal line). Corruption is reported, never rewritten.
+        """
+        return self._submit(ops.Check(fix=fix))
+
+    def _lease(self, lease: float | None) -> float:
+        return self.config.lease if lease is None else lease
+
+
+def _owner(owner: str | None) -> str:
+    return owner or f"pid-{os.getpid()}"
+
+
+def _timeout(timeout: float | None) -> float | None:
+    """Check a get's timeout; infinity means what None means: wait as long as it takes."""
+    check_seconds("timeout", timeout, low=0.0, high=math.inf)
+    return None if timeout is None or math.isinf(timeout) else timeout
+
+
+def _token(task: Task | Lease) -> str:
+    if task.token is None:
+        raise ConfigError(f"task {task.id} is not leased: pass the task get() returned", field="task")
+    return task.token

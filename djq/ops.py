@@ -1,0 +1,442 @@
+"""The operations: everything a client can ask of a queue, each one frozen dataclass.
+
+This is the one vocabulary every part of djq speaks. An operation is built by the client
+API with every argument resolved (defaults, lease tokens, the owner, ``max_attempts``)
+and is **validated when built**: a bad field raises ``ConfigError`` naming it, before any
+lock, socket or query. The same object is applied by the state machine
+(``state.apply``), written to the journal and sent to the broker, with **one codec**:
+``op.to_json()`` and ``ops.from_json(doc)``. A server backend executes it itself.
+
+``OPS`` maps each operation's name (what the journal and the wire write in ``"op"``) to
+its class. Adding an operation: its dataclass here and its ``OPS`` entry, its rule in
+``state``, its method in ``api.BaseQueue``, and the CLI.
+
+Example:
+    >>> op = Nack(id="1", token="t1", delay=2.0)
+    >>> op.to_json()
+    {'id': '1', 'token': 't1', 'delay': 2.0}
+    >>> from_json({"op": "nack", "id": "1", "token": "t1", "delay": 2.0}) == op
+    True
+    >>> Nack(id="1", token="t1", delay=-1.0)
+    Traceback (most recent call last):
+    ...
+    djq.errors.ConfigError: delay must be between 0 and 3.15576e+09 s, not -1.0
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, ClassVar, Final, Generic, TypeVar, dataclass_transform
+
+import orjson
+
+from .errors import ConfigError, PayloadError
+from .model import (
+    DEFAULT_MAX_ATTEMPTS,
+    JSON,
+    MAX_DELAY,
+    MAX_LEASE_DURATION,
+    MIN_LEASE_DURATION,
+    QueueStats,
+    Task,
+    TaskState,
+    check_priority,
+    check_seconds,
+)
+
+__all__ = [
+    "MAX_BATCH",
+    "OPS",
+    "Ack",
+    "AckMany",
+    "Check",
+    "Dead",
+    "Extend",
+    "LeaseMany",
+    "LeaseNext",
+    "Nack",
+    "Op",
+    "Peek",
+    "Purge",
+    "Put",
+    "PutMany",
+    "Reap",
+    "Requeue",
+    "Stats",
+    "check_payload",
+    "decode_result",
+    "from_json",
+]
+
+R = TypeVar("R")
+MAX_BATCH: Final = 10_000  #: most tasks one get_many may lease
+
+
+class Op(Generic[R]):
+    """One operation; ``R`` is the type of its result.
+
+    Class attributes: ``name`` (its key in ``OPS``), ``writes`` (it may change the queue:
+    the journal records it and the broker batches it), ``waits`` (a lease: a client may
+    wait for it), ``result`` (how its result travels as JSON, a key of ``_RESULTS``).
+    """
+
+    __slots__ = ()
+    name: ClassVar[str]
+    writes: ClassVar[bool] = True
+    waits: ClassVar[bool] = False
+    result: ClassVar[str] = "none"
+    _fields: ClassVar[tuple[str, ...]] = ()
+
+    def __post_init__(self) -> None:
+        """Check every field with the one check of its name (``_CHECKS``)."""
+        for name in self._fields:
+            _CHECKS[name](name, getattr(self, name))
+
+    def to_json(self) -> dict[str, JSON]:
+        """Return the fields as JSON-ready values (the journal's and the wire's codec)."""
+        return {name: _ENCODE.get(name, _same)(getattr(self, name)) for name in self._fields}
+
+
+@dataclass_transform(kw_only_default=True, frozen_default=True)
+def _op(
+    name: str, *, writes: bool = True, waits: bool = False, result: str = "none"
+) -> Callable[[type], type]:
+    """Make a class a frozen operation named ``name`` and enter it in ``OPS``."""
+
+    def register(cls: type) -> type:
+        cls.name, cls.writes, cls.waits, cls.result = name, writes, waits, result  # type: ignore[attr-defined]
+        made: Any = dataclass(frozen=True, slots=True, kw_only=True)(cls)
+        made._fields = tuple(f.name for f in dataclasses.fields(made))
+        OPS[name] = made
+        return made  # type: ignore[no-any-return]
+
+    return register
+
+
+OPS: Final[dict[str, type[Op[Any]]]] = {}  #: every operation, by the name the journal and wire use
+
+
+# Operations that change the queue
+
+
+@_op("put", result="ids")
+class Put(Op[list[str]]):
+    """Append one task (djq 0.1 wrote these; ``put`` now builds a ``PutMany``)."""
+
+    payload: JSON
+    priority: int = 0
+    delay: float = 0.0
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS
+
+
+@_op("put_many", result="ids")
+class PutMany(Op[list[str]]):
+    """Append tasks in order, each leasable ``delay`` seconds from now."""
+
+    payloads: tuple[JSON, ...]
+    priority: int = 0
+    delay: float = 0.0
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS
+
+
+@_op("lease", waits=True, result="task?")
+class LeaseNext(Op[Task | None]):
+    """Reclaim expired leases, then lease the next task to ``owner`` under ``token``."""
+
+    token: str
+    owner: str
+    duration: float
+
+
+@_op("lease_many", waits=True, result="tasks")
+class LeaseMany(Op[list[Task]]):
+    """Lease up to ``len(tokens)`` tasks to ``owner``, each under its own token."""
+
+    tokens: tuple[str, ...]
+    owner: str
+    duration: float
+
+
+@_op("ack")
+class Ack(Op[None]):
+    """Finish a leased task."""
+
+    id: str
+    token: str
+
+
+@_op("ack_many", result="ids")
+class AckMany(Op[list[str]]):
+    """Finish every ``(id, token)`` lease that still holds; the result names the lost ones."""
+
+    leases: tuple[tuple[str, str], ...]
+
+
+@_op("nack", result="state")
+class Nack(Op[TaskState]):
+    """Give a leased task back, leasable again after ``delay`` seconds."""
+
+    id: str
+    token: str
+    delay: float = 0.0
+
+
+@_op("extend", result="task")
+class Extend(Op[Task]):
+    """Renew a lease for ``duration`` seconds from now."""
+
+    id: str
+    token: str
+    duration: float
+
+
+@_op("requeue", result="task")
+class Requeue(Op[Task]):
+    """Move a dead task back to ready, its attempts reset."""
+
+    id: str
+
+
+@_op("purge", result="count")
+class Purge(Op[int]):
+    """Remove every task in ``states`` (every task when None)."""
+
+    states: frozenset[TaskState] | None = None
+
+
+@_op("reap", result="ids")
+class Reap(Op[list[str]]):
+    """Reclaim every expired lease."""
+
+
+# Operations that only read
+
+
+@_op("stats", writes=False, result="stats")
+class Stats(Op[QueueStats]):
+    """Count the tasks in each state."""
+
+
+@_op("peek", writes=False, result="tasks")
+class Peek(Op[list[Task]]):
+    """Up to ``limit`` ready tasks in delivery order, without leasing them."""
+
+    limit: int = 10
+
+
+@_op("dead", writes=False, result="tasks")
+class Dead(Op[list[Task]]):
+    """The dead letters."""
+
+
+@_op("check", writes=False, result="strings")
+class Check(Op[list[str]]):
+    """Validate the stored queue; with ``fix``, repair only what is safe to repair."""
+
+    fix: bool = False
+
+
+# The codec
+
+
+def from_json(doc: Any) -> Op[Any]:
+    """Build the operation a JSON object describes: ``{"op": name, **fields}``.
+
+    Raises:
+        ConfigError: an unknown operation, a missing or unknown field, or a bad value.
+    """
+    if not isinstance(doc, dict):
+        raise ConfigError(f"an operation must be a JSON object, not {type(doc).__name__}", field="op")
+    fields = dict(doc)
+    cls = OPS.get(fields.pop("op", None))
+    if cls is None:
+        raise ConfigError(f"unknown operation {doc.get('op')!r}", field="op")
+    try:
+        return cls(**{name: _DECODE.get(name, _same)(value) for name, value in fields.items()})
+    except (TypeError, ValueError) as exc:
+        if isinstance(exc, ConfigError):
+            raise
+        raise ConfigError(f"bad fields for {cls.name!r}: {exc}", field="op") from None
+
+
+def decode_result(op: Op[R], value: Any) -> R:
+    """Rebuild ``op``'s result from its JSON form (a broker's reply).
+
+    Raises:
+        ValueError: the value is not a result of this operation.
+    """
+    try:
+        result: R = _RESULTS[op.result](value)
+    except (TypeError, KeyError, ValueError) as exc:
+        raise ValueError(f"not a result of {op.name!r}: {exc}") from None
+    return result
+
+
+def check_payload(payload: JSON, *, max_bytes: int) -> JSON:
+    """Return a private copy of ``payload`` after checking it survives a JSON round trip.
+
+    Raises:
+        PayloadError: orjson cannot write it, it reads back different (NaN, infinities,
+            tuples, dates, dataclasses, ...), or it encodes to more than ``max_bytes``.
+    """
+    try:
+        data = orjson.dumps(payload)
+    except TypeError as exc:  # orjson.JSONEncodeError is a TypeError
+        raise PayloadError(f"payload is not JSON that djq can store: {exc}") from exc
+    if len(data) > max_bytes:
+        raise PayloadError(f"payload is {len(data)} bytes encoded, over the limit of {max_bytes}")
+    copy = orjson.loads(data)
+    if copy != payload or not _same_types(copy, payload):
+        raise PayloadError(
+            "payload does not survive a JSON round trip unchanged (NaN or infinity, a tuple, "
+            f"a date, a dataclass or another non-JSON type?): {data[:80]!r}"
+        )
+    return copy
+
+
+def _same_types(copy: Any, original: Any) -> bool:
+    """Check what ``==`` forgives: 1 == 1.0 == True, and -0.0 == 0.0 are different JSON."""
+    if type(copy) is not type(original):
+        return False
+    if isinstance(copy, dict):
+        return all(_same_types(copy[k], original[k]) for k in copy)
+    if isinstance(copy, list):
+        return all(_same_types(a, b) for a, b in zip(copy, original, strict=True))
+    return True
+
+
+# One check, one encoder and one decoder per field name: the same name means the same thing
+# in every operation.
+
+
+def _same(value: Any) -> Any:
+    return value
+
+
+def _seconds(name: str, value: Any, *, low: float, high: float) -> None:
+    if value is None:
+        raise ConfigError(f"{name} must be a number of seconds, not None", field=name)
+    check_seconds(name, value, low=low, high=high)
+
+
+def _string(name: str, value: Any) -> None:
+    if type(value) is not str:
+        raise ConfigError(f"{name} must be a string, not {value!r:.80}", field=name)
+
+
+def _text(name: str, value: Any) -> None:
+    if type(value) is not str or not value:
+        raise ConfigError(f"{name} must be a non-empty string, not {value!r:.80}", field=name)
+
+
+def _positive(name: str, value: Any, high: int = 1 << 31) -> None:
+    if type(value) is not int or not 1 <= value <= high:
+        raise ConfigError(f"{name} must be an integer from 1 to {high}, not {value!r:.80}", field=name)
+
+
+def _tokens(name: str, value: Any) -> None:
+    if type(value) is not tuple or not 1 <= len(value) <= MAX_BATCH:
+        raise ConfigError(f"{name} must be 1 to {MAX_BATCH} tokens", field=name)
+    for token in value:
+        _text(name, token)
+
+
+def _leases(name: str, value: Any) -> None:
+    if type(value) is not tuple or not all(type(p) is tuple and len(p) == 2 for p in value):
+        raise ConfigError(f"{name} must be (id, token) pairs", field=name)
+    for task_id, token in value:
+        _string("id", task_id)
+        _text("token", token)
+
+
+def _states(name: str, value: Any) -> None:
+    if value is not None and not (type(value) is frozenset and all(type(s) is TaskState for s in value)):
+        raise ConfigError(f"{name} must be a set of task states or None, not {value!r:.80}", field=name)
+
+
+def _flag(name: str, value: Any) -> None:
+    if type(value) is not bool:
+        raise ConfigError(f"{name} must be True or False, not {value!r:.80}", field=name)
+
+
+def _limit(name: str, value: Any) -> None:
+    if type(value) is not int:
+        raise ConfigError(f"{name} must be an integer, not {value!r:.80}", field=name)
+
+
+def _payloads(name: str, value: Any) -> None:
+    if type(value) is not tuple:
+        raise ConfigError(f"{name} must be a tuple of payloads", field=name)
+
+
+_CHECKS: Final[dict[str, Callable[[str, Any], None]]] = {
+    "payload": lambda name, value: None,  # checked by check_payload, against the config's limit
+    "payloads": _payloads,
+    "priority": lambda name, value: check_priority(value),
+    "delay": lambda name, value: _seconds(name, value, low=0.0, high=MAX_DELAY),
+    "max_attempts": _positive,
+    "token": _text,
+    "tokens": _tokens,
+    "owner": _text,
+    # a lease's duration is what the user passed as ``lease``: the error names that
+    "duration": lambda name, value: _seconds("lease", value, low=MIN_LEASE_DURATION, high=MAX_LEASE_DURATION),
+    "id": _string,  # an id no task has is the rule's to refuse (LeaseLost, UnknownTask)
+    "leases": _leases,
+    "states": _states,
+    "limit": _limit,
+    "fix": _flag,
+}
+_ENCODE: Final[dict[str, Callable[[Any], Any]]] = {
+    "states": lambda states: None if states is None else sorted(states),
+}
+
+
+_TASK_STATES: Final = {s.value: s for s in TaskState}
+
+
+def _state_set(names: list[Any]) -> Any:
+    """The task states a list names; anything that names none is left for ``_states`` to refuse."""
+    states = [_TASK_STATES.get(n) if type(n) is str else None for n in names]
+    return frozenset(states) if None not in states else names
+
+
+def _tuple(value: Any) -> Any:
+    """A JSON list as the tuple an operation holds; anything else is left for the field's check."""
+    return tuple(value) if type(value) is list else value
+
+
+_DECODE: Final[dict[str, Callable[[Any], Any]]] = {
+    "payloads": _tuple,
+    "tokens": _tuple,
+    "leases": lambda pairs: tuple(_tuple(p) for p in pairs) if type(pairs) is list else pairs,
+    "states": lambda states: _state_set(states) if type(states) is list else states,
+}
+
+
+def _task(value: Any) -> Task:
+    return Task(**{**value, "state": TaskState(value["state"])})
+
+
+def _list(values: Any) -> list[Any]:
+    if type(values) is not list:
+        raise TypeError(f"expected a list, not {type(values).__name__}")
+    return values
+
+
+def _tasks(values: Iterable[Any]) -> list[Task]:
+    return [_task(v) for v in _list(values)]
+
+
+_RESULTS: Final[dict[str, Callable[[Any], Any]]] = {
+    "none": lambda value: None,
+    "ids": lambda values: [str(v) for v in _list(values)],
+    "task": _task,
+    "task?": lambda value: None if value is None else _task(value),
+    "tasks": _tasks,
+    "state": TaskState,
+    "count": int,
+    "stats": lambda value: QueueStats(**value),
+    "strings": lambda values: [str(v) for v in _list(values)],
+}
