@@ -150,7 +150,7 @@ class QueueStats:
 
 def check_seconds(name: str, value: float | None, *, low: float, high: float) -> None:
     """Raise ``ConfigError`` naming ``name`` unless ``value`` is None or seconds in [low, high]."""
-    if value is None:
+    if value is None or (type(value) is float and low <= value <= high):  # the common case, first
         return
     if not isinstance(value, int | float) or isinstance(value, bool) or math.isnan(value):
         raise ConfigError(f"{name} must be a number of seconds, not {value!r}", field=name)

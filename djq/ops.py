@@ -74,6 +74,114 @@ R = TypeVar("R")
 MAX_BATCH: Final = 10_000  #: most tasks one get_many may lease
 
 
+# One check, one encoder and one decoder per field name: the same name means the same thing
+# in every operation.
+
+
+def _same(value: Any) -> Any:
+    return value
+
+
+def _seconds(name: str, value: Any, *, low: float, high: float) -> None:
+    if value is None:
+        raise ConfigError(f"{name} must be a number of seconds, not None", field=name)
+    check_seconds(name, value, low=low, high=high)
+
+
+def _string(name: str, value: Any) -> None:
+    if type(value) is not str:
+        raise ConfigError(f"{name} must be a string, not {value!r:.80}", field=name)
+
+
+def _text(name: str, value: Any) -> None:
+    if type(value) is not str or not value:
+        raise ConfigError(f"{name} must be a non-empty string, not {value!r:.80}", field=name)
+
+
+def _positive(name: str, value: Any, high: int = 1 << 31) -> None:
+    if type(value) is not int or not 1 <= value <= high:
+        raise ConfigError(f"{name} must be an integer from 1 to {high}, not {value!r:.80}", field=name)
+
+
+def _tokens(name: str, value: Any) -> None:
+    if type(value) is not tuple or not 1 <= len(value) <= MAX_BATCH:
+        raise ConfigError(f"{name} must be 1 to {MAX_BATCH} tokens", field=name)
+    for token in value:
+        _text(name, token)
+
+
+def _leases(name: str, value: Any) -> None:
+    if type(value) is not tuple or not all(type(p) is tuple and len(p) == 2 for p in value):
+        raise ConfigError(f"{name} must be (id, token) pairs", field=name)
+    for task_id, token in value:
+        _string("id", task_id)
+        _text("token", token)
+
+
+def _states(name: str, value: Any) -> None:
+    if value is not None and not (type(value) is frozenset and all(type(s) is TaskState for s in value)):
+        raise ConfigError(f"{name} must be a set of task states or None, not {value!r:.80}", field=name)
+
+
+def _flag(name: str, value: Any) -> None:
+    if type(value) is not bool:
+        raise ConfigError(f"{name} must be True or False, not {value!r:.80}", field=name)
+
+
+def _limit(name: str, value: Any) -> None:
+    if type(value) is not int:
+        raise ConfigError(f"{name} must be an integer, not {value!r:.80}", field=name)
+
+
+def _payloads(name: str, value: Any) -> None:
+    if type(value) is not tuple:
+        raise ConfigError(f"{name} must be a tuple of payloads", field=name)
+
+
+_CHECKS: Final[dict[str, Callable[[str, Any], None]]] = {
+    "payload": lambda name, value: None,  # checked by check_payload, against the config's limit
+    "payloads": _payloads,
+    "priority": lambda name, value: check_priority(value),
+    "delay": lambda name, value: _seconds(name, value, low=0.0, high=MAX_DELAY),
+    "max_attempts": _positive,
+    "token": _text,
+    "tokens": _tokens,
+    "owner": _text,
+    # a lease's duration is what the user passed as ``lease``: the error names that
+    "duration": lambda name, value: _seconds("lease", value, low=MIN_LEASE_DURATION, high=MAX_LEASE_DURATION),
+    "id": _string,  # an id no task has is the rule's to refuse (LeaseLost, UnknownTask)
+    "leases": _leases,
+    "states": _states,
+    "limit": _limit,
+    "fix": _flag,
+}
+_ENCODE: Final[dict[str, Callable[[Any], Any]]] = {
+    "states": lambda states: None if states is None else sorted(states),
+}
+
+
+_TASK_STATES: Final = {s.value: s for s in TaskState}
+
+
+def _state_set(names: list[Any]) -> Any:
+    """The task states a list names; anything that names none is left for ``_states`` to refuse."""
+    states = [_TASK_STATES.get(n) if type(n) is str else None for n in names]
+    return frozenset(states) if None not in states else names
+
+
+def _tuple(value: Any) -> Any:
+    """A JSON list as the tuple an operation holds; anything else is left for the field's check."""
+    return tuple(value) if type(value) is list else value
+
+
+_DECODE: Final[dict[str, Callable[[Any], Any]]] = {
+    "payloads": _tuple,
+    "tokens": _tuple,
+    "leases": lambda pairs: tuple(_tuple(p) for p in pairs) if type(pairs) is list else pairs,
+    "states": lambda states: _state_set(states) if type(states) is list else states,
+}
+
+
 class Op(Generic[R]):
     """One operation; ``R`` is the type of its result.
 
@@ -89,14 +197,20 @@ class Op(Generic[R]):
     result: ClassVar[str] = "none"
     _fields: ClassVar[tuple[str, ...]] = ()
 
+    _checks: ClassVar[tuple[tuple[str, Callable[[str, Any], None]], ...]] = ()
+    _encoders: ClassVar[tuple[tuple[str, Callable[[Any], Any]], ...]] = ()
+
     def __post_init__(self) -> None:
         """Check every field with the one check of its name (``_CHECKS``)."""
-        for name in self._fields:
-            _CHECKS[name](name, getattr(self, name))
+        for name, check in self._checks:
+            check(name, getattr(self, name))
 
     def to_json(self) -> dict[str, JSON]:
         """Return the fields as JSON-ready values (the journal's and the wire's codec)."""
-        return {name: _ENCODE.get(name, _same)(getattr(self, name)) for name in self._fields}
+        doc = {name: getattr(self, name) for name in self._fields}
+        for name, encode in self._encoders:
+            doc[name] = encode(doc[name])
+        return doc
 
 
 @dataclass_transform(kw_only_default=True, frozen_default=True)
@@ -108,7 +222,9 @@ def _op(
     def register(cls: type) -> type:
         cls.name, cls.writes, cls.waits, cls.result = name, writes, waits, result  # type: ignore[attr-defined]
         made: Any = dataclass(frozen=True, slots=True, kw_only=True)(cls)
-        made._fields = tuple(f.name for f in dataclasses.fields(made))
+        made._fields = fields = tuple(f.name for f in dataclasses.fields(made))
+        made._checks = tuple((n, _CHECKS[n]) for n in fields)  # per class, once: no lookups per build
+        made._encoders = tuple((n, _ENCODE[n]) for n in fields if n in _ENCODE)
         OPS[name] = made
         return made  # type: ignore[no-any-return]
 
@@ -305,114 +421,6 @@ def _same_types(copy: Any, original: Any) -> bool:
     if isinstance(copy, list):
         return all(_same_types(a, b) for a, b in zip(copy, original, strict=True))
     return True
-
-
-# One check, one encoder and one decoder per field name: the same name means the same thing
-# in every operation.
-
-
-def _same(value: Any) -> Any:
-    return value
-
-
-def _seconds(name: str, value: Any, *, low: float, high: float) -> None:
-    if value is None:
-        raise ConfigError(f"{name} must be a number of seconds, not None", field=name)
-    check_seconds(name, value, low=low, high=high)
-
-
-def _string(name: str, value: Any) -> None:
-    if type(value) is not str:
-        raise ConfigError(f"{name} must be a string, not {value!r:.80}", field=name)
-
-
-def _text(name: str, value: Any) -> None:
-    if type(value) is not str or not value:
-        raise ConfigError(f"{name} must be a non-empty string, not {value!r:.80}", field=name)
-
-
-def _positive(name: str, value: Any, high: int = 1 << 31) -> None:
-    if type(value) is not int or not 1 <= value <= high:
-        raise ConfigError(f"{name} must be an integer from 1 to {high}, not {value!r:.80}", field=name)
-
-
-def _tokens(name: str, value: Any) -> None:
-    if type(value) is not tuple or not 1 <= len(value) <= MAX_BATCH:
-        raise ConfigError(f"{name} must be 1 to {MAX_BATCH} tokens", field=name)
-    for token in value:
-        _text(name, token)
-
-
-def _leases(name: str, value: Any) -> None:
-    if type(value) is not tuple or not all(type(p) is tuple and len(p) == 2 for p in value):
-        raise ConfigError(f"{name} must be (id, token) pairs", field=name)
-    for task_id, token in value:
-        _string("id", task_id)
-        _text("token", token)
-
-
-def _states(name: str, value: Any) -> None:
-    if value is not None and not (type(value) is frozenset and all(type(s) is TaskState for s in value)):
-        raise ConfigError(f"{name} must be a set of task states or None, not {value!r:.80}", field=name)
-
-
-def _flag(name: str, value: Any) -> None:
-    if type(value) is not bool:
-        raise ConfigError(f"{name} must be True or False, not {value!r:.80}", field=name)
-
-
-def _limit(name: str, value: Any) -> None:
-    if type(value) is not int:
-        raise ConfigError(f"{name} must be an integer, not {value!r:.80}", field=name)
-
-
-def _payloads(name: str, value: Any) -> None:
-    if type(value) is not tuple:
-        raise ConfigError(f"{name} must be a tuple of payloads", field=name)
-
-
-_CHECKS: Final[dict[str, Callable[[str, Any], None]]] = {
-    "payload": lambda name, value: None,  # checked by check_payload, against the config's limit
-    "payloads": _payloads,
-    "priority": lambda name, value: check_priority(value),
-    "delay": lambda name, value: _seconds(name, value, low=0.0, high=MAX_DELAY),
-    "max_attempts": _positive,
-    "token": _text,
-    "tokens": _tokens,
-    "owner": _text,
-    # a lease's duration is what the user passed as ``lease``: the error names that
-    "duration": lambda name, value: _seconds("lease", value, low=MIN_LEASE_DURATION, high=MAX_LEASE_DURATION),
-    "id": _string,  # an id no task has is the rule's to refuse (LeaseLost, UnknownTask)
-    "leases": _leases,
-    "states": _states,
-    "limit": _limit,
-    "fix": _flag,
-}
-_ENCODE: Final[dict[str, Callable[[Any], Any]]] = {
-    "states": lambda states: None if states is None else sorted(states),
-}
-
-
-_TASK_STATES: Final = {s.value: s for s in TaskState}
-
-
-def _state_set(names: list[Any]) -> Any:
-    """The task states a list names; anything that names none is left for ``_states`` to refuse."""
-    states = [_TASK_STATES.get(n) if type(n) is str else None for n in names]
-    return frozenset(states) if None not in states else names
-
-
-def _tuple(value: Any) -> Any:
-    """A JSON list as the tuple an operation holds; anything else is left for the field's check."""
-    return tuple(value) if type(value) is list else value
-
-
-_DECODE: Final[dict[str, Callable[[Any], Any]]] = {
-    "payloads": _tuple,
-    "tokens": _tuple,
-    "leases": lambda pairs: tuple(_tuple(p) for p in pairs) if type(pairs) is list else pairs,
-    "states": lambda states: _state_set(states) if type(states) is list else states,
-}
 
 
 def _task(value: Any) -> Task:
