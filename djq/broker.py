@@ -231,7 +231,7 @@ class Broker:
 
     def _own(self) -> int:
         """Take the broker's flock on its info file, or raise if another broker has it."""
-        fd = os.open(self.paths.info, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        fd = os.open(self.paths.info, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -119,7 +119,7 @@ class BrokerManager:
             **os.environ,
             "PYTHONPATH": os.pathsep.join(filter(None, [_PACKAGE_ROOT, os.environ.get("PYTHONPATH")])),
         }
-        fd = os.open(self.paths.log, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        fd = os.open(self.paths.log, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         with open(fd, "ab") as log:
             self._process = subprocess.Popen(  # noqa: S603 - our own interpreter and arguments
                 broker_command(self.config),
@@ -235,7 +235,7 @@ class BrokerManager:
 def _owner_pid(info: Path) -> int | None:
     """Return the pid of the broker holding ``info``'s flock (0 if not yet known), or None."""
     try:
-        fd = os.open(info, os.O_RDONLY | os.O_CLOEXEC)
+        fd = os.open(info, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except FileNotFoundError:
         return None
     try:
