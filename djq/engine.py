@@ -158,7 +158,11 @@ class Engine:
                     self.storage.invalidate()
                 raise
             if current.revision != before:
-                self.storage.save(current, tx.applied)
+                try:
+                    self.storage.save(current, tx.applied)
+                except BaseException:
+                    self.storage.invalidate()  # the cache holds a change the files do not: drop it
+                    raise
             return result
 
     def run(self, op: ops.Op[T]) -> T:
