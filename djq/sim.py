@@ -17,17 +17,14 @@ Example::
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import enum
 import itertools
 import math
-import multiprocessing
 import os
 import platform
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -39,17 +36,16 @@ import orjson
 import pandas as pd
 
 from . import frames
-from .errors import ConfigError, SimulationError
+from .errors import ConfigError
 from .manager import BrokerManager
 from .model import CONFIG_FIELDS, LockKind, QueueConfig
 from .queue import Queue
 from .remote import connect
-from .workers import Dist, WorkerSpec, main, worker_name
+from .workers import Crew, Dist, WorkerSpec
 
 __all__ = ["QUEUE_OPTIONS", "SIM_QUEUE", "Run", "SimConfig", "load", "simulate", "sweep"]
 
 FILELOCK_POLL_INTERVAL: Final = 0.05  #: seconds; filelock's own default, when none is given
-_START_TIMEOUT: Final = 120.0  #: seconds for every worker to reach the start barrier
 _MODES: Final = ("direct", "broker")
 _FRAMES: Final = ("tasks", "locks", "ops", "depth", "workers", "batches")
 _START_METHODS: Final = ("spawn", "forkserver", "fork")
@@ -316,84 +312,31 @@ class _Runner:
             return list(client.metrics(rows=True)["batches"])
 
     def _run(self, queue: Queue) -> Run:
-        specs = self._specs()
-        ctx: Any = multiprocessing.get_context(self.config.start_method)
-        barrier = ctx.Barrier(len(specs) + 1)
-        stop = ctx.RawValue("b", 0)
-        procs = [
-            ctx.Process(target=main, args=(s, barrier, stop), name=s.out.stem, daemon=True) for s in specs
-        ]
-        try:
-            for p in procs:
-                p.start()
-            t0 = self._start(barrier, procs)
-            limit_hit = self._watch(queue, procs, stop, t0)
-        finally:
-            stop.value = 1
-            _reap(procs)
-        return self._collect(specs, procs, t0, limit_hit, self._broker_batches())
+        with Crew(self._specs(), self.config.start_method) as crew:
+            t0 = crew.start()
+            limit_hit = self._watch(queue, crew, t0)
+        return self._collect(crew, t0, limit_hit, self._broker_batches())
 
-    def _start(self, barrier: Any, procs: Sequence[Any]) -> int:
-        waiter = threading.Thread(target=_wait_quietly, args=(barrier,), daemon=True)
-        waiter.start()
-        deadline = time.monotonic() + _START_TIMEOUT
-        while waiter.is_alive():
-            if any(p.exitcode not in (None, 0) for p in procs) or time.monotonic() > deadline:
-                barrier.abort()
-                raise SimulationError(f"workers did not start: {self._errors() or _exits(procs)}")
-            waiter.join(0.05)
-        if barrier.broken:
-            raise SimulationError(f"workers did not start: {self._errors() or 'the start barrier broke'}")
-        return time.perf_counter_ns()
-
-    def _errors(self) -> str:
-        return "; ".join(f"{p.stem}: {p.read_text()}" for p in sorted(self.records.glob("*.error")))
-
-    def _watch(self, queue: Queue, procs: Sequence[Any], stop: Any, t0: int) -> bool:
+    def _watch(self, queue: Queue, crew: Crew, t0: int) -> bool:
         """Sample the file until every worker exits; stop them all at the time limit or a failure."""
         bar = _progress(self.config)
-        deadline = t0 + int(self.config.time_limit * 1e9)
+        until = t0 + int(self.config.time_limit * 1e9)
         try:
-            while any(p.is_alive() for p in procs):
-                stats = queue.stats()
-                now = time.perf_counter_ns()
-                self.samples.append((now, stats.ready, stats.delayed, stats.leased + stats.expired))
-                if bar is not None:
-                    bar.update(stats.acked_total - bar.n)
-                if now > deadline:
-                    stop.value = 1
-                    return True
-                if any(p.exitcode not in (None, 0) for p in procs):
-                    stop.value = 1  # a worker died: the run cannot finish as asked
-                time.sleep(self.config.sample_interval)
-            stats = queue.stats()
-            self.samples.append(
-                (time.perf_counter_ns(), stats.ready, stats.delayed, stats.leased + stats.expired)
-            )
-            return False
+            return crew.watch(until, self.config.sample_interval, lambda: self._sample(queue, bar))
         finally:
             if bar is not None:
                 bar.close()
 
-    def _collect(
-        self,
-        specs: Sequence[WorkerSpec],
-        procs: Sequence[Any],
-        t0: int,
-        limit_hit: bool,
-        batches: list[list[Any]],
-    ) -> Run:
-        records, rows = [], []
-        for spec, proc in zip(specs, procs, strict=True):
-            error = spec.out.with_suffix(".error")
-            record = orjson.loads(spec.out.read_bytes()) if spec.out.exists() else None
-            if record is not None:
-                records.append(record)
-            rows.append(
-                {"worker": worker_name(spec.role, spec.index), "role": spec.role, "pid": proc.pid,
-                 "exitcode": proc.exitcode, "ok": record is not None and proc.exitcode == 0,
-                 "error": error.read_text() if error.exists() else ""}
-            )  # fmt: skip
+    def _sample(self, queue: Queue, bar: Any) -> None:
+        stats = queue.stats()
+        self.samples.append(
+            (time.perf_counter_ns(), stats.ready, stats.delayed, stats.leased + stats.expired)
+        )
+        if bar is not None:
+            bar.update(stats.acked_total - bar.n)
+
+    def _collect(self, crew: Crew, t0: int, limit_hit: bool, batches: list[list[Any]]) -> Run:
+        records, rows = crew.outcomes()
         workers = pd.DataFrame(rows)
         ops = frames.raw_ops(records, t0)
         tasks = frames.task_frame(ops, t0)
@@ -416,28 +359,6 @@ class _Runner:
             config=self.config, tasks=tasks, locks=locks, ops=frames.op_frame(ops), depth=depth,
             workers=workers, batches=batch, summary=pd.Series(summary, dtype=object), path=self.folder,
         )  # fmt: skip
-
-
-def _exits(procs: Sequence[Any]) -> str:
-    dead = [f"{p.name} exited with code {p.exitcode}" for p in procs if p.exitcode not in (None, 0)]
-    return ", ".join(dead) + " (see its stderr)" if dead else f"timed out after {_START_TIMEOUT:g} s"
-
-
-def _wait_quietly(barrier: Any) -> None:
-    with contextlib.suppress(threading.BrokenBarrierError):
-        barrier.wait()
-
-
-def _reap(procs: Sequence[Any]) -> None:
-    """Join every worker; kill any that does not stop within a few seconds."""
-    deadline = time.monotonic() + 10
-    for p in procs:
-        if p.pid is None:
-            continue
-        p.join(max(0.0, deadline - time.monotonic()))
-        if p.is_alive():
-            p.kill()
-            p.join(5)
 
 
 def _progress(config: SimConfig) -> Any:

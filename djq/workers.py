@@ -6,30 +6,37 @@ import. A worker opens its own queue, waits at a start barrier until every worke
 ready, keeps every timestamp in memory (``time.perf_counter_ns``: one CLOCK_MONOTONIC
 across processes on Linux), and writes its records once, at the end, as one JSON file.
 In broker mode a worker is a broker client and takes no lock: the broker's batches are
-the lock's only users. Imports from djq: ``errors``, ``model``, ``metrics``, ``queue``,
-``remote``.
+the lock's only users. ``Crew`` is the parent's side of the same processes: it starts
+them, releases them together, watches them, reaps them and reads back what they wrote.
+Imports from djq: ``errors``, ``model``, ``metrics``, ``queue``, ``remote``.
 """
 
 from __future__ import annotations
 
+import contextlib
+import multiprocessing
 import os
 import random
+import threading
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, Protocol
 
 import orjson
 
-from .errors import DjqError, LeaseLost
+from .errors import DjqError, LeaseLost, SimulationError
 from .metrics import LockRecorder
 from .model import QueueConfig
 from .queue import Queue
 from .remote import BrokerClient, connect
 
-__all__ = ["Dist", "WorkerSpec", "consume", "main", "produce", "worker_name"]
+__all__ = ["Crew", "Dist", "WorkerSpec", "consume", "main", "produce", "worker_name"]
 
 _IDLE_GET_TIMEOUT: Final = 0.05  #: seconds an idle consumer waits before looking at the stop flag
+_START_TIMEOUT: Final = 120.0  #: seconds for every worker to reach the start barrier
+_REAP_TIMEOUT: Final = 10.0  #: seconds the workers get to stop before they are killed
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -185,3 +192,112 @@ def main(spec: WorkerSpec, barrier: _Barrier, stop: _Flag) -> None:
         kind = "" if isinstance(exc, DjqError) else "unexpected "
         spec.out.with_suffix(".error").write_text(f"{kind}{type(exc).__name__}: {exc}")
         raise
+
+
+class Crew:
+    """The worker processes of one run, seen from the parent: started together, watched, reaped.
+
+    Use it as a context manager around ``start`` and ``watch``: leaving it sets the stop
+    flag and reaps every process (killing any that does not stop within a few seconds);
+    then ``outcomes`` reads what each worker wrote.
+    """
+
+    def __init__(self, specs: Sequence[WorkerSpec], start_method: str) -> None:
+        ctx: Any = multiprocessing.get_context(start_method)
+        self.specs = list(specs)
+        self.barrier = ctx.Barrier(len(self.specs) + 1)  # the workers and the parent
+        self.stop = ctx.RawValue("b", 0)
+        self.procs = [
+            ctx.Process(target=main, args=(s, self.barrier, self.stop), name=s.out.stem, daemon=True)
+            for s in self.specs
+        ]
+
+    def __enter__(self) -> Crew:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.value = 1
+        _reap(self.procs)
+
+    def start(self, timeout: float = _START_TIMEOUT) -> int:
+        """Start every worker, release them together; return when (``perf_counter_ns``).
+
+        Raises:
+            SimulationError: a worker died, or not all reached the barrier within ``timeout``.
+        """
+        for p in self.procs:
+            p.start()
+        waiter = threading.Thread(target=_wait_quietly, args=(self.barrier,), daemon=True)
+        waiter.start()
+        deadline = time.monotonic() + timeout
+        while waiter.is_alive():
+            if self.failed() or time.monotonic() > deadline:
+                self.barrier.abort()
+                raise SimulationError(f"workers did not start: {self.errors() or self._exits(timeout)}")
+            waiter.join(0.05)
+        if self.barrier.broken:
+            raise SimulationError(f"workers did not start: {self.errors() or 'the start barrier broke'}")
+        return time.perf_counter_ns()
+
+    def watch(self, until_ns: int, interval: float, sample: Callable[[], object]) -> bool:
+        """Call ``sample`` every ``interval`` s until every worker exits; return whether time ran out.
+
+        At ``until_ns`` (``perf_counter_ns``) every worker is told to stop, and so is every
+        worker once one fails (the run cannot finish as asked). A last sample is taken when
+        they all exit in time.
+        """
+        while any(p.is_alive() for p in self.procs):
+            sample()
+            if time.perf_counter_ns() > until_ns:
+                self.stop.value = 1
+                return True
+            if self.failed():
+                self.stop.value = 1
+            time.sleep(interval)
+        sample()
+        return False
+
+    def failed(self) -> bool:
+        """Whether any worker has exited with an error."""
+        return any(p.exitcode not in (None, 0) for p in self.procs)
+
+    def errors(self) -> str:
+        """The reasons the failed workers left (``main`` writes them), one per worker."""
+        found = sorted((s.out.stem, s.out.with_suffix(".error")) for s in self.specs)
+        return "; ".join(f"{stem}: {error.read_text()}" for stem, error in found if error.exists())
+
+    def outcomes(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """The records the workers wrote, and one row per worker: pid, exit code, ok, error."""
+        records, rows = [], []
+        for spec, proc in zip(self.specs, self.procs, strict=True):
+            error = spec.out.with_suffix(".error")
+            record = orjson.loads(spec.out.read_bytes()) if spec.out.exists() else None
+            if record is not None:
+                records.append(record)
+            rows.append(
+                {"worker": worker_name(spec.role, spec.index), "role": spec.role, "pid": proc.pid,
+                 "exitcode": proc.exitcode, "ok": record is not None and proc.exitcode == 0,
+                 "error": error.read_text() if error.exists() else ""}
+            )  # fmt: skip
+        return records, rows
+
+    def _exits(self, timeout: float) -> str:
+        dead = [f"{p.name} exited with code {p.exitcode}" for p in self.procs if p.exitcode not in (None, 0)]
+        return ", ".join(dead) + " (see its stderr)" if dead else f"timed out after {timeout:g} s"
+
+
+def _wait_quietly(barrier: Any) -> None:
+    with contextlib.suppress(threading.BrokenBarrierError):
+        barrier.wait()
+
+
+def _reap(procs: Sequence[Any]) -> None:
+    """Join every worker; kill any that does not stop within a few seconds."""
+    deadline = time.monotonic() + _REAP_TIMEOUT
+    for p in procs:
+        if p.pid is None:
+            continue
+        p.join(max(0.0, deadline - time.monotonic()))
+        if p.is_alive():
+            p.kill()
+            p.join(5)
