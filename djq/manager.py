@@ -24,7 +24,7 @@ from typing import Any, Final
 
 import orjson
 
-from . import wire
+from . import files, wire
 from .errors import BrokerError, BrokerUnavailable, DjqError
 from .model import DEFAULT_QUEUE_PATH, QueueConfig, check_seconds
 from .remote import BrokerClient
@@ -114,12 +114,16 @@ class BrokerManager:
         if self.is_alive():
             raise BrokerError(f"a broker already serves {self.paths.queue} (pid {self.pid}); stop it first")
         self._clean()
-        self.paths.queue.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        files.make_folder(self.paths.queue)  # 0700, whatever the umask
         env = {
             **os.environ,
             "PYTHONPATH": os.pathsep.join(filter(None, [_PACKAGE_ROOT, os.environ.get("PYTHONPATH")])),
         }
-        fd = os.open(self.paths.log, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC
+        try:
+            fd = os.open(self.paths.log, flags, 0o600)  # never through a symlink planted at the log
+        except OSError as exc:
+            raise files.error("cannot open the broker's log", self.paths.log, exc) from exc
         with open(fd, "ab") as log:
             self._process = subprocess.Popen(  # noqa: S603 - our own interpreter and arguments
                 broker_command(self.config),
@@ -143,23 +147,37 @@ class BrokerManager:
             pause = min(pause * 2, 0.1)
 
     def stop(self, timeout: float = DEFAULT_STOP_TIMEOUT) -> bool:
-        """Stop the broker (politely, then SIGTERM, then SIGKILL); return False if none ran."""
+        """Stop the broker (politely, then SIGTERM, then SIGKILL); return False if none ran.
+
+        Returns within about ``timeout`` seconds, whatever the broker does (answers, hangs
+        in its handshake, is stopped with SIGSTOP): half of it for the polite shutdown
+        request, then SIGTERM, then SIGKILL at 80 %. A broker in another session that even
+        SIGKILL has not ended by then (a process in uninterruptible sleep) is left to die.
+        """
+        check_seconds("timeout", timeout, low=0.0, high=math.inf)
+        if math.isinf(timeout):
+            timeout = DEFAULT_STOP_TIMEOUT * 10
+        start = time.monotonic()
         pid = self.pid
         if pid is None:
             self._reap()
             self._clean()
             return False
         with contextlib.suppress(DjqError):
-            BrokerClient(self.paths.queue, timeout=timeout).shutdown()
-        for sig in (None, signal.SIGTERM, signal.SIGKILL):
+            client = BrokerClient(self.paths.queue, timeout=timeout / 4)  # connect, then the reply: half
+            try:
+                client.shutdown()
+            finally:
+                client.close()
+        for sig, until in ((None, 0.5), (signal.SIGTERM, 0.8), (signal.SIGKILL, 1.0)):
             if sig is not None and pid > 1:  # never 0 or -1: those signal whole groups
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, sig)
-            if self._wait_gone(timeout):
+            if self._wait_gone(start + timeout * until):
                 break
         if self._process is not None:  # our child dropped its flock, but may not have exited yet
             with contextlib.suppress(subprocess.TimeoutExpired):
-                self._process.wait(timeout)
+                self._process.wait(max(start + timeout - time.monotonic(), 0.1))
         self._reap()
         self._clean()
         return True
@@ -198,8 +216,8 @@ class BrokerManager:
         finally:
             client.close()
 
-    def _wait_gone(self, timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
+    def _wait_gone(self, deadline: float) -> bool:
+        """Wait until no broker holds the file, or ``deadline`` (monotonic); True if none does."""
         while self.pid is not None:
             self._reap()
             if time.monotonic() > deadline:

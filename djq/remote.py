@@ -12,8 +12,11 @@ Imports from djq: ``api``, ``errors``, ``model``, ``ops``, ``wire``.
 
 from __future__ import annotations
 
+import errno
 import math
 import os
+import socket
+import struct
 import threading
 import time
 from multiprocessing import AuthenticationError
@@ -23,7 +26,7 @@ from typing import Any, Final, TypeVar
 
 from . import ops, wire
 from .api import BaseQueue
-from .errors import BrokerProtocolError, BrokerUnavailable, DjqError
+from .errors import BrokerProtocolError, BrokerUnavailable
 from .model import DEFAULT_QUEUE_PATH, QueueConfig, check_seconds
 
 __all__ = ["DEFAULT_REPLY_TIMEOUT", "BrokerClient", "connect"]
@@ -31,6 +34,8 @@ __all__ = ["DEFAULT_REPLY_TIMEOUT", "BrokerClient", "connect"]
 R = TypeVar("R")
 DEFAULT_REPLY_TIMEOUT: Final = 60.0  #: seconds a call waits for its reply (beyond a get's own wait)
 _POLL_CHUNK: Final = 3600.0  #: seconds; longer waits are polled in pieces (poll takes at most ~24 days)
+_MAX_IDLE: Final = 8  #: idle connections a client keeps for its threads' next calls
+_TIMED_OUT: Final = (errno.EAGAIN, errno.EWOULDBLOCK, errno.ETIMEDOUT)
 
 
 def connect(
@@ -38,8 +43,12 @@ def connect(
 ) -> BrokerClient:
     """Connect to the broker serving ``path``; return a client with ``Queue``'s methods.
 
+    ``timeout`` bounds the connection (connect, authkey handshake, hello) and then each
+    call's wait for its reply.
+
     Raises:
-        BrokerUnavailable: no broker serves this file (start one: ``djq broker start``).
+        BrokerUnavailable: no broker serves this file (start one: ``djq broker start``), or
+            it did not complete the handshake within ``timeout``.
         BrokerProtocolError: the broker runs another version of djq's wire protocol.
     """
     client = BrokerClient(path, timeout=timeout)
@@ -47,13 +56,23 @@ def connect(
     return client
 
 
+class _Timeout(Exception):
+    """The broker did not answer in time (the caller words the error)."""
+
+
 class BrokerClient(BaseQueue):
     """A queue whose calls a broker serves. Thread-safe; reconnects in a forked child.
+
+    Each call borrows a connection of its own (an idle one, or a new one), so one thread's
+    waiting ``get`` never holds up another thread's calls; idle connections are kept for
+    the next calls (at most a few). A connection whose reply did not come whole is closed,
+    so a late reply never answers the next call.
 
     Args:
         path: the queue file the broker serves.
         timeout: seconds to wait for a reply before giving up on the broker
-            (``BrokerUnavailable``); a waiting ``get`` adds its own timeout to this.
+            (``BrokerUnavailable``); a waiting ``get`` adds its own timeout to this. It also
+            bounds connecting (and the authkey handshake).
     """
 
     def __init__(
@@ -62,9 +81,10 @@ class BrokerClient(BaseQueue):
         """Describe the client; it connects at the first call."""
         check_seconds("timeout", timeout, low=0.0, high=math.inf)
         self._paths = wire.broker_paths(path)
-        self._timeout = timeout
-        self._conn: mpc.Connection | None = None
-        self._mutex = threading.Lock()
+        self._timeout = float(timeout)
+        self._mutex = threading.Lock()  # guards the idle list only: never held while talking to the broker
+        self._idle: list[mpc.Connection] = []
+        self._generation = 0  # close() and fork move it on: connections out at that time are closed on return
         self._pid = os.getpid()
         self._config: QueueConfig | None = None
 
@@ -84,78 +104,150 @@ class BrokerClient(BaseQueue):
         return f"BrokerClient({str(self.path)!r})"
 
     def close(self) -> None:
-        """Close the connection; the broker and the queue carry on."""
+        """Close the connections; the broker and the queue carry on (a call in progress finishes)."""
         with self._mutex:
-            self._disconnect()
+            idle, self._idle = self._idle, []
+            self._generation += 1
+        for conn in idle:
+            conn.close()
 
-    def _disconnect(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+    # Connections
+
+    def _borrow(self) -> tuple[mpc.Connection, int]:
+        with self._mutex:
+            if self._pid != os.getpid():  # forked: never share the parent's connections
+                idle, self._idle = self._idle, []
+                self._pid = os.getpid()
+                self._generation += 1
+                for conn in idle:
+                    conn.close()  # the child's copies only; the parent's sockets stay open
+            generation = self._generation
+            if self._idle:
+                return self._idle.pop(), generation
+        return self._connect(), generation
+
+    def _give_back(self, conn: mpc.Connection, generation: int) -> None:
+        with self._mutex:
+            if generation == self._generation and self._pid == os.getpid() and len(self._idle) < _MAX_IDLE:
+                self._idle.append(conn)
+                return
+        conn.close()
 
     def _connect(self) -> mpc.Connection:
-        """Connect, prove we have the key, and exchange hellos (the protocol version)."""
+        """Connect, prove we have the key, and exchange hellos, all within the timeout."""
         paths = self._paths
+        deadline = time.monotonic() + self._timeout
         try:
             key = bytes.fromhex(paths.key.read_text())
-            conn = mpc.Client(str(paths.socket), family="AF_UNIX", authkey=key)
-        except (OSError, ValueError, EOFError) as exc:
-            raise BrokerUnavailable(
-                f"no broker serves {paths.queue} ({type(exc).__name__}: {exc}); "
-                f"start one with: djq --queue {paths.queue} broker start"
-            ) from None
-        except AuthenticationError as exc:
-            raise BrokerUnavailable(f"the broker at {paths.socket} refused this client: {exc}") from None
+        except (OSError, ValueError) as exc:
+            raise self._no_broker(exc) from None
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            self._send(conn, wire.encode_hello())
-            self._receive(conn, self._timeout)
+            sock.settimeout(_remaining(deadline))
+            sock.connect(str(paths.socket))
+            sock.setblocking(True)
+        except TimeoutError:
+            sock.close()
+            raise BrokerUnavailable(
+                f"the broker at {paths.socket} did not accept a connection within {self._timeout:g} s "
+                "(stopped, or overloaded?)"
+            ) from None
+        except OSError as exc:
+            sock.close()
+            raise self._no_broker(exc) from None
+        conn = mpc.Connection(sock.detach())
+        try:
+            _socket_timeouts(conn.fileno(), _remaining(deadline))
+            mpc.answer_challenge(conn, key)
+            mpc.deliver_challenge(conn, key)
+            self._send(conn, wire.encode_hello(), "its handshake")
+            data = self._receive(conn, _remaining(deadline), "its handshake")
+            _socket_timeouts(conn.fileno(), self._timeout)  # a reply that stops halfway fails, too
+            wire.decode_reply(data)
+        except AuthenticationError as exc:
+            conn.close()
+            raise BrokerUnavailable(f"the broker at {paths.socket} refused this client: {exc}") from None
+        except (_Timeout, OSError) as exc:
+            conn.close()
+            if isinstance(exc, BrokerUnavailable):
+                raise
+            if isinstance(exc, _Timeout) or exc.errno in _TIMED_OUT:
+                raise BrokerUnavailable(
+                    f"the broker at {paths.socket} did not complete the handshake within "
+                    f"{self._timeout:g} s (stopped, or overloaded?)"
+                ) from None
+            raise self._lost(exc, "during the handshake") from None
+        except EOFError as exc:
+            conn.close()
+            raise self._lost(exc, "during the handshake") from None
         except BaseException:
             conn.close()
             raise
         return conn
 
-    def _receive(self, conn: mpc.Connection, limit: float | None) -> Any:
-        """Wait up to ``limit`` seconds for a reply; return its value or raise its error."""
+    def _no_broker(self, exc: BaseException) -> BrokerUnavailable:
+        queue = self._paths.queue
+        return BrokerUnavailable(
+            f"no broker serves {queue} ({type(exc).__name__}: {exc}); "
+            f"start one with: djq --queue {queue} broker start"
+        )
+
+    def _lost(self, exc: BaseException, when: str) -> BrokerUnavailable:
+        detail = "it closed the connection" if isinstance(exc, EOFError) else f"{type(exc).__name__}: {exc}"
+        return BrokerUnavailable(f"lost the broker at {self._paths.socket} {when}: {detail}")
+
+    def _receive(self, conn: mpc.Connection, limit: float | None, what: str) -> bytes:
+        """Wait up to ``limit`` seconds (None: for ever) for a whole reply; return its bytes.
+
+        Raises:
+            _Timeout: nothing came in time, or the reply stopped halfway for ``timeout`` s.
+            OSError, EOFError: the connection broke.
+        """
         deadline = None if limit is None else time.monotonic() + limit
+        while not conn.poll(_POLL_CHUNK if deadline is None else min(_POLL_CHUNK, _remaining(deadline))):
+            if deadline is not None and time.monotonic() >= deadline:
+                raise _Timeout(what)
         try:
-            while not conn.poll(
-                _POLL_CHUNK if deadline is None else min(_POLL_CHUNK, deadline - time.monotonic())
-            ):
-                if deadline is not None and time.monotonic() >= deadline:
-                    raise BrokerUnavailable(
-                        f"the broker at {self._paths.socket} did not reply within {limit:g} s"
-                    )
-            data = conn.recv_bytes(wire.MAX_MESSAGE_BYTES)
-        except (EOFError, OSError) as exc:
-            if isinstance(exc, DjqError):
-                raise
-            raise BrokerUnavailable(
-                f"lost the broker at {self._paths.socket}: {type(exc).__name__}"
-            ) from None
-        return wire.decode_reply(data)
+            return conn.recv_bytes(wire.MAX_MESSAGE_BYTES)
+        except OSError as exc:
+            if exc.errno in _TIMED_OUT:
+                raise _Timeout(what) from None
+            raise
 
-    def _call(self, data: bytes, wait: float | None = 0.0) -> Any:
-        """Send one request and return its reply's value (or raise the error it carries)."""
-        limit = None if wait is None else wait + self._timeout
-        with self._mutex:
-            if self._pid != os.getpid():  # forked: never share the parent's connection
-                self._conn, self._pid = None, os.getpid()
-            conn = self._conn or self._connect()
-            self._conn = conn
-            try:
-                self._send(conn, data)
-                return self._receive(conn, limit)
-            except BrokerUnavailable:
-                self._disconnect()  # a late reply must never answer the next call
-                raise
-
-    def _send(self, conn: mpc.Connection, data: bytes) -> None:
+    def _send(self, conn: mpc.Connection, data: bytes, what: str) -> None:
         try:
             conn.send_bytes(data)
         except OSError as exc:
+            if exc.errno in _TIMED_OUT:
+                raise _Timeout(what) from None
+            raise
+
+    def _call(self, data: bytes, wait: float | None = 0.0) -> Any:
+        """Send one request and return its reply's value (or raise the error it carries)."""
+        forever = wait is None or math.isinf(wait) or math.isinf(self._timeout)
+        limit = None if forever else wait + self._timeout  # type: ignore[operator]  # not None here
+        conn, generation = self._borrow()
+        try:
+            self._send(conn, data, "the request")
+            reply = self._receive(conn, limit, "the reply")
+        except _Timeout as exc:
+            conn.close()  # a late reply must never answer the next call
+            if str(exc) == "the request":
+                what = f"did not read the request within {self._timeout:g} s"
+            else:
+                what = "did not reply" + ("" if limit is None else f" within {limit:g} s")
             raise BrokerUnavailable(
-                f"lost the broker at {self._paths.socket}: {type(exc).__name__}"
+                f"the broker at {self._paths.socket} {what} (stopped, overloaded or stuck?); "
+                "this call's connection is closed"
             ) from None
+        except (OSError, EOFError) as exc:
+            conn.close()
+            raise self._lost(exc, "waiting for a reply") from None
+        except BaseException:
+            conn.close()  # interrupted (KeyboardInterrupt, ...): the reply may still come
+            raise
+        self._give_back(conn, generation)  # the whole reply came: the connection is clean
+        return wire.decode_reply(reply)
 
     def _submit(self, op: ops.Op[R], *, wait: float | None = 0.0) -> R:
         """Send ``op`` to the broker (a lease waits there, up to ``wait`` seconds); return its result."""
@@ -182,3 +274,22 @@ class BrokerClient(BaseQueue):
     def shutdown(self) -> None:
         """Ask the broker to stop after answering this request."""
         self._call(wire.encode_control("shutdown"))
+
+
+def _remaining(deadline: float) -> float:
+    """Seconds left until ``deadline`` (at least a millisecond: 0 would mean "no timeout")."""
+    left = deadline - time.monotonic()
+    return 1e-3 if left < 1e-3 else min(left, _POLL_CHUNK)
+
+
+def _socket_timeouts(fd: int, seconds: float) -> None:
+    """Make blocking reads and writes on socket ``fd`` fail after ``seconds`` (inf: never)."""
+    seconds = 0.0 if math.isinf(seconds) else min(max(seconds, 1e-3), _POLL_CHUNK * 24)  # 0: no timeout
+    whole = int(seconds)
+    value = struct.pack("ll", whole, int((seconds - whole) * 1e6))
+    sock = socket.socket(fileno=os.dup(fd))  # shares the socket, so its options
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, value)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, value)
+    finally:
+        sock.close()
