@@ -20,16 +20,15 @@ Imports from djq: ``errors``, ``model``, ``ops``.
 from __future__ import annotations
 
 import abc
-import math
 import os
 import secrets
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
 from . import ops
 from .errors import ConfigError
-from .model import JSON, Lease, QueueConfig, QueueStats, Task, TaskState, check_seconds
+from .model import JSON, MAX_TIMEOUT, Lease, QueueConfig, QueueStats, Task, TaskState, check_seconds
 
 __all__ = ["BaseQueue", "new_token"]
 
@@ -90,7 +89,7 @@ class BaseQueue(abc.ABC):
     def put_many(self, payloads: Iterable[JSON], *, priority: int = 0, delay: float = 0.0) -> list[str]:
         """Add several tasks in one operation (one lock, one write); return their ids in order."""
         limit = self.config.max_payload_bytes
-        copies = tuple(ops.check_payload(p, max_bytes=limit) for p in payloads)
+        copies = tuple(ops.check_payload(p, max_bytes=limit) for p in _many(payloads, "payloads"))
         op = ops.PutMany(
             payloads=copies, priority=priority, delay=delay, max_attempts=self.config.max_attempts
         )
@@ -130,11 +129,11 @@ class BaseQueue(abc.ABC):
             LeaseLost: the lease expired and the task was leased again (or acked, nacked,
                 requeued, purged). Nothing changed.
         """
-        self._submit(ops.Ack(id=task.id, token=_token(task)))
+        self._submit(ops.Ack(id=_id(task), token=_token(task)))
 
     def ack_many(self, tasks: Iterable[Task | Lease]) -> list[str]:
         """Ack several leased tasks at once; return the ids whose lease was lost (not acked)."""
-        leases = tuple((t.id, _token(t)) for t in tasks)
+        leases = tuple((_id(t), _token(t)) for t in _many(tasks, "tasks"))
         return self._submit(ops.AckMany(leases=leases)) if leases else []
 
     def nack(self, task: Task | Lease, *, delay: float = 0.0) -> TaskState:
@@ -147,7 +146,7 @@ class BaseQueue(abc.ABC):
         Raises:
             LeaseLost: the token no longer holds the task.
         """
-        return self._submit(ops.Nack(id=task.id, token=_token(task), delay=delay))
+        return self._submit(ops.Nack(id=_id(task), token=_token(task), delay=delay))
 
     def extend(self, task: Task | Lease, *, lease: float | None = None) -> Task:
         """Renew a lease for ``lease`` seconds from now; return the renewed task.
@@ -155,7 +154,7 @@ class BaseQueue(abc.ABC):
         Raises:
             LeaseLost: the token no longer holds the task.
         """
-        return self._submit(ops.Extend(id=task.id, token=_token(task), duration=self._lease(lease)))
+        return self._submit(ops.Extend(id=_id(task), token=_token(task), duration=self._lease(lease)))
 
     def requeue(self, task_id: str) -> Task:
         """Move a dead task back to ready with its attempts reset; return it.
@@ -167,6 +166,8 @@ class BaseQueue(abc.ABC):
 
     def purge(self, *, dead_only: bool = False) -> int:
         """Remove every task (or only the dead letters); return how many were removed."""
+        if type(dead_only) is not bool:  # a None or 0 must never mean "every task"
+            raise ConfigError(f"dead_only must be True or False, not {dead_only!r:.80}", field="dead_only")
         return self._submit(ops.Purge(states=frozenset({TaskState.DEAD}) if dead_only else None))
 
     def stats(self) -> QueueStats:
@@ -194,16 +195,35 @@ class BaseQueue(abc.ABC):
 
 
 def _owner(owner: str | None) -> str:
-    return owner or f"pid-{os.getpid()}"
+    """The lease's owner: the one given (checked by the operation), or ``pid-<pid>`` for None."""
+    return f"pid-{os.getpid()}" if owner is None else owner
 
 
 def _timeout(timeout: float | None) -> float | None:
-    """Check a get's timeout; infinity means what None means: wait as long as it takes."""
-    check_seconds("timeout", timeout, low=0.0, high=math.inf)
-    return None if timeout is None or math.isinf(timeout) else timeout
+    """Check a get's timeout: 0 up to a year; None (never infinity) waits as long as it takes."""
+    check_seconds("timeout", timeout, low=0.0, high=MAX_TIMEOUT, forever=True)
+    return timeout
+
+
+def _many(values: Iterable[Any], name: str) -> Iterable[Any]:
+    """``values`` if it is a collection of items; a string, bytes, mapping or non-iterable is refused."""
+    if isinstance(values, str | bytes | bytearray | memoryview | Mapping) or not isinstance(values, Iterable):
+        raise ConfigError(f"{name} must be a list (or another iterable), not {values!r:.80}", field=name)
+    return values
+
+
+def _id(task: Task | Lease) -> str:
+    _check_task(task)
+    return task.id
 
 
 def _token(task: Task | Lease) -> str:
+    _check_task(task)
     if task.token is None:
-        raise ConfigError(f"task {task.id} is not leased: pass the task get() returned", field="task")
+        raise ConfigError(f"task {task.id!r:.80} is not leased: pass the task get() returned", field="task")
     return task.token
+
+
+def _check_task(task: object) -> None:
+    if not isinstance(task, Task | Lease):
+        raise ConfigError(f"task must be a Task from get() or a Lease, not {task!r:.80}", field="task")

@@ -20,8 +20,11 @@ the only module that prints or configures logging (``cli_sim`` returns what to p
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import enum
+import io
+import json
 import logging
 import os
 import signal
@@ -36,7 +39,7 @@ import orjson
 
 from . import __version__, cli_sim
 from .broker import Broker
-from .errors import ConfigError, DjqError
+from .errors import ConfigError, DjqError, PayloadError
 from .manager import BrokerManager
 from .model import CONFIG_FIELDS, DEFAULT_QUEUE_PATH, Lease, QueueConfig, Task
 from .queue import Queue
@@ -60,23 +63,45 @@ Command = Callable[[str, Callable[[argparse.Namespace], int | None], str], argpa
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; return the exit status."""
-    args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="djq: %(message)s")
+    """Run the command line; return the exit status.
+
+    Every error is one line on stderr, never a traceback: bad input (a ``ConfigError`` or
+    ``PayloadError``) exits 2, a queue error 1, any other exception 1 as an internal
+    error, and Ctrl-C 130 without a word.
+    """
+    if isinstance(sys.stdout, io.TextIOWrapper):  # print a file name the way argv read it
+        sys.stdout.reconfigure(errors="surrogateescape")
     try:
+        args = _parser().parse_args(argv)
+        level = logging.DEBUG if args.verbose else logging.WARNING
+        logging.basicConfig(level=level, format="djq: %(message)s")
         return int(args.run(args) or 0)
-    except ConfigError as exc:  # bad usage: an option, a payload, a confirmation missing
-        print(f"djq: error: {exc}", file=sys.stderr)
-        return _EXIT_USAGE
-    except DjqError as exc:
-        print(f"djq: error: {exc}", file=sys.stderr)
-        return _EXIT_ERROR
-    except OSError as exc:  # anything the library did not translate (it should have)
-        print(f"djq: error: {exc}", file=sys.stderr)
-        return _EXIT_ERROR
+    except (ConfigError, PayloadError) as exc:  # bad usage: an option, a payload, a confirmation missing
+        return _fail(f"djq: error: {exc}", _EXIT_USAGE)
+    except (DjqError, OSError) as exc:  # OSError: anything the library did not translate (it should have)
+        if isinstance(exc, BrokenPipeError):  # stdout closed early (``djq ls | head -1``): not an error
+            _quiet_stdout()
+        return _fail(f"djq: error: {exc}", _EXIT_ERROR)
     except KeyboardInterrupt:
-        print("djq: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # a bug in djq: still one line, never a traceback
+        return _fail(f"djq: internal error: {type(exc).__name__}: {exc}", _EXIT_ERROR)
+
+
+def _fail(message: str, status: int) -> int:
+    """Print ``message`` as one line on stderr (whatever it holds); return ``status``."""
+    line = " ".join(message.split()) if "\n" in message or "\r" in message else message
+    with contextlib.suppress(OSError, ValueError):  # stderr is closed or gone: the status still says it
+        print(line, file=sys.stderr)
+    return status
+
+
+def _quiet_stdout() -> None:
+    """Point stdout at /dev/null, so the interpreter's last flush does not fail on the broken pipe."""
+    with contextlib.suppress(OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
 
 
 # The parser
@@ -178,6 +203,16 @@ def _octal(text: str) -> int:
         raise argparse.ArgumentTypeError(f"not an octal file mode: {text!r}") from None
 
 
+def _wait(text: str) -> float | None:
+    """A wait in seconds, or ``none`` (for ever); a bad number is for the operation to refuse."""
+    if text.strip().lower() in ("none", "forever"):
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds or 'none': {text!r}") from None
+
+
 def _queue_commands(command: Command) -> None:
     p = command("put", _put, "add a task; prints its id")
     p.add_argument("payload", help="the payload, as JSON (e.g. '{\"n\": 1}' or '\"text\"')")
@@ -185,7 +220,10 @@ def _queue_commands(command: Command) -> None:
     p.add_argument("--delay-s", type=float, default=0.0, help="seconds before it can be leased")
     p = command("get", _get, "lease the next task; prints it with its lease token")
     p.add_argument("--lease-s", type=float, default=None, help="lease length in seconds (default: 30)")
-    p.add_argument("--wait-s", type=float, default=0.0, help="seconds to wait for a task (default: 0)")
+    p.add_argument(
+        "--wait-s", type=_wait, default=0.0, metavar="SECONDS",
+        help="seconds to wait for a task, or 'none' to wait for ever (default: 0)",
+    )  # fmt: skip
     for name, run, text in (
         ("ack", _ack, "finish a leased task"),
         ("nack", _nack, "give a leased task back"),
@@ -365,14 +403,26 @@ def _task_line(task: Task) -> str:
 
 
 def _put(args: argparse.Namespace) -> None:
+    task_id = _queue(args).put(_payload(args.payload), priority=args.priority, delay=args.delay_s)
+    _emit(args, {"id": task_id}, task_id)
+
+
+def _payload(text: str) -> Any:
+    """The payload ``text`` is, exactly: an integer beyond 64 bits stays one (and is refused by put).
+
+    orjson checks the syntax (and refuses NaN, infinities and lone surrogates) but reads a
+    huge integer as a float; the stdlib reads the same valid text with exact integers.
+    """
     try:
-        payload = orjson.loads(args.payload)
+        orjson.loads(text)
     except orjson.JSONDecodeError as exc:
         raise ConfigError(
             f"PAYLOAD is not valid JSON ({exc}); quote it, e.g. '{{\"n\": 1}}'", field="payload"
-        ) from exc
-    task_id = _queue(args).put(payload, priority=args.priority, delay=args.delay_s)
-    _emit(args, {"id": task_id}, task_id)
+        ) from None
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError) as exc:  # orjson took it: this should not happen
+        raise ConfigError(f"PAYLOAD is not JSON djq can read exactly ({exc})", field="payload") from None
 
 
 def _get(args: argparse.Namespace) -> None:

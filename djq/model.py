@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, TypeAlias
@@ -31,6 +32,7 @@ __all__ = [
     "JSON",
     "MAX_DELAY",
     "MAX_LEASE_DURATION",
+    "MAX_TIMEOUT",
     "MIN_LEASE_DURATION",
     "STORAGE_MODES",
     "Lease",
@@ -54,6 +56,7 @@ DEFAULT_LEASE_DURATION: Final = 30.0  #: seconds; the SQS visibility-timeout def
 MIN_LEASE_DURATION: Final = 0.001  #: seconds; shorter leases only make sense in tests
 MAX_LEASE_DURATION: Final = 12 * 3600.0  #: seconds; the SQS maximum
 MAX_DELAY: Final = 100 * 365.25 * 86400.0  #: seconds; a century: any longer is a mistake (or infinity)
+MAX_TIMEOUT: Final = 365.25 * 86400.0  #: seconds; a year: the longest finite wait (None waits for ever)
 DEFAULT_MAX_ATTEMPTS: Final = 5  #: deliveries before dead letters; never 1 (see SQS)
 DEFAULT_LOCK_TIMEOUT: Final = None  #: wait for the lock as long as it takes
 DEFAULT_FSYNC: Final = True  #: a put is on disk when it returns
@@ -148,20 +151,58 @@ class QueueStats:
         return self.ready + self.delayed + self.leased + self.expired + self.dead
 
 
-def check_seconds(name: str, value: float | None, *, low: float, high: float) -> None:
-    """Raise ``ConfigError`` naming ``name`` unless ``value`` is None or seconds in [low, high]."""
-    if value is None or (type(value) is float and low <= value <= high):  # the common case, first
-        return
-    if not isinstance(value, int | float) or isinstance(value, bool) or math.isnan(value):
-        raise ConfigError(f"{name} must be a number of seconds, not {value!r}", field=name)
+def check_seconds(name: str, value: float | None, *, low: float, high: float, forever: bool = False) -> None:
+    """Raise ``ConfigError`` naming ``name`` unless ``value`` is None or seconds in [low, high].
+
+    Every duration is finite and at most ``MAX_DELAY`` (a century) whatever ``high`` says:
+    "for ever" is None, never infinity. With ``forever`` the message says so (a wait
+    that None makes endless). Booleans, NaN, strings and other types are refused.
+    """
+    if value is None or (type(value) is float and low <= value <= high and value <= MAX_DELAY):
+        return  # the common case, first
+    high = min(high, MAX_DELAY)
+    hint = " (pass None to wait for ever)" if forever else ""
+    if not isinstance(value, int | float) or isinstance(value, bool) or value != value:  # NaN
+        raise ConfigError(f"{name} must be a number of seconds{hint}, not {value!r:.80}", field=name)
+    if value in (math.inf, -math.inf):
+        raise ConfigError(f"{name} must be a finite number of seconds{hint}, not {value!r}", field=name)
     if not low <= value <= high:
-        raise ConfigError(f"{name} must be between {low:g} and {high:g} s, not {value!r}", field=name)
+        shown = f"{value!r:.80}"
+        raise ConfigError(f"{name} must be between {low:g} and {high:g} s{hint}, not {shown}", field=name)
 
 
 def check_priority(priority: int) -> None:
     """Raise ``ConfigError`` unless ``priority`` is a 64-bit integer (not a bool): what the files store."""
     if type(priority) is not int or not -(1 << 63) <= priority < 1 << 63:
         raise ConfigError(f"priority must be a 64-bit integer, not {priority!r:.80}", field="priority")
+
+
+_MAX_INT: Final = (1 << 63) - 1  #: the largest integer the files (and orjson) store
+_MAX_NAME_BYTES: Final = 200  #: of the queue file's name: room for ".journal", ".wait", temp suffixes
+
+
+def _check_int(name: str, value: object, *, low: int, high: int) -> None:
+    if type(value) is not int or not low <= value <= high:
+        raise ConfigError(f"{name} must be an integer from {low} to {high}, not {value!r:.80}", field=name)
+
+
+def _check_path(value: object) -> Path:
+    """The queue file's path as a ``Path``; ``ConfigError`` (field ``path``) unless the OS can name it."""
+    if not isinstance(value, str | os.PathLike):
+        raise ConfigError(f"path must be a file path, not {value!r:.80}", field="path")
+    try:
+        path = Path(value)
+        name = os.fsencode(path.name)
+        whole = os.fsencode(path)
+    except (TypeError, ValueError) as exc:  # a bytes PathLike; a lone surrogate (UnicodeEncodeError)
+        raise ConfigError(f"path cannot name a file: {value!r:.80} ({exc})", field="path") from None
+    if path.name in ("", ".", "..") or b"\0" in whole:
+        raise ConfigError(f"path must name a file, not {value!r:.80}", field="path")
+    if len(name) > _MAX_NAME_BYTES or len(whole) > 4000:
+        raise ConfigError(
+            f"path is too long: its name may have {_MAX_NAME_BYTES} bytes, all of it 4000", field="path"
+        )
+    return path
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -187,7 +228,7 @@ class QueueConfig:
 
     def __post_init__(self) -> None:
         """Check every field; raise ``ConfigError`` naming the first bad one."""
-        object.__setattr__(self, "path", Path(self.path))
+        object.__setattr__(self, "path", _check_path(self.path))
         try:
             object.__setattr__(self, "lock", LockKind(self.lock))
         except ValueError:
@@ -204,15 +245,21 @@ class QueueConfig:
             object.__setattr__(self, "wait", WaitKind(self.wait))
         except ValueError:
             raise ConfigError(f"wait must be 'notify' or 'poll', not {self.wait!r}", field="wait") from None
-        check_seconds("lock_timeout", self.lock_timeout, low=0.0, high=math.inf)
+        check_seconds("lock_timeout", self.lock_timeout, low=0.0, high=MAX_TIMEOUT, forever=True)
         check_seconds("poll_interval", self.poll_interval, low=1e-6, high=60.0)
+        if self.lease is None:
+            raise ConfigError("lease must be a number of seconds, not None", field="lease")
         check_seconds("lease", self.lease, low=MIN_LEASE_DURATION, high=MAX_LEASE_DURATION)
-        for name in ("max_attempts", "max_payload_bytes", "max_file_bytes", "compact_bytes"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ConfigError(f"{name} must be a positive integer, not {value!r}", field=name)
+        _check_int("max_attempts", self.max_attempts, low=1, high=1 << 31)  # what an operation takes
+        for name in ("max_payload_bytes", "max_file_bytes", "compact_bytes"):
+            _check_int(name, getattr(self, name), low=1, high=_MAX_INT)
+        if type(self.file_mode) is not int or not 0 <= self.file_mode <= 0o777:
+            raise ConfigError(
+                f"file_mode must be permission bits from 0o000 to 0o777, not {self.file_mode!r:.80}",
+                field="file_mode",
+            )
         if not isinstance(self.fsync, bool):
-            raise ConfigError(f"fsync must be True or False, not {self.fsync!r}", field="fsync")
+            raise ConfigError(f"fsync must be True or False, not {self.fsync!r:.80}", field="fsync")
 
     def to_json(self) -> dict[str, JSON]:
         """Return every field as a JSON object (the path as a string): the config, whole.

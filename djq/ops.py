@@ -48,6 +48,8 @@ from .model import (
 
 __all__ = [
     "MAX_BATCH",
+    "MAX_PEEK",
+    "MAX_TEXT",
     "OPS",
     "Ack",
     "AckMany",
@@ -72,6 +74,8 @@ __all__ = [
 
 R = TypeVar("R")
 MAX_BATCH: Final = 10_000  #: most tasks one get_many may lease
+MAX_PEEK: Final = 100_000  #: most tasks one peek may list
+MAX_TEXT: Final = 200  #: longest owner, token or task id, in characters
 
 
 # One check, one encoder and one decoder per field name: the same name means the same thing
@@ -89,13 +93,31 @@ def _seconds(name: str, value: Any, *, low: float, high: float) -> None:
 
 
 def _string(name: str, value: Any) -> None:
-    if type(value) is not str:
-        raise ConfigError(f"{name} must be a string, not {value!r:.80}", field=name)
+    """A task id: any string a file can hold (even "": the rule refuses an id no task has)."""
+    if type(value) is not str or len(value) > MAX_TEXT or not _encodable(value):
+        raise ConfigError(
+            f"{name} must be a string of at most {MAX_TEXT} characters, not {value!r:.80}", field=name
+        )
 
 
 def _text(name: str, value: Any) -> None:
-    if type(value) is not str or not value:
-        raise ConfigError(f"{name} must be a non-empty string, not {value!r:.80}", field=name)
+    """An owner or a token: a short, non-empty, printable string (which is valid UTF-8 too)."""
+    if type(value) is not str or not 0 < len(value) <= MAX_TEXT or not value.isprintable():
+        raise ConfigError(
+            f"{name} must be a printable string of 1 to {MAX_TEXT} characters, not {value!r:.80}",
+            field=name,
+        )
+
+
+def _encodable(text: str) -> bool:
+    """True if ``text`` is valid UTF-8 when encoded: no lone surrogates (what orjson refuses)."""
+    if text.isascii():
+        return True
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _positive(name: str, value: Any, high: int = 1 << 31) -> None:
@@ -129,8 +151,8 @@ def _flag(name: str, value: Any) -> None:
 
 
 def _limit(name: str, value: Any) -> None:
-    if type(value) is not int:
-        raise ConfigError(f"{name} must be an integer, not {value!r:.80}", field=name)
+    if type(value) is not int or not 0 <= value <= MAX_PEEK:
+        raise ConfigError(f"{name} must be an integer from 0 to {MAX_PEEK}, not {value!r:.80}", field=name)
 
 
 def _payloads(name: str, value: Any) -> None:

@@ -7,10 +7,12 @@ clock epoch seconds, read by the caller); lease tokens come in from the caller t
 once), but only by the functions here. A transition that raises leaves the state
 exactly as it was.
 
-Order: among ready tasks whose ``available_at <= now``, the highest ``priority`` first,
-FIFO (by ``seq``) within a priority. ``attempts`` counts deliveries: every lease raises
-it, and a task whose lease expires or is nacked after ``max_attempts`` deliveries goes to
-the dead letters instead of back to ready (the SQS receive-count rule).
+Order: among ready tasks that are available (``available_at <= now``, or put without a
+delay: ``available_at <= enqueued_at``, so a wall clock stepped back never holds back a
+task nobody delayed), the highest ``priority`` first, FIFO (by ``seq``) within a priority.
+``attempts`` counts deliveries: every lease raises it, and a task whose lease expires or
+is nacked after ``max_attempts`` deliveries goes to the dead letters instead of back to
+ready (the SQS receive-count rule).
 
 Example:
     >>> s = QueueState()
@@ -143,9 +145,22 @@ def _indexed(state: QueueState) -> _Index:
     return state.index
 
 
+def _available(record: Record, now: float) -> bool:
+    """True if a ready task may be leased at ``now``.
+
+    A task put without a delay (``available_at <= enqueued_at``) is available whatever
+    ``now`` says: a wall clock stepped back behind its put must not hold it back.
+    """
+    return record.available_at <= now or record.available_at <= record.enqueued_at
+
+
 def _ready(state: QueueState, record: Record) -> None:
-    """Index a task that just became ready."""
-    heapq.heappush(_indexed(state).later, (record.available_at, record.seq, record.id))
+    """Index a task that just became ready: due at once if it has no delay, else by its time."""
+    index = _indexed(state)
+    if record.available_at <= record.enqueued_at:
+        heapq.heappush(index.due, (-record.priority, record.seq, record.id))
+    else:
+        heapq.heappush(index.later, (record.available_at, record.seq, record.id))
 
 
 def _promote(state: QueueState, now: float) -> _Index:
@@ -260,7 +275,7 @@ def _next_ready(state: QueueState, now: float) -> Record | None:
         _, _, task_id = heapq.heappop(due)
         r = tasks.get(task_id)
         if r is not None and r.state is TaskState.READY:
-            if r.available_at <= now:
+            if _available(r, now):
                 return r
             _ready(state, r)  # given back with a delay since it was indexed: wait in ``later``
     return None
@@ -383,8 +398,8 @@ def purge(state: QueueState, *, states: frozenset[TaskState] | None = None, now:
 
 def peek(state: QueueState, limit: int, *, now: float) -> list[Task]:
     """Return up to ``limit`` ready tasks in delivery order, delayed ones last; change nothing."""
-    ready = [r for r in state.tasks.values() if r.state is TaskState.READY and r.available_at <= now]
-    later = [r for r in state.tasks.values() if r.state is TaskState.READY and r.available_at > now]
+    ready = [r for r in state.tasks.values() if r.state is TaskState.READY and _available(r, now)]
+    later = [r for r in state.tasks.values() if r.state is TaskState.READY and not _available(r, now)]
     ready.sort(key=lambda r: (-r.priority, r.seq))
     later.sort(key=lambda r: (r.available_at, -r.priority, r.seq))
     return [r.snapshot() for r in (ready + later)[: max(limit, 0)]]
@@ -401,7 +416,7 @@ def has_work(state: QueueState, *, now: float) -> bool:
     due, expiry, tasks = index.due, index.expiry, state.tasks
     while due:
         r = tasks.get(due[0][2])
-        if r is not None and r.state is TaskState.READY and r.available_at <= now:
+        if r is not None and r.state is TaskState.READY and _available(r, now):
             return True
         heapq.heappop(due)
         if r is not None and r.state is TaskState.READY:
@@ -445,7 +460,7 @@ def stats(state: QueueState, *, now: float, file_bytes: int = 0) -> QueueStats:
     ready = delayed = leased = expired = dead_ = 0
     for r in state.tasks.values():
         if r.state is TaskState.READY:
-            if r.available_at <= now:
+            if _available(r, now):
                 ready += 1
             else:
                 delayed += 1
