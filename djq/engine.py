@@ -7,6 +7,18 @@ broker's batches alike: take this object's mutex and the queue's lock, load the 
 and the operations that changed it (journal storage appends exactly those), then
 release. Reads (stats, peek, dead) take no lock: the files are only ever replaced whole
 or appended to, so a read sees one complete version. No queue rule lives here.
+
+The lock kind (RELIABILITY row 28): locks of different kinds may not exclude each other
+("soft" and "flock" do not), so the kind a queue is first written with is recorded in
+``Queue.json.lockkind``, created once (``files.create_once``: of two processes creating
+it at once, whatever their locks, exactly one does) and never rewritten. An engine whose
+``config.lock`` cannot exclude the recorded kind refuses every call with ``ConfigError``
+naming both, before it takes its lock or writes anything. A queue without the file (one
+written by djq 0.1, or before this) accepts any kind and records the kind of its next
+writer. It is a file of its own, not a field of ``Queue.json`` or of the journal's
+header, so those stay byte for byte what djq 0.1 wrote (tests/test_golden.py), and so
+the kind is known before the queue's own files are read. A custom ``Lock`` object is
+the caller's responsibility: nothing is checked or recorded for it.
 Imports from djq: ``errors``, ``model``, ``ops``, ``state``, ``storage``, ``journal``,
 ``files``, ``locks``, ``metrics``.
 """
@@ -14,26 +26,54 @@ Imports from djq: ``errors``, ``model``, ``ops``, ``state``, ``storage``, ``jour
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Final, TypeVar
+
+import orjson
 
 from . import files, locks, ops, state
-from .errors import LeaseError
+from .errors import ConfigError, CorruptQueueError, LeaseError, StorageError
 from .journal import JournalFile
 from .locks import Lock
 from .metrics import LockRecorder
-from .model import QueueConfig, StorageKind
+from .model import LockKind, QueueConfig, StorageKind
 from .storage import Problem, QueueFile, Storage
 
-__all__ = ["Clock", "Engine", "Transaction", "open_storage"]
+__all__ = ["Clock", "Engine", "Transaction", "lock_kind_path", "open_storage"]
+
+logger = logging.getLogger(__name__)
 
 Clock = Callable[[], float]
 T = TypeVar("T")
+
+LOCK_KIND_FORMAT: Final = "djq.lockkind"
+#: Kinds that exclude each other share a protocol: "filelock" takes an flock on the same file.
+_PROTOCOL: Final = {LockKind.FLOCK: "flock", LockKind.FILELOCK: "flock", LockKind.SOFT: "soft"}
+
+
+def lock_kind_path(path: Path) -> Path:
+    """Return the file that records the lock kind of the queue at ``path``: ``Queue.json.lockkind``."""
+    return path.with_name(path.name + ".lockkind")
+
+
+def _encode_lock_kind(kind: LockKind) -> bytes:
+    return orjson.dumps({"format": LOCK_KIND_FORMAT, "version": 1, "lock": kind.value}) + b"\n"
+
+
+def _decode_lock_kind(data: bytes, path: Path) -> LockKind:
+    try:
+        doc = orjson.loads(data)
+        if doc["format"] == LOCK_KIND_FORMAT and type(doc["version"]) is int and doc["version"] == 1:
+            return LockKind(doc["lock"])
+    except (ValueError, TypeError, KeyError):
+        pass
+    raise CorruptQueueError(path=str(path), reason="not a djq lock kind record")
 
 
 def open_storage(config: QueueConfig) -> Storage:
@@ -63,8 +103,26 @@ class Transaction:
         before = self.state.revision
         result: T = state.apply(self.state, op, now=self.now)
         if self.state.revision != before:
-            self.applied.append((op, self.now))
+            self.applied.append((_as_recorded(op, result), self.now))
         return result
+
+
+def _as_recorded(op: ops.Op[Any], result: Any) -> ops.Op[Any]:
+    """The operation as the journal records it: a lease of many keeps only the tokens it used.
+
+    A ``LeaseMany`` that leased k tasks is recorded with its first max(k, 1) tokens.
+    Replaying that gives the same state: the rule reclaims expired leases, then leases
+    one ready task per token in order and stops at the first token that finds none. In
+    the same state at the same ``now`` the first k tokens lease the same k tasks; the
+    original went on to try token k+1, found no ready task and changed nothing more
+    (nothing expires between two tries at one ``now``), which is what running out of
+    tokens does. With k = 0 the one token finds nothing too, after the same reclaim (the
+    only change such a lease makes). So a get_many(5000) that leased one task writes one
+    token, not 5,000.
+    """
+    if isinstance(op, ops.LeaseMany) and len(op.tokens) > max(len(result), 1):
+        return dataclasses.replace(op, tokens=op.tokens[: max(len(result), 1)])
+    return op
 
 
 class Engine:
@@ -106,6 +164,8 @@ class Engine:
             )
         self._pid = os.getpid()
         self._prepared = False
+        self._kind_checked = self._custom_lock is not None  # a custom lock: the caller's business
+        self._kind_recorded = self._custom_lock is not None
 
     def check_process(self) -> None:
         """Reopen in a forked child: it must never share the parent's lock or file."""
@@ -129,6 +189,7 @@ class Engine:
         """Hold the mutex and the queue's lock; on first use, tidy the folder."""
         self.check_process()
         with self.mutex:
+            self._check_lock_kind()  # before the lock: a soft lock's marker is a write too
             if not self._prepared:
                 self.storage.make_folder()  # the lock file lives there too
             self.lock.acquire(timeout=self.config.lock_timeout, op=name)
@@ -136,9 +197,52 @@ class Engine:
                 if not self._prepared:
                     self.storage.remove_temp_files()  # under the lock: no live writer has one
                     self._prepared = True
+                if not self._kind_recorded:
+                    self._record_lock_kind()
                 yield
             finally:
                 self.lock.release()
+
+    def _check_lock_kind(self) -> None:
+        """Refuse a queue recorded with a lock kind ours does not exclude (once per engine).
+
+        Raises:
+            ConfigError: ``config.lock`` and the recorded kind do not exclude each other.
+            CorruptQueueError: the record is not one djq writes.
+        """
+        if self._kind_checked:
+            return
+        where = lock_kind_path(self.path)
+        data = files.read_small(where)
+        if data is None:
+            return  # no record (a djq 0.1 queue, or a new one): the next write records ours
+        self._compare(_decode_lock_kind(data, where))
+        self._kind_checked = self._kind_recorded = True
+
+    def _compare(self, recorded: LockKind) -> None:
+        kind = self.config.lock
+        if _PROTOCOL[recorded] != _PROTOCOL[kind]:
+            raise ConfigError(
+                f"{self.path} is used with lock={recorded.value!r}, which lock={kind.value!r} does not "
+                f"exclude (two processes could write at once): open it with lock={recorded.value!r}",
+                field="lock",
+            )
+
+    def _record_lock_kind(self) -> None:
+        """Record ``config.lock`` if no kind is recorded (under the lock, before the first write)."""
+        where = lock_kind_path(self.path)
+        data = _encode_lock_kind(self.config.lock)
+        try:
+            if not files.create_once(where, data, mode=self.config.file_mode, fsync=self.config.fsync):
+                found = files.read_small(where)  # created meanwhile, by a process of any kind
+                if found is not None:
+                    self._compare(_decode_lock_kind(found, where))
+        except StorageError as exc:  # CorruptQueueError included: what the queue's own files decide
+            # Not recorded, and tried again at the next write. The write itself goes on: its
+            # own files say whether it can be stored (a full disk fails it, naming Queue.json).
+            logger.warning("%s: the lock kind is not recorded: %s", where, exc)
+            return
+        self._kind_checked = self._kind_recorded = True
 
     def transact(self, name: str, change: Callable[[Transaction], T]) -> T:
         """Run ``change`` on a ``Transaction`` of the current state under the lock; return its result.
@@ -185,6 +289,7 @@ class Engine:
         """Return ``see(state, now)`` on the current state, without the queue's lock (reads only)."""
         self.check_process()
         with self.mutex:
+            self._check_lock_kind()
             return see(self.storage.load(), self.clock())
 
     def has_changed(self) -> bool:
@@ -207,6 +312,10 @@ class Engine:
         self.check_process()
         with self.mutex:
             problems = self.storage.check()
+            try:
+                self._check_lock_kind()
+            except CorruptQueueError as exc:
+                problems.append(Problem("corrupt", f"corrupt: {exc.reason}"))
         if fix and problems and all(p.fixable for p in problems):
             with self.holding("check"):
                 self.storage.load()

@@ -6,22 +6,40 @@ the mode asked for) with ``O_EXCL|O_NOFOLLOW`` under an unpredictable name, writ
 whole, fsynced when durability matters, ``os.replace``d over the target, the folder
 fsynced. A crash leaves the old file or the new one, never half of one, and at worst a
 temp file that ``temp_files`` finds. Imports from djq: ``errors``.
+
+What "written" means (the point where a call has committed its change): the new file's
+data is fsynced and ``os.replace`` has put it in place, so every process that opens the
+queue from then on sees it. ``write_atomic`` raises ``StorageError`` only for failures
+before that point, when the old file is still in place. A failure of the folder fsync
+after the replace cannot undo the replace; raising then would tell the caller a change
+failed that every other process sees (a retried put would duplicate). So it is logged
+as a warning and remembered: the next durable write in that folder (``sync_pending``,
+which ``write_atomic`` and journal appends call first) fsyncs the folder again, and fails
+that write, before it changes anything, if the folder still cannot be synced. The window
+this leaves: a power loss between the failed folder fsync and the next write in the
+folder may undo the rename.
 """
 
 from __future__ import annotations
 
+import errno
+import logging
 import os
 import re
 import secrets
+import threading
 from pathlib import Path
 
 from .errors import StorageError
 
 __all__ = [
+    "create_once",
     "error",
     "fsync_folder",
     "make_folder",
     "read_all",
+    "read_small",
+    "sync_pending",
     "temp_files",
     "temp_name",
     "unlink_quietly",
@@ -29,7 +47,11 @@ __all__ = [
     "write_atomic",
 ]
 
+logger = logging.getLogger(__name__)
+
 _CREATE = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+_unsynced: set[Path] = set()  # folders whose fsync after a replace failed: synced before the next write
+_unsynced_mutex = threading.Lock()
 
 
 def temp_name(path: Path) -> Path:
@@ -39,7 +61,7 @@ def temp_name(path: Path) -> Path:
 
 def temp_files(path: Path) -> list[Path]:
     """Return the temp files a crashed writer of ``path`` (snapshot or journal) may have left."""
-    pattern = re.compile(rf"\.{re.escape(path.name)}(\.journal)?\.\d+\.[^.]+\.tmp")
+    pattern = re.compile(rf"\.{re.escape(path.name)}(\.journal|\.lockkind)?\.\d+\.[^.]+\.tmp")
     return sorted(p for p in path.parent.glob(f".{path.name}.*.tmp") if pattern.fullmatch(p.name))
 
 
@@ -49,12 +71,16 @@ def write_atomic(
     """Replace ``path`` with ``data`` atomically; return the new file's fd if ``keep_open``, else -1.
 
     The file is readable and writable as ``mode`` says (0600 unless told), whatever the
-    umask. With ``fsync`` the data and the rename are durable on return. On any error the
+    umask. With ``fsync`` the data and the rename are durable on return (but for a failed
+    folder fsync after the rename: see the module's docstring). On any error raised the
     old file is intact and the temp file is gone.
 
     Raises:
-        StorageError: the folder is missing or not writable, the disk is full, an fsync failed.
+        StorageError: the folder is missing or not writable, the disk is full, an fsync
+            failed (the file's, or a folder fsync left over from an earlier write).
     """
+    if fsync:
+        sync_pending(path)
     tmp = temp_name(path)
     try:
         try:
@@ -76,12 +102,97 @@ def write_atomic(
         if isinstance(exc, OSError) and not isinstance(exc, StorageError):
             raise error("cannot write", path, exc) from exc
         raise
+    # The change is committed: from here on nothing raises StorageError.
     if not keep_open:
         os.close(fd)
         fd = -1
     if fsync:
-        fsync_folder(path)
+        try:
+            fsync_folder(path)
+        except StorageError as exc:
+            with _unsynced_mutex:
+                _unsynced.add(path.parent.absolute())
+            logger.warning("%s is written, but not yet durable (retried at the next write): %s", path, exc)
     return fd
+
+
+def create_once(path: Path, data: bytes, *, mode: int = 0o600, fsync: bool = True) -> bool:
+    """Create ``path`` holding ``data`` unless it exists; return False if it existed.
+
+    Atomic like ``write_atomic`` (a temp file, written whole and fsynced, then hard-linked
+    to the name: ``link`` fails where a name exists, so of two processes creating one file
+    at once exactly one does, whatever lock they hold). A file system without hard links
+    gets none: False, with a warning.
+
+    Raises:
+        StorageError: as ``write_atomic``; ``path`` is as before.
+    """
+    if fsync:
+        sync_pending(path)
+    tmp = temp_name(path)
+    try:
+        fd = os.open(tmp, _CREATE, mode)
+    except OSError as exc:
+        raise error("cannot create a temp file beside", path, exc) from exc
+    try:
+        try:
+            os.fchmod(fd, mode)
+            write_all(fd, data)
+            if fsync:
+                os.fsync(fd)
+            os.link(tmp, path, follow_symlinks=False)
+        except FileExistsError:
+            return False
+        except OSError as exc:
+            if exc.errno in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK):
+                logger.warning("%s not created: the file system has no hard links (%s)", path, exc)
+                return False
+            raise error("cannot write", path, exc) from exc
+    finally:
+        os.close(fd)
+        tmp.unlink(missing_ok=True)
+    if fsync:
+        try:
+            fsync_folder(path)
+        except StorageError as exc:
+            with _unsynced_mutex:
+                _unsynced.add(path.parent.absolute())
+            logger.warning("%s is written, but not yet durable (retried at the next write): %s", path, exc)
+    return True
+
+
+def read_small(path: Path, limit: int = 1 << 16) -> bytes | None:
+    """Return the bytes of a small file (at most ``limit`` are read), None if it does not exist.
+
+    Raises:
+        StorageError: it cannot be opened or read (a symlink among the reasons).
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise error("cannot open", path, exc) from exc
+    try:
+        return os.read(fd, limit)
+    except OSError as exc:
+        raise error("cannot read", path, exc) from exc
+    finally:
+        os.close(fd)
+
+
+def sync_pending(path: Path) -> None:
+    """Fsync ``path``'s folder if a folder fsync there failed after a replace; raise if it fails again.
+
+    Raises:
+        StorageError: the folder still cannot be synced (nothing was changed).
+    """
+    folder = path.parent.absolute()
+    if folder not in _unsynced:
+        return
+    fsync_folder(path)
+    with _unsynced_mutex:
+        _unsynced.discard(folder)
 
 
 def fsync_folder(path: Path) -> None:

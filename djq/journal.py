@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import logging
 import math
 import os
 import stat
@@ -44,6 +45,8 @@ from .state import QueueState
 from .storage import Applied, Problem, check_snapshot
 
 __all__ = ["JOURNAL_FORMAT", "JournalFile", "decode_line", "encode_line", "journal_path"]
+
+logger = logging.getLogger(__name__)
 
 JOURNAL_FORMAT: Final = "djq.journal"
 JOURNAL_VERSION: Final = 1
@@ -81,6 +84,8 @@ def decode_line(line: bytes) -> tuple[ops.Op[Any], float]:
         op = ops.from_json(fields)
     except DjqError as exc:
         raise ValueError(str(exc)) from None
+    except (TypeError, KeyError, AttributeError) as exc:  # a wrong-typed field ("op": [1], say)
+        raise ValueError(f"bad fields: {type(exc).__name__}: {exc}") from None
     if not op.writes:
         raise ValueError(f"{op.name!r} does not change a queue")
     return op, float(now)
@@ -228,7 +233,7 @@ class JournalFile:
             return False  # lines we applied were cut off (an append that failed): read it all again
         if self._stale or st.st_size <= self._offset:
             return True
-        data = os.pread(self._fd, st.st_size - self._offset, self._offset)  # type: ignore[arg-type]
+        data = self._pread(st.st_size - self._offset, self._offset)
         start = 0
         if self._offset == 0:
             end = data.find(b"\n")
@@ -251,7 +256,13 @@ class JournalFile:
         applied it; the next appends can then reuse those bytes, even to the same size.
         """
         at, checksum = self._last  # type: ignore[misc]
-        return size >= self._offset and os.pread(self._fd, len(checksum), at) == checksum  # type: ignore[arg-type]
+        return size >= self._offset and self._pread(len(checksum), at) == checksum
+
+    def _pread(self, size: int, at: int) -> bytes:
+        try:
+            return os.pread(self._fd, size, at)  # type: ignore[arg-type]
+        except OSError as exc:
+            raise files.error("cannot read", self.journal, exc) from exc
 
     def _open(self, st: os.stat_result) -> None:
         self._close_journal()
@@ -278,9 +289,11 @@ class JournalFile:
                 ) from None
             try:
                 state.apply(current, event, now=now)
-            except LeaseError as exc:
+            except Exception as exc:  # a checksum-valid line with a value the rules cannot take
+                kind = "" if isinstance(exc, LeaseError) else f"{type(exc).__name__}: "
                 raise CorruptQueueError(
-                    path=str(self.journal), reason=f"line at byte {self._offset + pos} does not apply: {exc}"
+                    path=str(self.journal),
+                    reason=f"line at byte {self._offset + pos} does not apply: {kind}{exc}",
                 ) from None
             self._last = (self._offset + pos, data[pos : pos + 8])
             pos = end + 1
@@ -292,20 +305,30 @@ class JournalFile:
 
         ``applied`` None means the changes cannot be replayed: the state is folded instead.
 
+        The change is committed once it is durable: the append is written (and fdatasynced
+        with ``fsync``), or, when folded, the new snapshot is in place. Only a failure before
+        that raises; what follows (starting the new journal after a fold, a compaction after
+        an append) is housekeeping: a failure there is logged, leaves valid files (a stale
+        journal is ignored; an unfolded journal is simply longer) and is tried again at a
+        later save. Raising then would make a retried put duplicate, a failed-looking ack
+        strand its task.
+
         Raises:
-            StorageError: the journal could not be written; it is as before, the cache dropped.
+            StorageError: the change is not stored; the files are as before, the cache dropped.
         """
         base = self._base
         if applied is None or base is None or base.storage != "journal" or current is not base.state:
-            self.compact(current)  # changes we cannot replay, or a queue not yet in journal storage
+            self._fold(current)  # changes we cannot replay, or a queue not yet in journal storage
             return
         if not applied:
             return
         data = b"".join(encode_line(op, now) for op, now in applied)
         if self._offset + len(data) > self.max_file_bytes:
-            self.compact(current)  # the journal never grows past what a reader accepts
+            self._fold(current)  # the journal never grows past what a reader accepts
             return
         try:
+            if self.fsync:
+                files.sync_pending(self.journal)  # a folder fsync that failed after a replace
             if self._fd is None or self._stale or self._offset == 0:  # 0: no complete header
                 self._reset(base.generation)
             elif self._size != self._offset:
@@ -318,28 +341,61 @@ class JournalFile:
                 with contextlib.suppress(OSError):
                     os.ftruncate(self._fd, self._offset)  # never leave half of our own append
             self.invalidate()
+            if isinstance(exc, StorageError):
+                raise
             raise files.error("cannot append to", self.journal, exc) from exc
+        # Committed: the lines are in the journal (and on disk with fsync).
         last = data.rfind(b"\n", 0, len(data) - 1) + 1
         self._last = (self._offset + last, data[last : last + 8])
         self._offset += len(data)
         self._size = self._offset
         self.appends += 1
         if self._offset > max(min(self.compact_bytes, self.max_file_bytes // 2), self.snapshot.file_bytes()):
-            self.compact(current)
+            try:
+                self.compact(current)
+            except Exception as exc:  # housekeeping: the change is in the journal already
+                logger.warning("%s: compaction failed, tried again at a later write: %s", self.path, exc)
 
-    def compact(self, current: QueueState) -> bool:
-        """Fold the state into a fresh snapshot of the next generation and start an empty journal."""
-        generation = (self._base.generation if self._base is not None else 0) + 1
-        snapshot = Snapshot(current, "journal", generation)
+    def _fold(self, current: QueueState) -> None:
+        """Store ``current`` as a new snapshot (the commit), then start its journal (housekeeping)."""
         try:
-            self.snapshot.save(snapshot)  # atomic: a crash leaves the old snapshot and journal
-            self._reset(generation)  # a crash before this leaves a stale journal: ignored
+            snapshot = self._write_snapshot(current)
         except BaseException:
             self.invalidate()
             raise
+        try:
+            self._start_journal(snapshot)
+        except Exception as exc:  # the snapshot holds the change; the old journal is stale: ignored
+            self.invalidate()
+            logger.warning(
+                "%s: the new journal was not started, tried again at the next write: %s", self.path, exc
+            )
+
+    def compact(self, current: QueueState) -> bool:
+        """Fold the state into a fresh snapshot of the next generation and start an empty journal.
+
+        Raises:
+            StorageError: either half failed. The files are valid either way: the old
+                snapshot and journal, or the new snapshot beside a stale journal (ignored).
+        """
+        try:
+            self._start_journal(self._write_snapshot(current))
+        except BaseException:
+            self.invalidate()
+            raise
+        return True
+
+    def _write_snapshot(self, current: QueueState) -> Snapshot:
+        generation = (self._base.generation if self._base is not None else 0) + 1
+        snapshot = Snapshot(current, "journal", generation)
+        self.snapshot.save(snapshot)  # atomic: a crash leaves the old snapshot and journal
         self._base = snapshot
         self.compactions += 1
-        return True
+        return snapshot
+
+    def _start_journal(self, snapshot: Snapshot) -> None:
+        self._close_journal()  # the journal we had applied is folded: never append to it
+        self._reset(snapshot.generation)  # a crash before this leaves a stale journal: ignored
 
     def _reset(self, generation: int) -> None:
         """Replace the journal atomically with an empty one of ``generation``."""
@@ -428,7 +484,9 @@ def _header(line: bytes, where: Path) -> int:
     ):
         raise CorruptQueueError(path=str(where), reason="not a djq journal (bad header line)")
     version = doc.get("version")
-    if type(version) is int and version > JOURNAL_VERSION:
+    if type(version) is not int or version < 1:
+        raise CorruptQueueError(path=str(where), reason='the header\'s "version" is not a version djq writes')
+    if version > JOURNAL_VERSION:
         raise UnsupportedVersion(
             path=str(where),
             reason=f"journal version {version} is newer than this djq reads ({JOURNAL_VERSION})",

@@ -131,7 +131,11 @@ def decode(data: bytes, path: str | os.PathLike[str]) -> Snapshot:
         if record.id in state.tasks:
             raise CorruptQueueError(path=where, reason=f"tasks[{index}]: duplicate id {record.id!r}")
         if record.seq >= state.next_seq:
-            raise CorruptQueueError(path=where, reason=f'tasks[{index}]: seq is not below "next_seq"')
+            reason = f'tasks[{index}]: seq {record.seq} of task {record.id!r} is not below "next_seq"'
+            raise CorruptQueueError(path=where, reason=reason)
+        if record.id != str(record.seq):  # djq names a task by its seq: a put would reuse any other id
+            reason = f'tasks[{index}]: id {record.id!r} is not its "seq" ({record.seq}) as djq writes it'
+            raise CorruptQueueError(path=where, reason=reason)
         state.tasks[record.id] = record
     return Snapshot(state, storage, generation)
 
