@@ -1166,3 +1166,106 @@ def test_ack_many_acks_what_is_held_and_returns_the_lost():
     first, second = lease_many(s, tokens=("x", "y"), owner="o", duration=5.0, now=T0)
     assert ack_many(s, [(first.id, "x"), (second.id, "stale")], now=T0) == [second.id]
     assert (s.acked_total, first.id in s.tasks, second.id in s.tasks) == (1, False, True)
+
+
+# --- the wall clock stepping back (RELIABILITY row 17) -------------------------------------
+
+BACK = 3600.0  # the wall clock steps back an hour
+
+
+def _fresh_index(s: QueueState) -> QueueState:
+    """The same tasks with the index rebuilt from them (what a process that just loaded sees)."""
+    s.index = None
+    return s
+
+
+@pytest.mark.parametrize("reload", [False, True], ids=["indexed", "reloaded"])
+def test_a_task_put_without_a_delay_is_available_when_the_clock_steps_back(reload: bool):
+    """Put at T0 without a delay, then the clock reads an hour earlier: ready, listed and leased."""
+    s = QueueState()
+    put(s, "a", now=T0)
+    if reload:
+        _fresh_index(s)
+    now = T0 - BACK
+    assert state.has_work(s, now=now)
+    assert next_deadline(s, now=now) is None  # nothing to wait for: it is ready
+    assert (stats(s, now=now).ready, stats(s, now=now).delayed) == (1, 0)
+    assert _ids(peek(s, 10, now=now)) == ["1"]
+    task = _lease(s, "t1", now=now)
+    assert task is not None
+    assert (task.id, task.lease_expires_at) == ("1", now + LEASE)
+
+
+def test_undelayed_tasks_are_not_held_behind_a_delayed_one_when_the_clock_steps_back():
+    """A delayed task first in time must not block the undelayed ones put after it."""
+    s = QueueState()
+    put(s, "delayed", delay=5.0, now=T0)
+    put(s, "now", now=T0 + 1)
+    put(s, "now too", priority=-1, now=T0 + 2)
+    now = T0 - BACK
+    assert (stats(s, now=now).ready, stats(s, now=now).delayed) == (2, 1)
+    assert _ids(peek(s, 10, now=now)) == ["2", "3", "1"]  # delayed ones last
+    assert _drain(s, now=now) == ["2", "3"]
+    assert not state.has_work(s, now=now)
+
+
+def test_a_delay_is_still_honoured_when_the_clock_steps_back():
+    """A delayed task waits for its available_at: longer, by at most the step back."""
+    s = QueueState()
+    put(s, "d", delay=5.0, now=T0)
+    assert _lease(s, "t1", now=T0 - BACK) is None
+    assert not state.has_work(s, now=T0 + 4.999)
+    assert next_deadline(s, now=T0 - BACK) == T0 + 5.0
+    task = _lease(s, "t2", now=T0 + 5.0)
+    assert task is not None
+
+
+def test_a_lease_still_expires_by_its_deadline_when_the_clock_steps_back():
+    """A lease lasts longer (until its deadline) when the clock steps back; then the task is ready at once."""
+    s, _ = _leased_one()
+    assert reap(s, now=T0 - BACK) == []
+    assert _lease(s, "t2", now=T0 - BACK) is None
+    assert (stats(s, now=T0 - BACK).leased, stats(s, now=T0 - BACK).ready) == (1, 0)
+    again = _lease(s, "t3", now=T0 + LEASE)
+    assert again is not None
+    assert (again.id, again.attempts) == ("1", 2)
+
+
+def test_a_reclaimed_undelayed_task_is_available_after_the_clock_steps_back():
+    """Reclaimed at its deadline, the task keeps available_at == enqueued_at: ready whatever the clock."""
+    s, _ = _leased_one()
+    assert reap(s, now=T0 + LEASE) == ["1"]
+    assert state.has_work(s, now=T0 - BACK)
+    assert _ids(peek(s, 10, now=T0 - BACK)) == ["1"]
+    assert _lease(s, "t2", now=T0 - BACK) is not None
+
+
+@pytest.mark.parametrize("reload", [False, True], ids=["indexed", "reloaded"])
+def test_a_task_given_back_while_the_clock_is_behind_stays_available(reload: bool):
+    """nack(delay=0) and requeue at a clock behind the put: available as the clock steps back further."""
+    s, _ = _leased_one(max_attempts=2)
+    put(s, "b", now=T0)
+    assert nack(s, "1", "t1", now=T0 - BACK) is TaskState.READY
+    task = _lease(s, "t2", now=T0 - BACK)
+    assert task is not None
+    assert task.id == "1"
+    assert nack(s, "1", "t2", now=T0 - BACK) is TaskState.DEAD
+    requeue(s, "1", now=T0 - BACK)
+    if reload:
+        _fresh_index(s)
+    now = T0 - 2 * BACK
+    assert (stats(s, now=now).ready, stats(s, now=now).delayed) == (2, 0)
+    assert _drain(s, now=now) == ["1", "2"]
+
+
+def test_the_clock_stepping_back_through_apply_changes_only_what_it_should():
+    """Through the operations (what journal replay runs): stats, peek and lease agree after a step back."""
+    s = QueueState()
+    apply(s, PutMany(payloads=("a", "b")), now=T0)
+    apply(s, Put(payload="c", delay=30.0), now=T0)
+    now = T0 - BACK
+    counts = apply(s, Stats(), now=now)
+    assert (counts.ready, counts.delayed) == (2, 1)
+    assert _ids(apply(s, Peek(limit=10), now=now)) == ["1", "2", "3"]
+    leased = apply(s, LeaseMany(tokens=("x", "y", "z"), owner="o", duration=1.0), now=now)
+    assert _ids(leased) == ["1", "2"]
