@@ -3,7 +3,8 @@
 The lock kind is an experimental variable (``model.LockKind``):
 
 * ``"flock"``: ``fcntl.flock`` on ``Queue.json.lock``, waiting in the kernel. No polling:
-  the kernel wakes the next waiter when the holder releases. The default.
+  the kernel wakes the next waiter when the holder releases. The default. Only a wait
+  with a finite timeout polls (flock has no timeout), in the caller's thread.
 * ``"filelock"``: ``filelock.FileLock`` on the same file: non-blocking tries, sleeping
   ``poll_interval`` between them (the package's 0.05 s unless told otherwise). It uses
   ``flock`` underneath, so it excludes ``"flock"`` users of the same queue too.
@@ -28,8 +29,8 @@ from __future__ import annotations
 import errno
 import fcntl
 import inspect
+import math
 import os
-import threading
 import time
 from pathlib import Path
 from typing import Any, Final, Protocol, runtime_checkable
@@ -43,6 +44,8 @@ from .model import LockKind
 __all__ = ["FileLockLock", "FlockLock", "Lock", "SoftLock", "lock_path", "make"]
 
 _NS: Final = 1e9
+_POLL_MIN: Final = 0.0005  #: seconds; a timed flock wait first tries again after this long
+_POLL_MAX: Final = 0.01  #: seconds; the longest pause between its tries
 _FILELOCK_PARAMS: Final = inspect.signature(filelock.FileLock.__init__).parameters
 # filelock 4 unlinks its lock file on release unless told not to, and may fall back to a
 # soft lock on file systems without flock: both would break the rules above.
@@ -148,8 +151,10 @@ class _MeasuredLock:
 class FlockLock(_MeasuredLock):
     """``fcntl.flock`` on a lock file that is never deleted; waits in the kernel.
 
-    A finite ``timeout`` on a busy lock waits in a helper thread with its own file
-    descriptor (flock has no timeout of its own); ``timeout=None`` blocks in the caller.
+    ``timeout=None`` (or infinity) blocks in the kernel. flock has no timeout of its
+    own, so a finite ``timeout`` on a busy lock tries again without blocking, the pause
+    doubling from 0.5 ms to 10 ms, until the deadline: no helper thread, no second file
+    descriptor, nothing left behind that could take the lock after a ``LockTimeout``.
     Not shared across ``fork()``: a child opens its own file (a shared descriptor would
     share the lock with the parent).
     """
@@ -176,21 +181,33 @@ class FlockLock(_MeasuredLock):
         return self._fd
 
     def _acquire(self, timeout: float | None) -> None:
+        deadline = None if timeout is None or math.isinf(timeout) else time.monotonic() + timeout
+        pause = _POLL_MIN
         while True:
             fd = self._shared_fd()
-            if timeout is None:
-                fcntl.flock(fd, fcntl.LOCK_EX)
-            else:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except BlockingIOError:
-                    if timeout <= 0:
-                        raise self._timeout_error(timeout) from None
-                    fd = self._wait_in_thread(timeout)
+            if deadline is None:
+                self._flock(fd, fcntl.LOCK_EX)
+            elif not self._flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise self._timeout_error(timeout or 0.0)
+                time.sleep(min(pause, left))
+                pause = min(pause * 2, _POLL_MAX)
+                continue
             if self._is_current(fd):
                 self._held = fd
                 return
             self._drop(fd)  # the lock file was deleted or replaced under us: lock the new one
+
+    def _flock(self, fd: int, operation: int) -> bool:
+        """``flock(fd, operation)``; False if a non-blocking try found the lock busy."""
+        try:
+            fcntl.flock(fd, operation)
+        except BlockingIOError:
+            return False
+        except OSError as exc:
+            raise _lock_error(self.path, exc, "lock") from exc
+        return True
 
     def _is_current(self, fd: int) -> bool:
         try:
@@ -206,42 +223,17 @@ class FlockLock(_MeasuredLock):
         if fd == self._fd:
             self._fd = None
 
-    def _wait_in_thread(self, timeout: float) -> int:
-        fd = self._open()  # its own open file description, so a late grant can't leak to us
-        got = threading.Event()
-        guard = threading.Lock()
-        cancelled = False
-
-        def wait() -> None:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            with guard:
-                if cancelled:
-                    fcntl.flock(fd, fcntl.LOCK_UN)
-                    os.close(fd)
-                    return
-                got.set()
-
-        threading.Thread(target=wait, name="djq-flock-wait", daemon=True).start()
-        if not got.wait(timeout):
-            with guard:
-                if not got.is_set():
-                    cancelled = True
-                    raise self._timeout_error(timeout)
-        return fd
-
     def _release(self) -> None:
         fd, self._held = self._held, None
         if fd is None:
             raise RuntimeError(f"{self!r} is not held")
         fcntl.flock(fd, fcntl.LOCK_UN)
-        if fd != self._fd:
-            os.close(fd)
 
     def close(self) -> None:
         """Close the lock file (releasing the lock if held)."""
         if self._fd is not None and self._pid == os.getpid():
             os.close(self._fd)
-        self._fd = None
+        self._fd = self._held = None
 
 
 class FileLockLock(_MeasuredLock):
@@ -323,7 +315,7 @@ def make(
     return cls(path, recorder=recorder, poll_interval=poll_interval, mode=mode)
 
 
-def _lock_error(path: Path, exc: OSError) -> StorageError:
+def _lock_error(path: Path, exc: OSError, what: str = "open") -> StorageError:
     return StorageError(
-        f"cannot open the lock file {path}: {exc.strerror or exc}", path=str(path), errno=exc.errno
+        f"cannot {what} the lock file {path}: {exc.strerror or exc}", path=str(path), errno=exc.errno
     )

@@ -3,23 +3,29 @@
 A ``Queue`` is ``api.BaseQueue`` whose ``_submit`` runs each operation in an
 ``engine.Engine`` (lock, load, apply, save once). What it adds is how a ``get`` with a
 timeout waits: without the queue's lock, looking at the files' metadata (or sleeping on
-inotify) until they change or a delayed task or lease comes due. No queue rule lives
-here. Imports from djq: ``api``, ``engine``, ``errors``, ``locks``, ``metrics``,
-``model``, ``ops``, ``state``, ``storage``, ``watch``.
+inotify) until they change or a delayed task or lease comes due; and what it keeps open
+(the engine's files, the waiting turn, the inotify watch), closed by ``close()``, by the
+garbage collector, or after the last waiting get leaves a closed queue. No queue rule
+lives here. Imports from djq: ``api``, ``engine``, ``locks``, ``metrics``, ``model``,
+``ops``, ``state``, ``storage``, ``watch``.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import logging
 import math
 import os
+import threading
 import time
+import weakref
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
-from . import locks, ops, state
+from . import ops, state
 from .api import BaseQueue
 from .engine import Clock, Engine
-from .errors import LockTimeout, StorageError
 from .locks import Lock
 from .metrics import LockRecorder
 from .model import DEFAULT_LOCK, DEFAULT_QUEUE_PATH, LockKind, QueueConfig, WaitKind
@@ -28,6 +34,7 @@ from .watch import Watcher, watcher
 
 __all__ = ["Clock", "Queue"]
 
+logger = logging.getLogger(__name__)
 R = TypeVar("R")
 _IDLE_POLL_MIN: Final = 0.001  #: seconds; first pause of a waiting get
 _IDLE_POLL_MAX: Final = 0.05  #: seconds; longest pause between looks at the file
@@ -75,8 +82,10 @@ class Queue(BaseQueue):
         kind = DEFAULT_LOCK if custom is not None else lock
         config = QueueConfig.from_options(path=Path(path), lock=kind, **options)
         self._engine = Engine(config, lock=custom, clock=clock, recorder=recorder)
-        self._turn = locks.FlockLock(config.path.with_name(config.path.name + ".wait"), mode=config.file_mode)
-        self._watcher: Watcher | None = None
+        turn = config.path.with_name(config.path.name + ".wait")
+        self._resources = _Resources(self._engine, turn, config.file_mode)
+        # closes the files when this object is collected; holds no reference to it
+        weakref.finalize(self, self._resources.collect).atexit = False
 
     @classmethod
     def from_config(cls, config: QueueConfig, **options: Any) -> Queue:
@@ -105,12 +114,13 @@ class Queue(BaseQueue):
         return self._engine
 
     def close(self) -> None:
-        """Close the files this object keeps open. The queue itself stays on disk."""
-        self._engine.close()
-        self._turn.close()
-        if self._watcher is not None:
-            self._watcher.close()
-            self._watcher = None
+        """Close the files this object keeps open. The queue itself stays on disk.
+
+        A ``get`` waiting in another thread returns None (``get_many``: []) at once, and
+        the files it uses are closed when it has left. A later call opens what it needs
+        again. A ``Queue`` that is dropped without ``close()`` is closed when collected.
+        """
+        self._resources.close()
 
     def __repr__(self) -> str:
         return f"Queue({str(self.path)!r}, lock={self.lock!r})"
@@ -123,93 +133,252 @@ class Queue(BaseQueue):
         """Run ``op`` in the engine; a lease waits up to ``wait`` seconds for work (None: for ever)."""
         if not op.waits:
             return self._engine.run(op)
+        poll = self.config.wait is WaitKind.POLL
+        if wait == 0:
+            return self._engine.run(op) if poll or self._work_ready() else _nothing(op)
         deadline = None if wait is None else time.monotonic() + wait
-        if self.config.wait is WaitKind.POLL:
-            return self._poll_for_work(op, deadline, wait == 0)
-        result = self._engine.run(op) if self._work_ready() else _nothing(op)
-        if result or wait == 0:
-            return result
-        return self._wait_for_work(op, deadline)
+        waits = self._resources.enter()
+        try:
+            if poll:
+                return self._poll_for_work(op, waits, deadline)
+            result = self._engine.run(op) if self._work_ready() else _nothing(op)
+            return result or self._wait_for_work(op, waits, deadline)
+        finally:
+            self._resources.leave(waits)  # never raises: a leased task always reaches the caller
 
-    def _poll_for_work(self, op: ops.Op[R], deadline: float | None, once: bool) -> R:
+    def _poll_for_work(self, op: ops.Op[R], waits: _Waits, deadline: float | None) -> R:
         """Djq 0.1's way: take the lock for every look, then poll the file's metadata."""
         while True:
             result = self._engine.run(op)
-            if result or once or not self._sleep_until_change(deadline, leader=True, notify=False):
+            if result or not self._sleep_until_change(waits, deadline, leader=True, notify=False):
                 return result
 
-    def _wait_for_work(self, op: ops.Op[R], deadline: float | None) -> R:
+    def _wait_for_work(self, op: ops.Op[R], waits: _Waits, deadline: float | None) -> R:
         """Wait without the queue's lock; only the holder of the waiting turn looks for work.
 
-        The turn is an flock on ``Queue.json.wait``, tried without blocking: of all the
-        consumers waiting on one queue, one sleeps until the file changes (or something
-        comes due) and then takes the lock; the others sleep until the file changes and
-        only try for the turn. So a put wakes one lock acquisition, not one per waiter.
+        The turn is an flock on ``Queue.json.wait``, tried without blocking, and held by at
+        most one thread of this process (``_Turn``): of all the consumers waiting on one
+        queue, one sleeps until the file changes (or something comes due) and then takes
+        the lock; the others sleep until the file changes and only try for the turn. So a
+        put wakes one lock acquisition, not one per waiter. Where the turn file cannot be
+        opened or locked at all, every waiter looks for itself (correct, only costlier).
         """
-        turn = False
+        turn = looking = False
         try:
             while True:
-                if not self._sleep_until_change(deadline, leader=turn):
+                if not self._sleep_until_change(waits, deadline, leader=looking):
                     return _nothing(op)
-                turn = turn or self._try_turn()
-                if turn and self._work_ready():
+                if not turn:
+                    got = waits.turn.take()
+                    turn = got is _TAKEN
+                    looking = got is not _BUSY
+                if looking and self._work_ready():
                     result = self._engine.run(op)
                     if result:
                         return result
         finally:
             if turn:
-                self._turn.release()
-
-    def _try_turn(self) -> bool:
-        try:
-            self._turn.acquire(timeout=0.0, op="wait")
-        except (LockTimeout, StorageError):
-            return False
-        return True
+                waits.turn.give_back()
 
     def _work_ready(self) -> bool:
         """Look at the file without the lock: would a lease get a task now?"""
         return self._engine.look(lambda current, now: state.has_work(current, now=now))
 
-    def _sleep_until_change(self, deadline: float | None, *, leader: bool, notify: bool = True) -> bool:
+    def _sleep_until_change(
+        self, waits: _Waits, deadline: float | None, *, leader: bool, notify: bool = True
+    ) -> bool:
         """Sleep until the file changes (or, for the leader, something comes due); False at the deadline.
 
         With ``notify`` the sleep is on inotify where it works; otherwise the file's metadata
         is polled, the pause doubling from 1 ms to 50 ms. A follower returns after each
         pause anyway, to try for the turn (the leader may have left without a change).
+        False too, at once, when the queue is closed.
         """
         # what we look at now (for the leader: when it next changes by itself); a later change wakes us
         due = self._engine.look(
             lambda current, now: state.next_deadline(current, now=now) if leader else None
         )
-        watch = self._watch() if notify else None
+        watch = self._resources.watch(waits) if notify else None
         if self._engine.has_changed():  # changed since we last looked: no event will come for it
-            return True
+            return not waits.closed
         pause = _IDLE_POLL_MIN if leader else _FOLLOWER_POLL
         clock = self._engine.clock
         while True:
             left = math.inf if deadline is None else deadline - time.monotonic()
-            if left <= 0:
+            if left <= 0 or waits.closed:
                 return False
             until_due = math.inf if due is None else due - clock()
             if until_due <= 0:
                 return True
             if watch is None:
-                time.sleep(min(pause, left, until_due))
+                waits.wakeup.wait(min(pause, left, until_due))
                 pause = min(pause * 2, _IDLE_POLL_MAX)
             elif watch.wait(min(_WATCH_SAFETY if leader else _FOLLOWER_POLL, left, until_due)):
-                return True
+                return not waits.closed
+            if waits.closed:
+                return False
             if not leader or self._engine.has_changed():
                 return True  # a follower tries for the turn now and then: the leader may have left
 
-    def _watch(self) -> Watcher | None:
-        """The inotify watch on the queue's files (made on first use), drained; None without inotify."""
-        with self._engine.mutex:
-            if self._watcher is None:
-                self._watcher = watcher(self.path.parent, {self.path.name, f"{self.path.name}.journal"})
-            if self._watcher is not None:
-                self._watcher.drain()
-            return self._watcher
+
+_TAKEN: Final = "taken"  #: ``_Turn.take``: this thread holds the turn now
+_BUSY: Final = "busy"  #: another thread or process holds it
+_UNAVAILABLE: Final = "unavailable"  #: the turn file cannot be opened or locked: look anyway
+
+
+class _Turn:
+    """The waiting turn: an flock on ``Queue.json.wait``, held by at most one thread here.
+
+    flock belongs to the open file, not the thread: two threads of one ``Queue`` locking
+    one descriptor would both "hold" it. So a thread first takes ``owner`` (without
+    waiting), then tries the flock; only the owner ever unlocks.
+    """
+
+    def __init__(self, path: Path, mode: int) -> None:
+        self.path = path
+        self.mode = mode
+        self.owner = threading.Lock()
+        self.fd: int | None = None
+
+    def take(self) -> str:
+        """Try for the turn without waiting: ``_TAKEN``, ``_BUSY`` or ``_UNAVAILABLE``."""
+        if not self.owner.acquire(blocking=False):
+            return _BUSY
+        try:
+            if self.fd is None:
+                flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+                self.fd = os.open(self.path, flags, self.mode)
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.owner.release()
+            return _BUSY
+        except OSError:  # missing folder, a directory or symlink in its place, no locks here
+            self.owner.release()
+            return _UNAVAILABLE
+        return _TAKEN
+
+    def give_back(self) -> None:
+        """Release the turn (only its owner calls this); never raises."""
+        try:
+            if self.fd is not None:
+                fcntl.flock(self.fd, fcntl.LOCK_UN)
+        except OSError:
+            self.close()  # closing the file releases the flock too
+        finally:
+            self.owner.release()
+
+    def close(self) -> None:
+        """Close the turn file (called when no thread uses it)."""
+        fd, self.fd = self.fd, None
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
+class _Waits:
+    """What the waiting gets of one ``Queue`` share until it is closed: the turn and the watch."""
+
+    def __init__(self, turn: Path, mode: int) -> None:
+        self.turn = _Turn(turn, mode)
+        self.watcher: Watcher | None = None
+        self.users = 0  #: gets waiting with this now
+        self.closed = False
+        self.wakeup = threading.Event()  #: set on close: wakes a waiter polling without inotify
+
+    def close_files(self) -> None:
+        """Close the turn and the watch (no thread uses them any more)."""
+        self.turn.close()
+        if self.watcher is not None:
+            with contextlib.suppress(OSError):
+                self.watcher.close()
+            self.watcher = None
+
+
+class _Resources:
+    """Everything a ``Queue`` keeps open, and who is using it; closed by ``close`` or at collection.
+
+    It holds no reference to its ``Queue``, so a ``weakref.finalize`` of the queue can call
+    ``collect``. Waiting gets ``enter`` and ``leave``: a ``close`` while some wait retires
+    their ``_Waits`` (it wakes them, and its files are closed by the last to leave), and
+    the next get starts a fresh one. No descriptor is ever closed while a thread uses it.
+    """
+
+    def __init__(self, engine: Engine, turn: Path, mode: int) -> None:
+        self.engine = engine
+        self.turn = turn
+        self.mode = mode
+        self.guard = threading.Lock()
+        self.current: _Waits | None = None
+        _ALL_RESOURCES.add(self)
+
+    def enter(self) -> _Waits:
+        """Start a waiting get: return the shared ``_Waits``, counted as in use."""
+        with self.guard:
+            if self.current is None:
+                self.current = _Waits(self.turn, self.mode)
+            self.current.users += 1
+            return self.current
+
+    def watch(self, waits: _Waits) -> Watcher | None:
+        """The inotify watch of ``waits`` (made on first use), drained; None without inotify."""
+        with self.guard:
+            if waits.watcher is None and not waits.closed:
+                path = self.engine.path
+                waits.watcher = watcher(path.parent, {path.name, f"{path.name}.journal"})
+            found = waits.watcher
+        if found is not None:
+            found.drain()
+        return found
+
+    def leave(self, waits: _Waits) -> None:
+        """End a waiting get; the last to leave a closed ``_Waits`` closes its files. Never raises."""
+        try:
+            with self.guard:
+                waits.users -= 1
+                last = waits.closed and waits.users == 0
+                if last:
+                    waits.close_files()
+            if last:
+                self.engine.close()  # a waiter may have opened a file again after close()
+        except Exception:  # closing must never lose what the get leased
+            logger.warning("closing %s after a waiting get failed", self.engine.path, exc_info=True)
+
+    def close(self) -> None:
+        """Close every file; waiting gets are woken and the last of them closes what they use."""
+        with self.guard:
+            waits, self.current = self.current, None
+            if waits is not None:
+                waits.closed = True
+                waits.wakeup.set()
+                if waits.watcher is not None:
+                    waits.watcher.interrupt()
+                if waits.users == 0:
+                    waits.close_files()
+        self.engine.close()
+
+    def collect(self) -> None:
+        """Close everything when the ``Queue`` was collected (no thread can be waiting in it)."""
+        if self.engine.mutex.acquire(blocking=False):  # never deadlock a thread in this engine
+            self.engine.mutex.release()
+            self.close()
+
+    def after_fork(self) -> None:
+        """In a forked child: forget the parent's threads, turn and watch (closing our copies)."""
+        self.guard = threading.Lock()
+        waits, self.current = self.current, None
+        if waits is not None:
+            waits.close_files()  # the parent's flock and inotify live on in its own descriptors
+
+
+_ALL_RESOURCES: weakref.WeakSet[_Resources] = weakref.WeakSet()
+
+
+def _after_fork() -> None:
+    for resources in list(_ALL_RESOURCES):
+        resources.after_fork()
+
+
+os.register_at_fork(after_in_child=_after_fork)
 
 
 def _nothing(op: ops.Op[R]) -> R:

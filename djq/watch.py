@@ -5,13 +5,17 @@ instead of looking at them (or worse, taking the lock) over and over. ``Watcher`
 the queue's folder (the files themselves are replaced by rename, so a watch on a file
 would be lost) for writes, renames into it and new files, and reports only events on
 the names it was given. Where inotify is missing or out of watches, ``watcher()``
-returns None and the caller polls instead. Stdlib only; imports nothing from djq.
+returns None and the caller polls instead. It sleeps in ``poll(2)``, never ``select``
+(which fails on descriptors numbered 1,024 or more), and ``interrupt()`` (from another
+thread) wakes every sleeper for good, so a closing queue's waiters never sleep on a
+descriptor about to be closed. Stdlib only; imports nothing from djq.
 """
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import math
 import os
 import select
 import struct
@@ -29,6 +33,7 @@ _IN_CREATE: Final = 0x100
 _IN_NONBLOCK: Final = 0o4000
 _IN_CLOEXEC: Final = 0o2000000
 _EVENT: Final = struct.Struct("iIII")  # wd, mask, cookie, len; then len bytes of name
+_MAX_POLL_MS: Final = 2**31 - 1  #: poll's timeout is a C int of milliseconds (about 24 days)
 _libc: ctypes.CDLL | None = None
 
 
@@ -46,12 +51,22 @@ def _load_libc() -> ctypes.CDLL | None:
 
 
 class Watcher:
-    """An inotify descriptor watching one folder for changes to some of its files."""
+    """An inotify descriptor watching one folder for changes to some of its files.
+
+    Safe to share between threads, but for ``close``: call it only when no thread is in
+    ``wait`` (``interrupt`` first, and let them return).
+    """
 
     def __init__(self, fd: int, names: Iterable[str]) -> None:
-        """Wrap an inotify descriptor that already watches the folder."""
+        """Wrap an inotify descriptor that already watches the folder (the watcher then owns it)."""
         self._fd = fd
         self._names = {os.fsencode(n) for n in names}
+        try:
+            self._wake = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        except OSError:
+            os.close(fd)
+            raise
+        self.interrupted = False
 
     def drain(self) -> bool:
         """Consume every pending event; return True if one was about a watched name."""
@@ -69,20 +84,38 @@ class Watcher:
                 pos += _EVENT.size + length
 
     def wait(self, timeout: float | None) -> bool:
-        """Sleep until a watched file changes or ``timeout`` seconds pass; True if one changed."""
-        deadline = None if timeout is None else max(timeout, 0.0)
-        ready, _, _ = select.select([self._fd], [], [], deadline)
-        return bool(ready) and self.drain()
+        """Sleep until a watched file changes or ``timeout`` seconds pass; True if one changed.
+
+        Also True, at once and from then on, after ``interrupt()``.
+        """
+        if self.interrupted:
+            return True
+        ms = -1 if timeout is None else min(math.ceil(max(timeout, 0.0) * 1000), _MAX_POLL_MS)
+        poll = select.poll()  # one per call: a poll object refuses concurrent use by threads
+        poll.register(self._fd, select.POLLIN)
+        poll.register(self._wake, select.POLLIN)
+        ready = {fd for fd, _ in poll.poll(ms)}
+        if self._wake in ready or self.interrupted:
+            return True
+        return self._fd in ready and self.drain()
+
+    def interrupt(self) -> None:
+        """Wake every thread sleeping in ``wait``, now and in every later call."""
+        self.interrupted = True
+        if self._wake >= 0:
+            os.eventfd_write(self._wake, 1)  # never read back: it stays readable
 
     def fileno(self) -> int:
-        """The inotify descriptor, readable when events are pending (for ``select``)."""
+        """The inotify descriptor, readable when events are pending (for ``selectors``)."""
         return self._fd
 
     def close(self) -> None:
-        """Stop watching."""
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
+        """Stop watching; close both descriptors (a later ``wait`` returns True at once)."""
+        self.interrupted = True
+        for fd in (self._fd, self._wake):
+            if fd >= 0:
+                os.close(fd)
+        self._fd = self._wake = -1
 
 
 def watcher(folder: str | os.PathLike[str], names: Iterable[str]) -> Watcher | None:
@@ -97,4 +130,7 @@ def watcher(folder: str | os.PathLike[str], names: Iterable[str]) -> Watcher | N
     if libc.inotify_add_watch(fd, os.fsencode(Path(folder)), mask) < 0:
         os.close(fd)
         return None  # no such folder yet, or out of watches: the caller polls
-    return Watcher(fd, names)
+    try:
+        return Watcher(fd, names)
+    except OSError:  # out of descriptors for its wake-up (the watcher closed fd)
+        return None
