@@ -4,8 +4,10 @@ and measures every acquisition."""
 from __future__ import annotations
 
 import contextlib
+import math
 import multiprocessing
 import os
+import threading
 import time
 from pathlib import Path
 
@@ -226,3 +228,82 @@ def test_soft_lock_leaves_no_marker_after_release(queue_path):
     assert lock.path.exists()
     lock.release()
     assert not lock.path.exists()
+
+
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+@pytest.mark.timeout(60)
+def test_timed_out_waits_leave_no_thread_or_descriptor(lock_kind, queue_path):
+    """LockTimeout after a timed wait leaves nothing behind that could take the lock later.
+
+    (A waiter thread blocked in flock would take the lock when the holder releases, and
+    keep a descriptor and a thread until then.)
+    """
+    holder = _make(lock_kind, queue_path)
+    holder.acquire()
+    waiter = _make(lock_kind, queue_path)
+    with pytest.raises(djq.LockTimeout):
+        waiter.acquire(timeout=0.01)  # opens what the lock keeps open for good
+    threads, fds = threading.active_count(), _open_fds()
+    for _ in range(20):
+        with pytest.raises(djq.LockTimeout):
+            waiter.acquire(timeout=0.01)
+    assert threading.active_count() == threads
+    assert _open_fds() == fds
+    assert waiter.stats().timeouts == 21
+    holder.release()
+    time.sleep(0.05)  # a late helper would grab it now
+    third = _make(lock_kind, queue_path)
+    third.acquire(timeout=0)  # free: nothing of the timed-out waits took it
+    third.release()
+    assert threading.active_count() == threads
+    for lock in (holder, waiter, third):
+        lock.close()
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("timeout", [1e9, math.inf], ids=["1e9", "inf"])
+def test_a_long_wait_under_contention_takes_the_lock_and_releases_it(lock_kind, queue_path, timeout):
+    """A huge finite (or infinite) timeout on a busy lock waits for the holder, then holds and releases."""
+    holder = _make(lock_kind, queue_path)
+    held = threading.Event()
+
+    def hold() -> None:  # in its own thread: filelock refuses one thread waiting on itself
+        holder.acquire()
+        held.set()
+        time.sleep(0.2)
+        holder.release()
+
+    thread = threading.Thread(target=hold)
+    thread.start()
+    assert held.wait(10)
+    waiter = _make(lock_kind, queue_path)
+    started = time.monotonic()
+    waiter.acquire(timeout=timeout)
+    assert 0.15 < time.monotonic() - started < 30
+    thread.join()
+    other = _make(lock_kind, queue_path)
+    with pytest.raises(djq.LockTimeout):
+        other.acquire(timeout=0)
+    waiter.release()
+    other.acquire(timeout=0)  # released for good: no one else holds it
+    other.release()
+    for lock in (holder, waiter, other):
+        lock.close()
+
+
+def test_a_timed_flock_wait_is_granted_soon_after_release(queue_path):
+    """Polling without a helper thread still takes a released flock within milliseconds."""
+    holder = locks.make("flock", queue_path)
+    holder.acquire()
+    released = []
+    timer = threading.Timer(0.1, lambda: (holder.release(), released.append(time.monotonic())))
+    timer.start()
+    waiter = locks.make("flock", queue_path)
+    waiter.acquire(timeout=10)
+    acquired = time.monotonic()
+    timer.join()
+    assert acquired - released[0] < 0.05
+    waiter.release()
