@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import logging
 import os
 import random
 import subprocess
+import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -34,7 +36,7 @@ import djq.journal
 from djq import ops
 from djq.engine import Transaction
 from djq.files import temp_files
-from djq.journal import decode_line, journal_path
+from djq.journal import decode_line, encode_line, journal_path
 from djq.model import Task
 from djq.snapshot import decode
 
@@ -1100,3 +1102,142 @@ def test_a_journal_queue_takes_over_a_rewrite_queue_at_its_first_write(
     assert after["tasks"][-1].payload == "converted"
     with pytest.raises(djq.ConfigError):
         old.stats()
+
+
+# Issue 11: what the journal records, and what a call that raised left
+
+
+def test_a_get_many_that_leased_one_task_journals_one_token(
+    path: Path, open_queue: Callable[..., djq.Queue], clock: FakeClock
+):
+    """get_many(50) that leases 1 task writes 1 token, and replaying that line gives the same state."""
+    q = open_queue(path)
+    q.put("only")
+    tasks = q.get_many(50, lease=30.0, owner="w")
+    assert len(tasks) == 1
+    line = _lines(_journal_bytes(path))[-1]
+    doc = orjson.loads(line[9:])
+    assert doc["op"] == "lease_many"
+    assert doc["tokens"] == [tasks[0].token]
+    assert len(line) < 200
+    fresh = open_queue(path)
+    assert _view(fresh) == _view(q)
+    clock.advance(1)
+    assert q.get_many(50) == []  # nothing ready, nothing changed: no line at all
+    assert _lines(_journal_bytes(path))[-1] == line
+
+
+def test_a_get_many_that_only_reclaimed_journals_one_token(
+    path: Path, open_queue: Callable[..., djq.Queue], clock: FakeClock
+):
+    """A lease that reclaims an expired last attempt (the task dies) and leases nothing: one token."""
+    q = open_queue(path, max_attempts=1)
+    q.put("once")
+    assert q.get(lease=1.0) is not None
+    clock.advance(5)
+    assert q.get_many(20) == []
+    doc = orjson.loads(_lines(_journal_bytes(path))[-1][9:])
+    assert (doc["op"], len(doc["tokens"])) == ("lease_many", 1)
+    assert q.stats().dead == 1
+    assert _view(open_queue(path)) == _view(q)
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"op": ["put"]},  # unhashable: a bare TypeError before
+        {"op": "ack", "id": 1, "token": "t"},
+        {"op": "put_many", "payloads": "ab", "priority": 0, "delay": 0.0, "max_attempts": 1},
+        {"op": "lease_many", "tokens": [1], "owner": "w", "duration": 30.0},
+        {"op": "nack", "id": "1", "token": "t", "delay": "soon"},
+        {"op": "purge", "states": [["ready"]]},
+    ],
+)
+def test_a_checksum_valid_line_with_wrong_types_is_corruption(
+    path: Path, open_queue: Callable[..., djq.Queue], fields: dict[str, Any]
+):
+    """A whole line (its checksum matches) that is no valid operation: CorruptQueueError, never TypeError."""
+    q = open_queue(path)
+    q.put_many(["a", "b"])
+    doc = orjson.dumps({**fields, "now": 1.0})
+    bad = b"%08x %s\n" % (zlib.crc32(doc), doc)
+    with journal_path(path).open("ab") as f:
+        f.write(bad)
+    with pytest.raises(djq.CorruptQueueError):
+        open_queue(path).stats()
+    problems = open_queue(path).check()
+    assert len(problems) == 1, problems
+    assert "bad line" in problems[0]
+    with journal_path(path).open("ab") as f:  # not the last line any more: still corruption
+        f.write(encode_line(djq.ops.Reap(), 2.0))
+    with pytest.raises(djq.CorruptQueueError):
+        open_queue(path).stats()
+
+
+@pytest.mark.parametrize("version", [None, "1", 0, 1.0])
+def test_a_journal_header_without_a_version_djq_writes_is_corruption(
+    path: Path, open_queue: Callable[..., djq.Queue], version: Any
+):
+    q = open_queue(path)
+    q.put_many(["a", "b"])
+    header = {"format": "djq.journal", "generation": _generation(path)}
+    if version is not None:
+        header["version"] = version
+    data = _journal_bytes(path)
+    _replace_with(journal_path(path), orjson.dumps(header) + b"\n" + data[data.index(b"\n") + 1 :])
+    with pytest.raises(djq.CorruptQueueError, match="version"):
+        open_queue(path).stats()
+
+
+def test_a_failed_compaction_after_an_append_does_not_fail_the_call(
+    path: Path,
+    open_queue: Callable[..., djq.Queue],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+):
+    """The append is durable: the compaction after it is housekeeping, logged and tried again later."""
+    caplog.set_level(logging.WARNING)
+    q = open_queue(path, fsync=True, compact_bytes=1)
+    q.put_many(["a", "b"])
+    generation = _generation(path)
+    fake = _JournalOs()
+    fake.fsync_error = OSError(errno.EIO, os.strerror(errno.EIO))  # the new snapshot's fsync
+    monkeypatch.setattr(djq.files, "os", fake)
+    names = [f"p{i}" for i in range(12)]
+    for name in names:  # the journal soon outgrows the snapshot: every put then tries to compact
+        q.put(name)
+    assert caplog.text.count("compaction failed") >= 2
+    assert _generation(path) == generation
+    assert [t.payload for t in open_queue(path).peek(100)] == ["a", "b", *names]
+    assert open_queue(path).check() == []
+    monkeypatch.setattr(djq.files, "os", os)
+    q.put("last")  # tried again: it works now
+    assert _generation(path) == generation + 1
+    assert [t.payload for t in open_queue(path).peek(100)] == ["a", "b", *names, "last"]
+    assert open_queue(path).check() == []
+
+
+def test_a_read_error_on_the_journal_is_a_storage_error(
+    path: Path, open_queue: Callable[..., djq.Queue], monkeypatch: pytest.MonkeyPatch
+):
+    """``pread`` failing (EIO) is StorageError naming the journal, never a raw OSError."""
+    q = open_queue(path)
+    q.put_many(["a", "b"])
+    writer = open_queue(path)
+    writer.put("c")
+
+    class _Os:
+        def __getattr__(self, name: str) -> Any:
+            return getattr(os, name)
+
+        def pread(self, *args: Any) -> bytes:
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+    monkeypatch.setattr(djq.journal, "os", _Os())
+    with pytest.raises(djq.StorageError) as info:
+        q.stats()
+    assert not isinstance(info.value, djq.CorruptQueueError)
+    assert info.value.errno == errno.EIO
+    assert info.value.path == str(journal_path(path))
+    monkeypatch.setattr(djq.journal, "os", os)
+    assert q.stats().ready == 3
