@@ -84,6 +84,10 @@ _LOST: Final = (errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN, errno.ESHUTDOWN)
 class _Drop(Exception):
     """This client broke the rules (or left): close its connection, keep serving the others."""
 
+    def __init__(self, why: str, *, fault: bool = True) -> None:
+        super().__init__(why)
+        self.fault = fault  #: False: a client that simply hung up (not logged, not counted)
+
 
 class _Client:
     """One authenticated connection: its socket (non-blocking), unparsed bytes and unsent replies."""
@@ -444,7 +448,7 @@ class Broker:
         try:
             action(*args)
         except _Drop as exc:
-            self._drop(client, str(exc))
+            self._drop(client, str(exc), fault=exc.fault)
         except Exception as exc:
             self._failed("serving a client", exc)
             self._drop(client, f"{type(exc).__name__}: {exc}")
@@ -505,7 +509,7 @@ class Broker:
             except OSError as exc:
                 raise _Drop(f"its connection failed: {exc}") from None
             if not data:
-                raise _Drop("it hung up" + (" mid-message" if client.inbox else ""))
+                raise _Drop("it hung up mid-message", fault=True) if client.inbox else _Drop("", fault=False)
             client.inbox += data
             got += len(data)
 
@@ -532,11 +536,12 @@ class Broker:
             return
         batch.append(_Pending(client, request, received))
 
-    def _drop(self, client: _Client, why: str) -> None:
+    def _drop(self, client: _Client, why: str, *, fault: bool = True) -> None:
         if client.closed:
             return
-        logger.warning("dropped a client: %s", why)
-        self.metrics.dropped += 1
+        if fault:
+            logger.warning("dropped a client: %s", why)
+            self.metrics.dropped += 1
         client.closed = True
         if client.mask:
             with contextlib.suppress(KeyError, ValueError, OSError):
@@ -703,6 +708,12 @@ class Broker:
             except Exception as exc:  # a result that cannot be encoded is this request's error
                 pending.error = exc
                 data = wire.encode_error(exc)
+            if len(data) > wire.MAX_MESSAGE_BYTES:  # the client could not read it: say so instead
+                pending.error = BrokerError(
+                    f"the reply is {len(data)} bytes, over the wire's limit of {wire.MAX_MESSAGE_BYTES}; "
+                    "ask for less at a time"
+                )
+                data = wire.encode_error(pending.error)
         ok = self._reply(pending.conn, data)
         self.metrics.events.append(
             (

@@ -4,8 +4,11 @@ A request is one JSON object: an operation in ``ops``' one codec plus how long a
 may wait (``{"op": "lease", "token": ..., "owner": ..., "duration": ..., "wait": 5.0}``),
 or one of the broker's own messages (``ping``, ``metrics``, ``shutdown``). A reply is
 ``{"ok": value}`` or ``{"error": {"type": <djq error class>, "attrs": {...}}}``. Both
-travel with ``Connection.send_bytes``/``recv_bytes``: nothing is ever unpickled, and an
-error class is rebuilt only if it is one of djq's own. Everything a client sends is
+travel in ``multiprocessing.connection``'s framing (a 4-byte big-endian signed length, or
+-1 then an 8-byte one, then the bytes): the client uses ``Connection.send_bytes``/
+``recv_bytes``, the broker frames them itself on non-blocking sockets. A message is at
+most ``MAX_MESSAGE_BYTES``; nothing is ever unpickled, and an error class is rebuilt only
+if it is one of djq's own. Everything a client sends is
 checked here with the same checks the client ran when it built the operation (the broker's
 trust boundary). The first message of every connection is a hello naming the protocol
 version; a client and a broker of different versions part with one clear error.
