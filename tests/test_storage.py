@@ -20,7 +20,10 @@ from typing import Any
 import orjson
 import pytest
 
+import djq
+import djq.engine
 import djq.files
+import djq.locks
 import djq.storage
 from djq.errors import CorruptQueueError, PayloadError, StorageError, UnsupportedVersion
 from djq.files import temp_files
@@ -960,3 +963,129 @@ def test_a_temp_file_is_never_parsed_as_state(path: Path):
     qf.save(_state())
     _leftovers(path)
     assert QueueFile(path).load() == _state()
+
+
+# Issue 11: a task's id is its seq
+
+
+@pytest.mark.parametrize("new_id", ["99", "5", "x", "05", "2"])
+def test_a_task_id_that_is_not_its_seq_is_refused(new_id: str):
+    """A hand-edited id (at or above next_seq, or any other than str(seq)) would be overwritten by a put."""
+    doc = _doc()
+    doc["tasks"][2]["id"] = new_id
+    reason = _corrupt(doc).reason
+    assert reason.startswith("tasks[2]: ")
+    assert repr(new_id) in reason
+
+
+def test_a_hand_edited_id_at_next_seq_never_loses_the_task(tmp_path: Path):
+    """The queue is refused as corrupt, so the next put cannot overwrite the edited task."""
+    path = tmp_path / "q" / "Queue.json"
+    with djq.Queue(path, storage="rewrite", fsync=False) as q:
+        q.put("keep")
+    doc = orjson.loads(path.read_bytes())
+    doc["tasks"][0]["id"] = str(doc["next_seq"])
+    path.write_bytes(orjson.dumps(doc))
+    before = path.read_bytes()
+    with (
+        djq.Queue(path, storage="rewrite", fsync=False) as q,
+        pytest.raises(CorruptQueueError, match="is not its"),
+    ):
+        q.put("new")
+    assert path.read_bytes() == before
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("lease", ["owner"]), ("state", ["ready"]), ("lease", "x"), ("payload", None), ("seq", True)],
+)
+def test_a_wrong_typed_task_field_is_corruption(field: str, value: Any):
+    doc = _doc()
+    doc["tasks"][0][field] = value
+    if field == "payload":
+        del doc["tasks"][0][field]
+    assert _corrupt(doc).reason.startswith("tasks[0]: ")
+
+
+# Issue 11, RELIABILITY row 28: the lock kind is recorded, and a kind that does not exclude it refused
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+@pytest.mark.parametrize("storage", ["rewrite", "journal"])
+@pytest.mark.parametrize(("first", "then"), [("flock", "soft"), ("soft", "flock"), ("filelock", "soft")])
+def test_a_lock_kind_that_does_not_exclude_the_recorded_one_is_refused(
+    tmp_path: Path, storage: str, first: str, then: str
+):
+    """ConfigError naming both kinds, for reads and writes, before anything is written."""
+    path = tmp_path / "q" / "Queue.json"
+    with djq.Queue(path, lock=first, storage=storage, fsync=False) as q:
+        q.put("a")
+    recorded = orjson.loads(djq.engine.lock_kind_path(path).read_bytes())
+    assert recorded == {"format": "djq.lockkind", "version": 1, "lock": first}
+    before = _files(path.parent)
+    with djq.Queue(path, lock=then, storage=storage, fsync=False) as other:
+        for call in (lambda: other.put("b"), other.stats, lambda: other.get(), other.check):
+            with pytest.raises(djq.ConfigError) as info:
+                call()
+            assert info.value.field == "lock"
+            assert f"lock={first!r}" in str(info.value)
+            assert f"lock={then!r}" in str(info.value)
+    assert _files(path.parent) == before  # not even a soft lock's marker
+    with djq.Queue(path, lock=first, storage=storage, fsync=False) as q:
+        assert q.stats().ready == 1
+
+
+def test_flock_and_filelock_exclude_each_other_so_both_open_the_queue(tmp_path: Path):
+    """``filelock`` takes an flock on the same lock file: the two kinds may share a queue."""
+    path = tmp_path / "q" / "Queue.json"
+    with djq.Queue(path, lock="flock", fsync=False) as q:
+        q.put("a")
+    with djq.Queue(path, lock="filelock", fsync=False) as q:
+        q.put("b")
+        assert q.stats().ready == 2
+
+
+@pytest.mark.parametrize("storage", ["rewrite", "journal"])
+def test_a_queue_without_a_recorded_kind_accepts_any_and_records_its_next_writer(
+    tmp_path: Path, storage: str
+):
+    """A djq 0.1 queue has no record: any kind opens it; the first write records that kind."""
+    path = tmp_path / "q" / "Queue.json"
+    with djq.Queue(path, storage=storage, fsync=False) as q:
+        q.put("a")
+    djq.engine.lock_kind_path(path).unlink()
+    with djq.Queue(path, lock="soft", storage=storage, fsync=False) as q:
+        assert q.stats().ready == 1
+        assert not djq.engine.lock_kind_path(path).exists()  # a read records nothing
+        q.put("b")
+    assert orjson.loads(djq.engine.lock_kind_path(path).read_bytes())["lock"] == "soft"
+    with djq.Queue(path, storage=storage, fsync=False) as q, pytest.raises(djq.ConfigError):
+        q.stats()
+
+
+def test_a_custom_lock_is_not_checked_or_recorded(tmp_path: Path):
+    path = tmp_path / "q" / "Queue.json"
+    with djq.Queue(path, lock="soft", fsync=False) as q:
+        q.put("a")
+    with djq.Queue(path, lock=djq.locks.make("flock", path), fsync=False) as q:
+        q.put("b")
+        assert q.stats().ready == 2
+    assert orjson.loads(djq.engine.lock_kind_path(path).read_bytes())["lock"] == "soft"
+
+
+@pytest.mark.parametrize(
+    "data", [b"", b"garbage", b'{"format": "djq.lockkind", "version": 1, "lock": "spin"}']
+)
+def test_a_bad_lock_kind_record_is_corruption(tmp_path: Path, data: bytes):
+    path = tmp_path / "q" / "Queue.json"
+    with djq.Queue(path, fsync=False) as q:
+        q.put("a")
+    djq.engine.lock_kind_path(path).write_bytes(data)
+    with djq.Queue(path, fsync=False) as q:
+        with pytest.raises(CorruptQueueError, match="lock kind"):
+            q.stats()
+        problems = q.check()
+        assert any("lock kind" in p for p in problems), problems
