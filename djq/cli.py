@@ -426,7 +426,13 @@ def _payload(text: str) -> Any:
 
 
 def _get(args: argparse.Namespace) -> None:
-    task = _queue(args).get(lease=args.lease_s, timeout=args.wait_s)
+    try:
+        task = _queue(args).get(lease=args.lease_s, timeout=args.wait_s)
+    except ConfigError as exc:
+        if exc.field != "timeout":
+            raise
+        message = str(exc).replace("pass None", "pass --wait-s none")
+        raise ConfigError(f"--wait-s: {message}", field="timeout") from None
     if task is None and not args.json:
         print("no task is ready", file=sys.stderr)
         return
