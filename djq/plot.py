@@ -189,21 +189,35 @@ def _poll_lines(ax: Axes, interval: float, low: float, high: float) -> None:
         return
     lines = [ax.axvline(k * interval, color="tab:red", linestyle=":", linewidth=1.2) for k in multiples]
     lines[0].set_label(f"k {_TIMES} poll interval ({interval * 1e3:g} ms)")
-    last_marked, spacing = -math.inf, math.log10(high / low) / 18  # marks ~30 px apart
+    # every line is marked; a mark too close to the one before it goes one step lower (4 levels)
+    spacing, levels = math.log10(high / low) / 18, (0.99, 0.92, 0.85, 0.78)  # marks ~30 px apart
+    last = [-math.inf] * len(levels)
     for k in multiples:
-        if math.log10(k * interval) - last_marked > spacing:
-            ax.text(k * interval, 0.99, f" {k}{_TIMES}", transform=ax.get_xaxis_transform(),
-                    ha="left", va="top", fontsize=8, color="tab:red")  # fmt: skip
-            last_marked = math.log10(k * interval)
-    ax.legend(loc="center right")
+        x = math.log10(k * interval)
+        level = next((i for i, at in enumerate(last) if x - at > spacing), k % len(levels))
+        ax.text(k * interval, levels[level], f" {k}{_TIMES}", transform=ax.get_xaxis_transform(),
+                ha="left", va="top", fontsize=8, color="tab:red")  # fmt: skip
+        last[level] = x
+    ax.legend(loc="best", fontsize="small")  # where it covers the fewest bars
 
 
 def _window(
     locks: pd.DataFrame, start_s: float | None, end_s: float | None, rows: int
 ) -> tuple[float, float]:
-    """Default: from the median acquisition to the release of the ``rows``-th one after it."""
+    """Default: ``rows`` acquisitions in the middle of the span when every worker takes the lock.
+
+    That span starts at the last worker's first acquisition and ends at the first worker's
+    last release (producers often finish long before consumers); when it is empty, the
+    window starts at the median acquisition.
+    """
     ordered = locks.sort_values("acquired_s", kind="stable")
     start = float(ordered["acquired_s"].median()) if start_s is None else float(start_s)
+    if start_s is None:
+        by_worker = ordered.groupby("worker")
+        first_all, last_any = by_worker["acquired_s"].min().max(), by_worker["released_s"].max().min()
+        busy = ordered[(ordered["acquired_s"] >= first_all) & (ordered["acquired_s"] <= last_any)]
+        if len(busy):
+            start = float(busy["acquired_s"].iloc[max(0, (len(busy) - rows) // 2)])
     if end_s is not None:
         return start, float(end_s)
     after = ordered[ordered["acquired_s"] >= start].head(rows)
@@ -224,8 +238,9 @@ def lock_timeline(
     Args:
         run_or_locks: a ``Run`` or its ``locks`` frame.
         ax: where to draw; a new figure when None.
-        start_s: window start, seconds since the run's start; default the median acquisition
-            (the middle of the run, past the start-up burst).
+        start_s: window start, seconds since the run's start; default where every lane is
+            busy: ``max_rows`` acquisitions centred in the span from the last worker's first
+            acquisition to the first worker's last release (else the median acquisition).
         end_s: window end; default the release of the ``max_rows``-th acquisition after
             ``start_s``, so bars are wide enough to see.
         max_rows: acquisitions drawn at most in a window given by ``end_s`` (the first ones;

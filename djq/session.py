@@ -47,6 +47,8 @@ RESULT_COLUMNS: Final = (
     "lock_wait_p99_s", "lock_hold_mean_s", "lock_utilisation", "contended_share", "owner_changes",
     "jain_fairness", "events_per_write",
 )  # fmt: skip
+#: The results the Compare tab's short table shows beside the options that differ.
+KEY_RESULTS: Final = ("throughput_per_s", "latency_p50_s", "latency_p99_s", "lock_wait_p99_s", "completed")
 _CONFIG_COLUMNS: Final = ("producers", "consumers", "tasks", "lock", "mode", "storage", "fsync", "batch")
 WAIT_BINS: Final = 40  #: bins of the lock-wait histograms in the comparison
 MIN_WAIT: Final = 1e-6  #: seconds; shorter lock waits are drawn at this value on the log axis
@@ -110,6 +112,15 @@ class Comparison:
     throughput: pd.DataFrame
     waits: dict[str, pd.Series]
     wait_edges: tuple[float, ...]
+
+    @property
+    def brief(self) -> pd.DataFrame:
+        """``table`` cut to what tells the runs apart: the options that differ, then ``KEY_RESULTS``.
+
+        With one run no option differs: only the results.
+        """
+        differ = [c for c in OPTION_COLUMNS if len({str(v) for v in self.table[c]}) > 1]  # NaN too
+        return self.table.loc[:, [*differ, *KEY_RESULTS]]
 
     @property
     def labels(self) -> list[str]:

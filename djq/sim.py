@@ -38,7 +38,7 @@ import pandas as pd
 from . import frames
 from .errors import ConfigError
 from .manager import BrokerManager
-from .model import CONFIG_FIELDS, LockKind, QueueConfig
+from .model import CONFIG_FIELDS, LockKind, QueueConfig, StorageKind, WaitKind
 from .queue import Queue
 from .remote import connect
 from .workers import Crew, Dist, WorkerSpec
@@ -242,14 +242,62 @@ def load(folder: str | os.PathLike[str]) -> Run:
     return Run(config=SimConfig(**config), summary=summary, path=src, **frames_)
 
 
-def simulate(**options: Any) -> Run:
+_Q: Final = SIM_QUEUE  #: the defaults of the queue options in the signatures below
+
+
+def simulate(
+    *,
+    producers: int = 2,
+    consumers: int = 2,
+    tasks: int = 1_000,
+    mode: str = "direct",
+    payload_bytes: int = 100,
+    work: float | str | Dist = 0.0,
+    think: float | str | Dist = 0.0,
+    rate: float | None = None,
+    batch: int = 1,
+    start_method: str = "spawn",
+    seed: int = 0,
+    path: str | os.PathLike[str] | None = None,
+    progress: bool = False,
+    time_limit: float = 300.0,
+    sample_interval: float = 0.01,
+    lock: LockKind | str = _Q.lock,
+    storage: StorageKind | str = _Q.storage,
+    wait: WaitKind | str = _Q.wait,
+    lock_timeout: float | None = _Q.lock_timeout,
+    poll_interval: float | None = _Q.poll_interval,
+    fsync: bool = _Q.fsync,
+    lease: float = _Q.lease,
+    max_attempts: int = _Q.max_attempts,
+    max_payload_bytes: int = _Q.max_payload_bytes,
+    max_file_bytes: int = _Q.max_file_bytes,
+    compact_bytes: int = _Q.compact_bytes,
+    file_mode: int = _Q.file_mode,
+) -> Run:
     """Run N producers and M consumers against one queue file and measure everything.
 
+    The parameters are the fields of ``SimConfig`` (its own, then the queue's options,
+    ``QUEUE_OPTIONS``), with the same defaults; tests/test_widgets.py keeps them in step.
+
     Args:
-        **options: the options of ``SimConfig``: its own (producers, consumers, tasks,
-            mode, payload_bytes, work, think, rate, batch, start_method, seed, path,
-            progress, time_limit, sample_interval) and any queue option (``QUEUE_OPTIONS``:
-            lock, storage, wait, poll_interval, fsync, lease, max_attempts, ...).
+        producers, consumers: worker processes of each role.
+        tasks: tasks put, then acked, in all.
+        mode: "direct" (the workers take the file lock) or "broker" (a broker owns the file).
+        payload_bytes: size of each task's payload.
+        work: consumer seconds per task: ``0.002`` or ``"exp:0.002"`` (exponential times).
+        think: producer pause between puts (closed loop), as ``work``.
+        rate: puts per second per producer, Poisson (open loop); None: as fast as they can.
+        batch: tasks per put_many (producers) and per get_many + ack_many (consumers).
+        start_method: "spawn" (works everywhere, notebooks included), "forkserver" or "fork".
+        seed: the workers' random seed.
+        path: folder of the run; a fresh temporary folder when None.
+        progress: show a progress bar.
+        time_limit: seconds the run may last; then it stops, reported as incomplete.
+        sample_interval: seconds between the runner's looks at the queue file.
+        lock, storage, wait, lock_timeout, poll_interval, fsync, lease, max_attempts,
+            max_payload_bytes, max_file_bytes, compact_bytes, file_mode: the queue every
+            worker opens (``djq.model.QueueConfig``; fsync is off here by default).
 
     Returns:
         A ``Run`` with ``tasks``, ``locks``, ``ops``, ``depth``, ``workers``, ``batches`` frames and
@@ -259,7 +307,7 @@ def simulate(**options: Any) -> Run:
         ConfigError: an option is invalid.
         SimulationError: the workers could not start.
     """
-    return _Runner(SimConfig(**options)).run()
+    return _Runner(SimConfig(**locals())).run()
 
 
 class _Runner:
@@ -421,7 +469,36 @@ def _metadata(config: SimConfig, folder: Path) -> dict[str, Any]:
 
 
 def sweep(
-    grid: Mapping[str, Sequence[Any]], *, repeats: int = 1, progress: bool = True, **common: Any
+    grid: Mapping[str, Sequence[Any]],
+    *,
+    repeats: int = 1,
+    progress: bool = True,
+    producers: int = 2,
+    consumers: int = 2,
+    tasks: int = 1_000,
+    mode: str = "direct",
+    payload_bytes: int = 100,
+    work: float | str | Dist = 0.0,
+    think: float | str | Dist = 0.0,
+    rate: float | None = None,
+    batch: int = 1,
+    start_method: str = "spawn",
+    seed: int = 0,
+    path: str | os.PathLike[str] | None = None,
+    time_limit: float = 300.0,
+    sample_interval: float = 0.01,
+    lock: LockKind | str = _Q.lock,
+    storage: StorageKind | str = _Q.storage,
+    wait: WaitKind | str = _Q.wait,
+    lock_timeout: float | None = _Q.lock_timeout,
+    poll_interval: float | None = _Q.poll_interval,
+    fsync: bool = _Q.fsync,
+    lease: float = _Q.lease,
+    max_attempts: int = _Q.max_attempts,
+    max_payload_bytes: int = _Q.max_payload_bytes,
+    max_file_bytes: int = _Q.max_file_bytes,
+    compact_bytes: int = _Q.compact_bytes,
+    file_mode: int = _Q.file_mode,
 ) -> pd.DataFrame:
     """Run every combination of ``grid`` ``repeats`` times; return one summary row per run.
 
@@ -429,13 +506,14 @@ def sweep(
         grid: option name -> values, e.g. ``{"producers": [1, 2], "lock": ["flock", "filelock"]}``;
             ``"workers": [1, 2, 4]`` means that many producers and as many consumers.
         repeats: runs per point (seeds ``seed``, ``seed + 1``, ...).
-        progress: show a progress bar over the runs.
-        **common: options passed to every run (``tasks``, ``path``, ...). With ``path``,
-            each run gets its own sub-folder.
+        progress: show a progress bar over the runs (each run shows none).
+        producers, ..., file_mode: the options of every run, as for ``simulate`` (a grid value
+            wins). With ``path``, each run gets its own sub-folder.
 
     Returns:
         A DataFrame with the grid values, ``repeat`` and every summary field as columns.
     """
+    common: dict[str, Any] = {k: v for k, v in locals().items() if k not in ("grid", "repeats", "progress")}
     names = list(grid)
     points = list(itertools.product(*(grid[n] for n in names)))
     base_seed = int(common.pop("seed", 0))

@@ -73,6 +73,20 @@ _COMPARE: Final = ("compare_latency_cdf", "compare_wait_histogram", "compare_thr
 _OUTPUTS: Final = ("summary", *_PLOTS, "compare_table", *_COMPARE)  #: every Output widget, by name
 _COLORS: Final = {"ok": "#1b5e20", "warning": "#8a5a00", "error": "#b00020", "info": "#333333"}
 _BAR_STYLES: Final = {"ok": "success", "warning": "warning", "error": "danger"}  #: verdict kind -> bar
+_LABEL_WIDTH: Final = "92px"  #: the controls' descriptions
+_CONTROL_WIDTH: Final = "264px"  #: narrowest column of controls: label, slider and readout fit
+_PANEL_MAX_WIDTH: Final = "1000px"  #: three columns at most
+_PLOT_SIZE: Final = (5.2, 3.4)  #: inches; at the panel's 100 dpi a 520 x 340 px picture, 2 a row
+_EMPTY_COMPARE: Final = (
+    "Nothing to compare yet: every run you make is kept here, one row each, with its curves "
+    'overlaid on the others (\N{LEFTWARDS ARROW} press Run; "Forget runs" empties this tab).'
+)
+_TABLE_CSS: Final = (  # the run labels stay in view when the table scrolls sideways
+    "<style>.djq-table {overflow-x: auto; max-width: 100%} .djq-table table {border-collapse: collapse}"
+    " .djq-table tbody th, .djq-table thead th:first-child {position: sticky; left: 0; z-index: 1;"
+    " background: var(--jp-layout-color0, white); white-space: nowrap; text-align: left}"
+    " .djq-compare details {margin-top: 0.5em} .djq-compare summary {cursor: pointer}</style>"
+)
 
 
 def _cell(value: Any) -> str:
@@ -104,14 +118,38 @@ def _figure_output(figure: Figure, dpi: float) -> dict[str, Any]:
     return _display({"image/png": png, "text/plain": f"<{title}>"})
 
 
+def _html_table(frame: pd.DataFrame) -> str:
+    """A DataFrame as HTML for reading: floats rounded, the index (run labels) sticky on the left."""
+    return f'<div class="djq-table">{frame.map(_cell).to_html(border=0)}</div>'
+
+
+def _compare_output(comparison: Comparison) -> dict[str, Any]:
+    """The Compare tab's table: the columns that tell the runs apart; the full table one click away."""
+    brief, full = comparison.brief, comparison.table
+    text = (
+        f'<div class="djq-compare">{_TABLE_CSS}{_html_table(brief)}'
+        f"<details><summary>Full table ({len(full.columns)} columns)</summary>{_html_table(full)}</details></div>"
+    )
+    return _display({"text/html": text, "text/plain": brief.map(_cell).to_string()})
+
+
 def _text_output(text: str) -> dict[str, Any]:
     return {"output_type": "stream", "name": "stdout", "text": text + "\n"}
 
 
+def _legend_below(ax: Axes) -> None:
+    """The Axes' legend under the plot, outside the data (many runs, long labels)."""
+    handles, labels = ax.get_legend_handles_labels()
+    if ax.get_legend() is not None:
+        ax.get_legend().remove()
+    if handles:
+        ax.figure.legend(handles, labels, loc="outside lower center", fontsize=9, frameon=False)
+
+
 def _latency_overlay(comparison: Comparison, ax: Axes) -> Axes:
-    """Every run's latency CDF on one Axes, the legend small and top left (many runs, long labels)."""
+    """Every run's latency CDF on one Axes, the legend under it."""
     plot.latency_cdf(comparison.sources, labels=comparison.labels, ax=ax)
-    ax.legend(loc="upper left", fontsize=8)
+    _legend_below(ax)
     return ax
 
 
@@ -125,7 +163,7 @@ def _wait_overlay(comparison: Comparison, ax: Axes) -> Axes:
         ax.hist(series, bins=comparison.wait_edges, weights=[1 / len(series)] * len(series),
                 histtype="step", linewidth=1.5, label=label)  # fmt: skip
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(loc="best", fontsize=8)
+    _legend_below(ax)
     return ax
 
 
@@ -157,7 +195,7 @@ def _said(verdict: Verdict) -> str:
 def _poll_options(extra: Sequence[float]) -> list[tuple[str, float]]:
     """The poll-interval dropdown's (label, seconds) choices: the lock's default, then ``extra`` too."""
     choices = sorted({*_POLL_CHOICES, *extra})
-    default = f"lock's default ({sim.FILELOCK_POLL_INTERVAL * 1e3:g} ms)"
+    default = f"default ({sim.FILELOCK_POLL_INTERVAL * 1e3:g} ms)"
     return [(default, POLL_DEFAULT), *((f"{s * 1e3:g} ms", s) for s in choices)]
 
 
@@ -172,9 +210,11 @@ class Lab:
             folder when None.
         time_limit: seconds a run may last at most (``SimConfig.time_limit``).
         refresh: seconds between two looks at the queue for the progress bar.
-        dpi: resolution of the pictures in the panel.
-        **values: first values of the controls, by option name (``producers=1``,
-            ``lock="filelock"``, ``poll_interval=0.005``, ``work="exp:0.002"``, ...).
+        dpi: resolution of the pictures in the panel (100: axis text about 14 px high).
+        producers, consumers, tasks, batch, lock, poll_interval, mode, storage, work, fsync:
+            first values of the controls (``PANEL_DEFAULTS`` and ``QUEUE_DEFAULTS``);
+            ``poll_interval=None`` is the lock's own default, ``work`` takes seconds or
+            ``"exp:MEAN"``.
 
     Attributes:
         session: the ``djq.session.Session`` that keeps the runs and builds the tables.
@@ -198,9 +238,21 @@ class Lab:
         root: str | Path | None = None,
         time_limit: float = 120.0,
         refresh: float = 0.1,
-        dpi: float = 72.0,
-        **values: Any,
+        dpi: float = 100.0,
+        producers: int = PANEL_DEFAULTS["producers"],
+        consumers: int = PANEL_DEFAULTS["consumers"],
+        tasks: int = PANEL_DEFAULTS["tasks"],
+        batch: int = PANEL_DEFAULTS["batch"],
+        lock: LockKind | str = QUEUE_DEFAULTS["lock"],
+        poll_interval: float | None = QUEUE_DEFAULTS["poll_interval"],
+        mode: str = PANEL_DEFAULTS["mode"],
+        storage: StorageKind | str = QUEUE_DEFAULTS["storage"],
+        work: float | str = PANEL_DEFAULTS["work"],
+        fsync: bool = PANEL_DEFAULTS["fsync"],
     ) -> None:
+        values = {"producers": producers, "consumers": consumers, "tasks": tasks, "batch": batch,
+                  "lock": lock, "poll_interval": poll_interval, "mode": mode, "storage": storage,
+                  "work": work, "fsync": fsync}  # fmt: skip
         self.session = Session(root=root)
         self.time_limit = time_limit
         self.refresh = refresh
@@ -214,16 +266,17 @@ class Lab:
                                    tooltip="run a simulation with these options")  # fmt: skip
         self.clear_button = w.Button(description="Forget runs", icon="trash",
                                      tooltip="forget the kept runs (the Compare tab)")  # fmt: skip
-        self.run_button.on_click(lambda _button: self.run(background=True))
+        self.run_button.on_click(self._run_clicked)
         self.clear_button.on_click(lambda _button: self.clear())
         self.progress = w.IntProgress(value=0, min=0, max=1, description="acked", bar_style="")
         self.status = w.HTML(value=_html("info", "Set the options and press Run."))
         self.outputs: dict[str, Any] = {name: w.Output() for name in _OUTPUTS}
         self.widget = self._layout()
         try:
-            self.set(**{**QUEUE_DEFAULTS, **PANEL_DEFAULTS, **values})
+            self.set(**values)
         except Exception as exc:  # shown in the panel, like every error
             self._fail(exc)
+        self._lock_changed({"new": self.controls["lock"].value})  # the poll interval shown or not
 
     @property
     def root(self) -> Path:
@@ -238,18 +291,20 @@ class Lab:
     # -- the controls -------------------------------------------------------------------
 
     def _controls(self) -> dict[str, Any]:
-        style = {"description_width": "110px"}
-        layout = w.Layout(width="340px")
+        style = {"description_width": _LABEL_WIDTH}
+
+        def layout() -> Any:  # each control fills its cell of the grid (see _layout)
+            return w.Layout(width="auto", min_width="0", max_width="100%")
 
         def slider(description: str, low: int, high: int, step: int = 1) -> Any:
             return w.IntSlider(min=low, max=high, step=step, description=description, style=style,
-                               layout=layout, continuous_update=False)  # fmt: skip
+                               layout=layout(), continuous_update=False)  # fmt: skip
 
         def dropdown(description: str, options: Sequence[Any]) -> Any:
-            return w.Dropdown(options=options, description=description, style=style, layout=layout)
+            return w.Dropdown(options=options, description=description, style=style, layout=layout())
 
         work = w.Combobox(options=list(_WORK_CHOICES), description="work (s/task)", style=style,
-                          layout=layout, ensure_option=False, placeholder="0.002 or exp:0.002")  # fmt: skip
+                          layout=layout(), ensure_option=False, placeholder="0.002 or exp:0.002")  # fmt: skip
         controls = {
             "producers": slider("producers", 1, 8),
             "consumers": slider("consumers", 1, 8),
@@ -260,22 +315,29 @@ class Lab:
             "mode": dropdown("mode", ["direct", "broker"]),
             "storage": dropdown("storage", [StorageKind.JOURNAL.value, StorageKind.REWRITE.value]),
             "work": work,
-            "fsync": w.Checkbox(description="fsync every change", indent=False),
+            "fsync": w.Checkbox(description="fsync every change", indent=False, layout=layout()),
         }
         controls["lock"].observe(self._lock_changed, names="value")
         return controls
 
     def _lock_changed(self, change: Mapping[str, Any]) -> None:
-        """Choosing flock, which does not poll, puts the poll interval back to the default."""
-        if change["new"] == LockKind.FLOCK.value:
+        """Only a polling lock shows the poll interval; flock, which does not poll, resets it."""
+        polls = change["new"] != LockKind.FLOCK.value
+        self.controls["poll_interval"].layout.display = None if polls else "none"
+        if not polls:
             self.controls["poll_interval"].value = POLL_DEFAULT
 
     def _layout(self) -> Any:
         c = self.controls
-        left = w.VBox([c["producers"], c["consumers"], c["tasks"], c["batch"]])
-        middle = w.VBox([c["lock"], c["poll_interval"], c["mode"], c["storage"]])
-        right = w.VBox([c["work"], c["fsync"]])
-        buttons = w.HBox([self.run_button, self.clear_button, self.progress])
+        order = ("producers", "consumers", "tasks", "batch", "lock", "poll_interval", "mode", "storage",
+                 "work", "fsync")  # fmt: skip
+        # as many columns of at least _CONTROL_WIDTH as the width allows, 1 to 3 (no fixed widths)
+        grid = w.GridBox([c[name] for name in order], layout=w.Layout(
+            grid_template_columns=f"repeat(auto-fill, minmax({_CONTROL_WIDTH}, 1fr))",
+            grid_gap="2px 16px", width="100%", max_width=_PANEL_MAX_WIDTH))  # fmt: skip
+        self.progress.layout = w.Layout(width="auto", flex="1 1 160px", max_width="420px")
+        buttons = w.HBox([self.run_button, self.clear_button, self.progress],
+                         layout=w.Layout(flex_flow="row wrap", align_items="center"))  # fmt: skip
         o = self.outputs
         plots = w.GridBox([o[name] for name in _PLOTS], layout=w.Layout(grid_template_columns="1fr 1fr"))
         compare = w.GridBox([o[name] for name in _COMPARE], layout=w.Layout(grid_template_columns="1fr 1fr"))
@@ -283,7 +345,7 @@ class Lab:
         tabs.set_title(0, "Last run")
         tabs.set_title(1, "Compare")
         title = w.HTML("<b>djq lab</b>: producers and consumers sharing one queue file")
-        return w.VBox([title, w.HBox([left, middle, right]), buttons, self.status, tabs])
+        return w.VBox([title, grid, buttons, self.status, tabs])
 
     def _repr_mimebundle_(self, **kwargs: Any) -> Any:
         """Display as the panel itself in a notebook."""
@@ -350,6 +412,11 @@ class Lab:
     def running(self) -> bool:
         """True while a run is going."""
         return self.session.running
+
+    def _run_clicked(self, _button: Any) -> None:
+        """The Run button: start a run in the background; a click while one goes does nothing."""
+        if not self.running:  # a double click lands here before the button shows it is disabled
+            self.run(background=True)
 
     def run(self, *, background: bool = False, **values: Any) -> LabRun | None:
         """Set the controls to ``values`` (if any), run a simulation, show it, keep it.
@@ -437,8 +504,8 @@ class Lab:
         said = failure(exc)
         self.error, self.exception = said.text, exc
         self.status.value = _said(said)
-        if not keep_running:
-            self.progress.bar_style = "danger"
+        if not keep_running:  # the bar goes back to empty: nothing was acked by this failure
+            self.progress.value, self.progress.bar_style = 0, ""
 
     def _show(self, kept: LabRun) -> None:
         """The status line, the bar, the last run's tab and the comparison."""
@@ -451,7 +518,7 @@ class Lab:
             self._draw(name, functools.partial(draw, kept.run))
         self.compare()
 
-    def _draw(self, name: str, draw: Callable[..., Axes], size: tuple[float, float] = (6.4, 4.0)) -> None:
+    def _draw(self, name: str, draw: Callable[..., Axes], size: tuple[float, float] = _PLOT_SIZE) -> None:
         """Draw ``draw(ax=...)`` into ``figures[name]`` and its Output; a failure is written there instead."""
         figure = Figure(figsize=size, layout="constrained")
         try:
@@ -466,15 +533,21 @@ class Lab:
         """Redraw the "Compare" tab from every kept run; return its table (one row per run)."""
         comparison = self.session.comparison()
         if not comparison.runs:
-            for name in ("compare_table", *_COMPARE):
+            for name in _COMPARE:
                 self.outputs[name].outputs = ()
                 self.figures.pop(name, None)
+            hint = _display(
+                {"text/html": _html("info", html.escape(_EMPTY_COMPARE)), "text/plain": _EMPTY_COMPARE}
+            )
+            self.outputs["compare_table"].outputs = (hint,)
             return comparison.table
-        self.outputs["compare_table"].outputs = (_table_output(comparison.table),)
-        self._draw("compare_latency_cdf", functools.partial(_latency_overlay, comparison))
-        self._draw("compare_wait_histogram", functools.partial(_wait_overlay, comparison))
-        height = max(3.0, 1.2 + 0.45 * len(comparison.runs))
-        self._draw("compare_throughput", functools.partial(_throughput_bars, comparison), size=(6.4, height))
+        self.outputs["compare_table"].outputs = (_compare_output(comparison),)
+        width, height = _PLOT_SIZE
+        legend = (width, height + 0.2 * len(comparison.runs))  # room for one legend line per run
+        self._draw("compare_latency_cdf", functools.partial(_latency_overlay, comparison), size=legend)
+        self._draw("compare_wait_histogram", functools.partial(_wait_overlay, comparison), size=legend)
+        bars = (width, max(2.6, 1.2 + 0.45 * len(comparison.runs)))
+        self._draw("compare_throughput", functools.partial(_throughput_bars, comparison), size=bars)
         return comparison.table
 
     def summary_table(self, runs: Sequence[LabRun] | None = None) -> pd.DataFrame:

@@ -193,14 +193,16 @@ def test_wait_histogram_uses_log_spaced_bins(locks):
 
 
 def test_wait_histogram_marks_poll_interval_multiples_within_the_data(locks):
-    """Given a poll interval, lines at 1, 2, 3 x it (the waits reach 31 ms), marked and in the legend.
+    """Given a poll interval, lines at 1, 2, 3 x it (the waits reach 31 ms), each marked, and in the legend.
 
-    Marks too close to the previous one on the log axis are left out, so 3x may go unmarked.
+    A mark too close to the previous one on the log axis goes lower, so none is left out.
     """
     ax = plot.wait_histogram(locks, poll_interval=POLL)
     assert poll_lines(ax) == pytest.approx([0.01, 0.02, 0.03])
     marks = {t.get_text().strip(): t.get_position()[0] for t in ax.texts}
-    assert {"1" + TIMES: 0.01, "2" + TIMES: 0.02}.items() <= marks.items()
+    assert marks == pytest.approx({"1" + TIMES: 0.01, "2" + TIMES: 0.02, "3" + TIMES: 0.03})
+    heights = {t.get_position()[1] for t in ax.texts}
+    assert len(heights) > 1  # 2x and 3x are close on the log axis: staggered
     assert legend_texts(ax) == [f"k {TIMES} poll interval (10 ms)"]
 
 
@@ -245,13 +247,32 @@ def test_lock_timeline_draws_one_lane_per_worker_with_holds_and_waits(locks):
     assert holds == len(locks)
 
 
-def test_lock_timeline_default_window_starts_at_the_median_acquisition(locks):
-    """By default the window opens mid-run and closes after max_rows acquisitions."""
+def test_lock_timeline_default_window_is_where_every_lane_is_busy(locks):
+    """By default the window holds max_rows acquisitions in the middle of the span when every worker
+    takes the lock (from the last first acquisition to the first last release)."""
     ax = plot.lock_timeline(locks, max_rows=3)
     ordered = locks.sort_values("acquired_s")
-    start = ordered["acquired_s"].median()
+    by_worker = ordered.groupby("worker")
+    low, high = by_worker["acquired_s"].min().max(), by_worker["released_s"].max().min()
+    busy = ordered[(ordered["acquired_s"] >= low) & (ordered["acquired_s"] <= high)]
+    start = busy["acquired_s"].iloc[max(0, (len(busy) - 3) // 2)]
     end = ordered[ordered["acquired_s"] >= start]["released_s"].iloc[2]
     assert ax.get_xlim() == pytest.approx((start, end))
+
+
+def test_lock_timeline_default_window_has_a_bar_in_every_lane_when_producers_finish_early():
+    """flock: the producers put everything in the first tenth of the run; the window still shows them."""
+    rows = [("P0", "producer", i * 0.001) for i in range(20)]
+    rows += [("C0", "consumer", 0.0005 + i * 0.01) for i in range(30)]
+    rows += [("C1", "consumer", 0.0007 + i * 0.01) for i in range(30)]
+    locks = pd.DataFrame(rows, columns=["worker", "role", "requested_s"])
+    locks["acquired_s"] = locks["requested_s"] + 0.0001
+    locks["released_s"] = locks["acquired_s"] + 0.0002
+    locks["wait_s"], locks["hold_s"], locks["op"] = 0.0001, 0.0002, "put"
+    ax = plot.lock_timeline(locks, max_rows=10)
+    start, end = ax.get_xlim()
+    shown = locks[(locks["requested_s"] < end) & (locks["released_s"] > start)]
+    assert set(shown["worker"]) == {"P0", "C0", "C1"}
 
 
 def test_lock_timeline_says_when_acquisitions_were_left_out(locks):

@@ -17,6 +17,7 @@ import pytest
 from djq import ConfigError, sim
 from djq.model import DEFAULT_STORAGE, StorageKind
 from djq.session import (
+    KEY_RESULTS,
     MIN_WAIT,
     OPTION_COLUMNS,
     RESULT_COLUMNS,
@@ -193,6 +194,20 @@ def test_the_comparison_holds_what_the_overlays_draw(session):
     assert edges[-1] == pytest.approx(0.004)
     ratios = [b / a for a, b in itertools.pairwise(edges)]
     assert ratios == pytest.approx([ratios[0]] * 4)  # log-spaced
+
+
+def test_the_brief_table_keeps_the_options_that_differ_and_the_key_results(session):
+    """Two runs with different locks: the brief table has ``lock`` (and the poll interval), not the rest."""
+    keep_one(session, make_run(config=sim.SimConfig(producers=1, consumers=1, tasks=50, lock="flock")))
+    keep_one(session, make_run(config=sim.SimConfig(producers=1, consumers=1, tasks=50, lock="soft")))
+    brief = session.comparison().brief
+    assert list(brief.columns) == ["lock", *KEY_RESULTS]
+    assert list(brief.index) == list(session.comparison().table.index)
+
+
+def test_the_brief_table_of_one_run_has_only_its_results(session):
+    keep_one(session)
+    assert list(session.comparison().brief.columns) == list(KEY_RESULTS)
 
 
 def test_runs_without_lock_waits_are_left_out_of_the_wait_overlay(session):

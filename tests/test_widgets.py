@@ -131,10 +131,12 @@ def test_two_runs_are_compared(lab):
         assert lab.outputs[name].outputs[0]["data"]["image/png"], name
     cdf = lab.figures["compare_latency_cdf"].axes[0]
     assert len(cdf.get_lines()) == 2
-    legend = [t.get_text() for t in cdf.get_legend().get_texts()]
+    (below,) = lab.figures["compare_latency_cdf"].legends  # under the plot, not on the curves
+    assert cdf.get_legend() is None
+    legend = [t.get_text() for t in below.get_texts()]
     assert legend == ["#1 1P/1C flock, 50 tasks (n=50)", "#2 1P/1C filelock(5 ms), 50 tasks (n=50)"]
-    waits = lab.figures["compare_wait_histogram"].axes[0]
-    assert [t.get_text().split(" (n=")[0] for t in waits.get_legend().get_texts()] == list(table.index)
+    (waits,) = lab.figures["compare_wait_histogram"].legends
+    assert [t.get_text().split(" (n=")[0] for t in waits.get_texts()] == list(table.index)
     bars = lab.figures["compare_throughput"].axes[0]
     assert [t.get_text() for t in bars.get_yticklabels()] == ["#1", "#2"]
 
@@ -146,7 +148,7 @@ def test_a_bad_combination_is_shown_not_raised(lab):
     assert "ConfigError: flock does not poll" in lab.status.value
     assert lab.error.startswith("ConfigError: flock does not poll")
     assert "\n" not in lab.error
-    assert lab.progress.bar_style == "danger"
+    assert (lab.progress.value, lab.progress.bar_style) == (0, "")  # reset, not "100 % failed"
     assert len(lab.runs) == kept
     lab.set(poll_interval=None)
 
@@ -247,7 +249,88 @@ def test_forgetting_runs_empties_the_compare_tab(tmp_path, lab):
     panel.clear()
     assert panel.runs == []
     assert panel.summary_table().empty
-    assert all(panel.outputs[name].outputs == () for name in ("compare_table", *COMPARE))
+    assert all(panel.outputs[name].outputs == () for name in COMPARE)
+    assert "Nothing to compare yet" in texts(panel.outputs["compare_table"])  # a hint, not a blank tab
+
+
+def test_the_compare_table_shows_what_differs_and_the_full_table_one_click_away(lab):
+    """The short table: the lock (it differs), poll interval and a few results; the rest under <details>."""
+    lab.compare()
+    (shown,) = lab.outputs["compare_table"].outputs
+    page = shown["data"]["text/html"]
+    brief, _, full = page.partition("<details>")
+    assert "position: sticky" in page  # the run labels stay in view when the table scrolls
+    assert "throughput_per_s" in brief and "lock_wait_p99_s" in brief
+    assert ">lock<" in brief and ">poll_interval_s<" in brief
+    assert ">storage<" not in brief and ">storage<" in full  # the same for both runs: only in the full table
+    assert "Full table (30 columns)" in full
+
+
+def test_the_poll_interval_is_offered_only_for_polling_locks(tmp_path):
+    """flock does not poll: its panel hides the poll-interval control; filelock and soft show it."""
+    panel = Lab(root=tmp_path, lock="flock")
+    assert panel.controls["poll_interval"].layout.display == "none"
+    panel.set(lock="soft")
+    assert panel.controls["poll_interval"].layout.display is None
+    panel.set(lock="flock")
+    assert panel.controls["poll_interval"].layout.display == "none"
+
+
+def test_the_controls_have_no_fixed_widths(tmp_path):
+    """The controls fill the cells of a grid of as many columns as fit (tests/test_browser.py measures)."""
+    panel = Lab(root=tmp_path)
+    grid = next(
+        b
+        for b in widgets_in(panel.widget)
+        if isinstance(b, w.GridBox) and panel.controls["lock"] in b.children
+    )
+    assert "auto-fill" in grid.layout.grid_template_columns
+    assert all(c.layout.width == "auto" for c in panel.controls.values())
+
+
+def test_a_click_on_run_while_a_run_goes_does_nothing(tmp_path, monkeypatch):
+    """A double click on Run: the second click is ignored (no "Unexpected error"), the first run goes on."""
+    release = threading.Event()
+    real = sim.simulate
+
+    def held(**options):
+        release.wait(30)
+        return real(**options)
+
+    monkeypatch.setattr(sim, "simulate", held)
+    panel = Lab(root=tmp_path, time_limit=60, **SMALL)
+    panel.run_button.click()
+    panel.run_button.click()
+    assert "error" not in panel.status.value.lower()
+    assert panel.error == ""
+    release.set()
+    assert panel.wait(60)
+    assert len(panel.runs) == 1
+
+
+def test_the_notebook_facing_signatures_are_the_configs_fields():
+    """simulate, sweep and Lab take real keyword parameters (Shift-Tab shows them), in step with the config."""
+    import dataclasses
+    import inspect
+
+    from djq.widgets import PANEL_DEFAULTS, QUEUE_DEFAULTS
+
+    fields = [f.name for f in dataclasses.fields(sim.SimConfig) if f.name != "queue"] + list(
+        sim.QUEUE_OPTIONS
+    )
+    simulate = inspect.signature(sim.simulate).parameters
+    assert list(simulate) == fields
+    assert all(p.kind is inspect.Parameter.KEYWORD_ONLY for p in simulate.values())
+    assert sim.SimConfig(**{n: p.default for n, p in simulate.items()}) == sim.SimConfig()
+    sweep = inspect.signature(sim.sweep).parameters
+    assert list(sweep) == ["grid", "repeats", "progress", *(n for n in fields if n != "progress")]
+    assert all(sweep[n].default == simulate[n].default for n in fields if n != "progress")
+    lab = inspect.signature(Lab).parameters
+    controls = ("producers", "consumers", "tasks", "batch", "lock", "poll_interval", "mode", "storage", "work",
+                "fsync")  # fmt: skip
+    assert list(lab) == ["root", "time_limit", "refresh", "dpi", *controls]
+    assert {n: lab[n].default for n in controls} == {**PANEL_DEFAULTS, **QUEUE_DEFAULTS}
+    assert set(controls) <= set(simulate)  # every control is an option of a simulation
 
 
 def test_describe_names_only_what_differs_from_the_defaults():
