@@ -26,6 +26,7 @@ Imports from djq: ``errors``, ``model``, ``ops``, ``state``, ``storage``, ``jour
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 import threading
@@ -34,8 +35,6 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Final, TypeVar
-
-import orjson
 
 from . import files, locks, ops, state
 from .errors import ConfigError, CorruptQueueError, LeaseError, StorageError
@@ -63,12 +62,13 @@ def lock_kind_path(path: Path) -> Path:
 
 
 def _encode_lock_kind(kind: LockKind) -> bytes:
-    return orjson.dumps({"format": LOCK_KIND_FORMAT, "version": 1, "lock": kind.value}) + b"\n"
+    doc = {"format": LOCK_KIND_FORMAT, "version": 1, "lock": kind.value}
+    return json.dumps(doc, separators=(",", ":")).encode() + b"\n"  # a few bytes: no orjson here
 
 
 def _decode_lock_kind(data: bytes, path: Path) -> LockKind:
     try:
-        doc = orjson.loads(data)
+        doc = json.loads(data)
         if doc["format"] == LOCK_KIND_FORMAT and type(doc["version"]) is int and doc["version"] == 1:
             return LockKind(doc["lock"])
     except (ValueError, TypeError, KeyError):
