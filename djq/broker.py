@@ -77,6 +77,7 @@ MAX_OUTGOING_BYTES: Final = (
     wire.MAX_MESSAGE_BYTES + 12
 )  #: a connection's unsent replies; past it, it is dropped
 MAX_PENDING_REPLIES: Final = 64  #: requests of one connection read but not answered; past it, it is dropped
+_MAX_HANDSHAKES: Final = 128  #: handshakes at once; more connections wait in the listen backlog
 _ACCEPT_BACKOFF: Final = (0.01, 1.0)  #: seconds the accept thread waits after a failed accept: first, longest
 _LOST: Final = (errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN, errno.ESHUTDOWN)
 
@@ -236,6 +237,7 @@ class Broker:
         self._stopping = False
         self._started_at = 0.0
         self._ready = threading.Event()
+        self._handshakes = threading.BoundedSemaphore(_MAX_HANDSHAKES)
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_w, False)
         self._selector.register(self._wake_r, selectors.EVENT_READ, None)
@@ -362,12 +364,15 @@ class Broker:
                 time.sleep(pause)
                 continue
             pause = _ACCEPT_BACKOFF[0]
+            while not (self._stopping or self._handshakes.acquire(timeout=0.5)):
+                pass  # strangers that never finish their handshake hold at most _MAX_HANDSHAKES threads
             if self._stopping:  # woken by _connect_to_self
                 conn.close()
                 return
             try:
                 threading.Thread(target=self._handshake, args=(conn, key), daemon=True).start()
             except RuntimeError as exc:  # can't start new thread: refuse this one, keep accepting
+                self._handshakes.release()
                 self.metrics.accept_errors += 1
                 logger.error("refused a client: cannot start its handshake: %s", exc)
                 conn.close()
@@ -379,6 +384,12 @@ class Broker:
             sock.connect(str(self.paths.socket))
 
     def _handshake(self, conn: mpc.Connection, key: bytes) -> None:
+        try:
+            self._handshake_one(conn, key)
+        finally:
+            self._handshakes.release()
+
+    def _handshake_one(self, conn: mpc.Connection, key: bytes) -> None:
         try:
             _socket_timeouts(conn.fileno(), _HANDSHAKE_TIMEOUT)  # a client that stalls is dropped
             mpc.deliver_challenge(conn, key)
