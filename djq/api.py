@@ -103,8 +103,9 @@ class BaseQueue(abc.ABC):
         Args:
             lease: seconds the lease lasts; None uses the queue's default.
             timeout: 0 does not wait; None waits until a task comes; a number waits up to
-                that many seconds.
-            owner: who holds the lease, stored with it (default ``pid-<pid>``).
+                that many seconds (at most a year: infinity is refused, pass None).
+            owner: who holds the lease, stored with it: a printable string of 1 to 200
+                characters (default ``pid-<pid>``).
         """
         op = ops.LeaseNext(token=new_token(), owner=_owner(owner), duration=self._lease(lease))
         return self._submit(op, wait=_timeout(timeout))

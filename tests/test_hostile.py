@@ -59,13 +59,18 @@ def client_kind(request: pytest.FixtureRequest) -> str:
 @pytest.fixture(scope="module", autouse=True)
 def _summary(request: pytest.FixtureRequest) -> Iterator[None]:
     yield
-    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+    plugins = request.config.pluginmanager
+    reporter, capture = plugins.get_plugin("terminalreporter"), plugins.get_plugin("capturemanager")
     if reporter is not None and TRIED:
         kinds = ", ".join(f"{n} {where}" for where, n in sorted(TRIED.items()))
-        reporter.write_line(
-            f"\ntest_hostile: {sum(TRIED.values())} hostile calls ({kinds}); "
-            f"{len(DISTINCT)} distinct (parameter, value) cases"
+        uncaptured = (
+            capture.global_and_fixture_disabled() if capture is not None else contextlib.nullcontext()
         )
+        with uncaptured:  # a teardown's output is captured (and shown only on failure) otherwise
+            reporter.write_line(
+                f"\ntest_hostile: {sum(TRIED.values())} hostile calls ({kinds}); "
+                f"{len(DISTINCT)} distinct (parameter, value) cases"
+            )
 
 
 # The hostile values, by what the parameter is
