@@ -1,11 +1,12 @@
 """Files as djq writes them: one atomic write for every file, owner-only folders, temp files.
 
-``write_atomic`` is the only way djq creates or replaces a file (``Queue.json``, its
-journal, the broker's key and info): a temp file in the same folder, created 0600 (or
-the mode asked for) with ``O_EXCL|O_NOFOLLOW`` under an unpredictable name, written
-whole, fsynced when durability matters, ``os.replace``d over the target, the folder
-fsynced. A crash leaves the old file or the new one, never half of one, and at worst a
-temp file that ``temp_files`` finds. Imports from djq: ``errors``.
+``write_atomic`` is the only way djq replaces a file (``Queue.json``, its journal, the
+broker's key and info; its twin ``create_once`` creates the lock kind record): a temp
+file in the same folder, created 0600 (or the mode asked for) with ``O_EXCL|O_NOFOLLOW``
+under an unpredictable name, written whole, fsynced when durability matters,
+``os.replace``d over the target, the folder fsynced. A crash leaves the old file or the
+new one, never half of one, and at worst a temp file that ``temp_files`` finds. Imports
+from djq: ``errors``.
 
 What "written" means (the point where a call has committed its change): the new file's
 data is fsynced and ``os.replace`` has put it in place, so every process that opens the

@@ -365,8 +365,13 @@ class SnapshotFile:
         except BaseException:
             self.invalidate()
             raise
-        self.writes += 1
-        st = os.fstat(fd)
+        self.writes += 1  # committed: the new file is in place; nothing below may raise
+        try:
+            st = os.fstat(fd)
+        except OSError:
+            os.close(fd)
+            self.invalidate()  # the next load reads the file we wrote
+            return
         if self._fd is not None:
             os.close(self._fd)
         self._fd, self._snapshot = fd, snapshot
