@@ -3,7 +3,8 @@
 Two producer and two consumer processes per lock kind and storage move N tasks through
 one file. The children are spawned (not forked), so this test never forks a process
 that may have threads, and the workers import djq afresh, as real separate programs
-would.
+would. One more case runs two consumer processes of four threads each, the threads of a
+process sharing one ``Queue`` and its waiting turn.
 """
 
 from __future__ import annotations
@@ -135,3 +136,83 @@ def _names() -> list[str]:
 
 def _multiset(payloads: Any) -> Counter[str]:
     return Counter(json.dumps(p, sort_keys=True) for p in payloads)
+
+
+THREADED_N = 2_000  #: tasks through the threaded consumers
+THREADS = 4  #: consumer threads per process, sharing one Queue
+
+
+def threaded_consumer(path: str, consumer_id: int, total: int, out_path: str) -> None:
+    """Spawned child: ``THREADS`` threads share one ``Queue``, each getting with a timeout and acking.
+
+    Waiting gets of one Queue share its turn and its inotify watch (and other processes
+    compete for the same turn); each thread records what it acked, and any error.
+    """
+    import threading
+
+    import djq
+
+    q = djq.Queue(path, fsync=False)
+    acked: list[list[Any]] = []
+    errors: list[str] = []
+    guard = threading.Lock()
+
+    def run() -> None:
+        deadline = time.monotonic() + workers.WORKER_DEADLINE
+        try:
+            while time.monotonic() < deadline:
+                task = q.get(timeout=0.05)
+                if task is None:
+                    if q.stats().acked_total >= total:
+                        return
+                    continue
+                q.ack(task)
+                with guard:
+                    acked.append([task.id, task.payload])
+            errors.append("deadline")
+        except BaseException as exc:  # recorded for the parent
+            errors.append(repr(exc))
+
+    threads = [threading.Thread(target=run) for _ in range(THREADS)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    q.close()
+    workers._write_record(out_path, {"acked": acked, "lost": errors, "empty_gets": 0})
+
+
+@pytest.mark.timeout(120)
+def test_threads_sharing_a_queue_in_each_of_two_processes_move_every_task_once(tmp_path: Path):
+    """Two consumer processes of four threads each, one Queue per process, waiting gets: each task once."""
+    path = tmp_path / "q" / "Queue.json"
+    ctx = multiprocessing.get_context("spawn")
+    processes = [
+        ctx.Process(
+            target=workers.producer,
+            args=(str(path), "flock", None, 0, THREADED_N, HIGH_WATER, str(tmp_path / "producer-0.json")),
+            name="producer-0",
+        )
+    ] + [
+        ctx.Process(
+            target=threaded_consumer,
+            args=(str(path), i, THREADED_N, str(tmp_path / f"consumer-{i}.json")),
+            name=f"consumer-{i}",
+        )
+        for i in range(CONSUMERS)
+    ]
+    started = time.monotonic()
+    try:
+        for p in processes:
+            p.start()
+        problems = workers.join_all(processes, started + DEADLINE)
+    finally:
+        workers.reap(processes)
+    assert problems == [], problems
+    put = json.loads((tmp_path / "producer-0.json").read_text())["put"]
+    records = [json.loads((tmp_path / f"consumer-{i}.json").read_text()) for i in range(CONSUMERS)]
+    assert [r["lost"] for r in records] == [[]] * CONSUMERS, "a thread's waiting get failed"
+    acked = Counter(task_id for r in records for task_id, _ in r["acked"])
+    assert acked == Counter(task_id for task_id, _ in put), "a task was lost or acked twice"
+    stats = workers.final_stats(str(path), "flock")
+    assert (stats.total, stats.acked_total) == (0, THREADED_N)
