@@ -6,7 +6,7 @@ outlives the process that started it (``djq broker start`` returns at once); its
 goes to ``Queue.json.broker.log``. A live broker holds an flock on ``Queue.json.broker``:
 the kernel drops it when the broker dies, however it dies, so "is a broker alive" never
 trusts a stale pid. A second broker for the same file is refused. Imports from djq:
-``errors``, ``model``, ``remote``, ``wire``.
+``errors``, ``files``, ``model``, ``remote``, ``wire``.
 """
 
 from __future__ import annotations

@@ -6,7 +6,10 @@ semantics; ``Producer``, ``Consumer`` and the simulation work with either; the s
 come back (``LeaseLost``, ``ConfigError``, ``StorageError``, ...), rebuilt from their data.
 Operations are validated when built, here, so a bad argument fails without a round trip.
 A client whose broker is gone raises ``BrokerUnavailable`` at once (the socket closes when
-the broker dies); the next call connects again, so work continues once a broker is back.
+the broker dies: "lost the broker"); one that does not answer raises it after the timeout
+("did not reply", "did not complete the handshake"); the next call connects again, so
+work continues once a broker is back. Each call borrows a connection of its own, so
+threads sharing a client never wait for each other's replies.
 Imports from djq: ``api``, ``errors``, ``model``, ``ops``, ``wire``.
 """
 

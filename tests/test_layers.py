@@ -31,7 +31,7 @@ ALLOWED = {  # djq modules each module may import: each layer only from those be
     "wire": {"errors", "model", "ops"},
     "remote": {"api", "errors", "model", "ops", "wire"},
     "broker": {"engine", "errors", "files", "metrics", "model", "ops", "state", "watch", "wire"},  # no client
-    "manager": {"errors", "model", "remote", "wire"},
+    "manager": {"errors", "files", "model", "remote", "wire"},  # files: make_folder (0700 parents)
     "workers": {"errors", "model", "metrics", "queue", "remote"},
     "frames": {"model", "metrics", "workers"},
     "sim": CORE | {"workers", "frames", "manager", "remote"},
