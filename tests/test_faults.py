@@ -12,8 +12,8 @@ the call that met the fault:
 * it raised ``StorageError`` if and only if its change did not happen: the committed
   state (what a fresh ``Queue`` sees) is the state before the call if it raised, the
   state after it (as in the run without faults) if it did not;
-* the files decode (a fresh queue's ``check()`` reports nothing) and the writer itself
-  sees the committed state;
+* the files decode (a fresh queue's ``check()`` reports nothing), and the writer and
+  a queue open since the start (a process with a cache) see the committed state;
 * the workload continues: a put, a get and an ack work and a fresh queue sees them.
 
 Once per storage a real subprocess reads the committed state too. N is large enough in
@@ -262,6 +262,11 @@ def _faulted_run(
     fake.count, fake.fail_at, fake.code, fake.fired_in, fake.sites = 0, k, code, None, []
     run = _Run(tmp_path / f"{storage}-{k}-{code}-{int(fake.persistent)}" / "Queue.json", storage, fake)
     q = run.open()
+    other = run.open()  # another process that keeps its cache: it looks after every step
+
+    def seen(queue: djq.Queue) -> bytes:
+        return queue.engine.look(lambda current, now: encode(current))
+
     try:
         for i, (name, step) in enumerate(STEPS):
             fake.step, fake.counting = i, True
@@ -274,6 +279,8 @@ def _faulted_run(
                 return f"step {name}: {type(exc).__name__}: {exc}", run
             finally:
                 fake.counting = False
+            if seen(other) != _committed(run):
+                return f"step {name}: a process with a cache sees another state than a fresh one", run
             if fake.fired_in is None:
                 if raised is not None:
                     return f"step {name}: raised {raised!r} without a fault", run
@@ -284,7 +291,7 @@ def _faulted_run(
             if raised is None and view != after[i]:
                 changed = "is not" if view == before[i] else "differs from the run without faults, "
                 return f"step {name}: returned but its change {changed} committed", run
-            if q.engine.look(lambda current, now: encode(current)) != view:
+            if seen(q) != view:
                 return f"step {name}: the writer sees another state than a fresh queue", run
             problems = _problems(run)
             if problems:
@@ -294,13 +301,14 @@ def _faulted_run(
             if task is None:
                 return f"step {name}: no task after the fault", run
             q.ack(task)
-            if _committed(run) != q.engine.look(lambda current, now: encode(current)) or _problems(run):
+            if not _committed(run) == seen(q) == seen(other) or _problems(run):
                 return f"step {name}: after the fault, the next calls left the processes out of step", run
             return None, run
         return f"call {k} was never made", run
     finally:
         fake.counting = False
         q.close()
+        other.close()
 
 
 @pytest.mark.parametrize("storage", ["journal", "rewrite"])
