@@ -83,7 +83,7 @@ class Queue(BaseQueue):
         config = QueueConfig.from_options(path=Path(path), lock=kind, **options)
         self._engine = Engine(config, lock=custom, clock=clock, recorder=recorder)
         turn = config.path.with_name(config.path.name + ".wait")
-        self._resources = _Resources(self._engine, turn, config.file_mode)
+        self._resources = _Resources(self._engine, turn, config.file_mode, own_lock=custom is None)
         # closes the files when this object is collected; holds no reference to it
         weakref.finalize(self, self._resources.collect).atexit = False
 
@@ -303,8 +303,9 @@ class _Resources:
     the next get starts a fresh one. No descriptor is ever closed while a thread uses it.
     """
 
-    def __init__(self, engine: Engine, turn: Path, mode: int) -> None:
+    def __init__(self, engine: Engine, turn: Path, mode: int, *, own_lock: bool) -> None:
         self.engine = engine
+        self.own_lock = own_lock
         self.turn = turn
         self.mode = mode
         self.guard = threading.Lock()
@@ -345,6 +346,11 @@ class _Resources:
 
     def close(self) -> None:
         """Close every file; waiting gets are woken and the last of them closes what they use."""
+        self._retire()
+        self.engine.close()
+
+    def _retire(self) -> None:
+        """End the current ``_Waits``: wake its waiters; close its files now if none is left."""
         with self.guard:
             waits, self.current = self.current, None
             if waits is not None:
@@ -354,13 +360,22 @@ class _Resources:
                     waits.watcher.interrupt()
                 if waits.users == 0:
                     waits.close_files()
-        self.engine.close()
 
     def collect(self) -> None:
-        """Close everything when the ``Queue`` was collected (no thread can be waiting in it)."""
-        if self.engine.mutex.acquire(blocking=False):  # never deadlock a thread in this engine
-            self.engine.mutex.release()
-            self.close()
+        """Close everything when the ``Queue`` was collected (no thread can be waiting in it).
+
+        A lock object the caller passed in may guard other queues too: it is left open.
+        """
+        self._retire()
+        engine = self.engine
+        if not engine.mutex.acquire(blocking=False):  # in use through queue.engine: never deadlock
+            return
+        try:
+            engine.storage.close()
+        finally:
+            engine.mutex.release()
+        if self.own_lock:
+            engine.lock.close()
 
     def after_fork(self) -> None:
         """In a forked child: forget the parent's threads, turn and watch (closing our copies)."""

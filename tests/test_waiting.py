@@ -336,3 +336,19 @@ def test_turn_is_held_by_one_thread_at_a_time(tmp_path: Path):
     assert turn.take() == "taken"
     turn.give_back()
     turn.close()
+
+
+def test_a_dropped_queue_leaves_a_lock_object_it_was_given_alone(queue_path: Path):
+    """The caller's lock object may guard other queues: collecting one queue never closes it."""
+    from djq import locks
+
+    queue_path.parent.mkdir()
+    lock = locks.make("flock", queue_path)
+    q = _open(queue_path, lock=lock)
+    q.put("x")
+    lock.acquire()  # held for another queue, say
+    del q
+    gc.collect()
+    lock.release()  # still held until now: not closed under its holder
+    with _open(queue_path, lock=lock) as other:
+        assert other.get() is not None
