@@ -236,7 +236,7 @@ def test_concurrent_puts_share_writes_group_commit(queue_path: Path):
     every = [task_id for chunk in ids for task_id in chunk]
     assert len(set(every)) == len(every) == applied
     with djq.Queue(queue_path) as q:
-        assert {t.id for t in q.peek(10**6)} == set(every), "an answered put is not in the file"
+        assert {t.id for t in q.peek(100_000)} == set(every), "an answered put is not in the file"
 
 
 # SIGKILL mid-load
@@ -295,7 +295,7 @@ def test_sigkill_mid_load_loses_no_answered_put_and_a_restart_serves_again(queue
         assert manager.paths.socket.exists(), "a killed broker cannot remove its socket"
 
         with djq.Queue(queue_path, fsync=False) as q:
-            in_file = {t.id: t.payload for t in q.peek(10**6)}
+            in_file = {t.id: t.payload for t in q.peek(100_000)}
         every = [item for chunk in answered for item in chunk]
         missing = [task_id for task_id, payload in every if in_file.get(task_id) != payload]
         assert missing == [], f"answered puts missing from the file: {missing[:10]}"
@@ -308,7 +308,7 @@ def test_sigkill_mid_load_loses_no_answered_put_and_a_restart_serves_again(queue
         after = clients[0].put("after the restart")  # the same client reconnects by itself
         assert after not in in_file
         with djq.Queue(queue_path, fsync=False) as q:
-            assert {t.id for t in q.peek(10**6)} == {*in_file, after}
+            assert {t.id for t in q.peek(100_000)} == {*in_file, after}
     finally:
         stop.set()
         for client in clients:
