@@ -24,7 +24,6 @@ a newer journal version. Lines are ``ops``' one codec: ``{"op": name, "now": now
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import logging
 import math
@@ -132,6 +131,7 @@ class JournalFile:
         self._size = 0  # the journal's size when last looked at
         self._stale = False  # the journal is older than the snapshot: ignore, reset before appending
         self._last: tuple[int, bytes] | None = None  # where the last line we applied starts, its checksum
+        self._fold_due = False  # an append's durability is unknown: fold at the next save
 
     @property
     def reads(self) -> int:
@@ -326,6 +326,10 @@ class JournalFile:
         if self._offset + len(data) > self.max_file_bytes:
             self._fold(current)  # the journal never grows past what a reader accepts
             return
+        if self._fold_due:
+            self._fold(current)  # an append of unknown durability: the next change folds all of it
+            return
+        appended = False
         try:
             if self.fsync:
                 files.sync_pending(self.journal)  # a folder fsync that failed after a replace
@@ -334,16 +338,27 @@ class JournalFile:
             elif self._size != self._offset:
                 os.ftruncate(self._fd, self._offset)  # cut off a torn line left by a dead writer
             _append(self._fd, data)  # type: ignore[arg-type]
+            appended = True
             if self.fsync:
                 os.fdatasync(self._fd)  # type: ignore[arg-type]
         except OSError as exc:
-            if self._fd is not None:
-                with contextlib.suppress(OSError):
-                    os.ftruncate(self._fd, self._offset)  # never leave half of our own append
-            self.invalidate()
-            if isinstance(exc, StorageError):
-                raise
-            raise files.error("cannot append to", self.journal, exc) from exc
+            undone = self._undo()  # never leave half of our own append
+            if undone or not appended:
+                self.invalidate()
+                if isinstance(exc, StorageError):
+                    raise
+                raise files.error("cannot append to", self.journal, exc) from exc
+            # The fdatasync failed and so did cutting the lines off again: they are in the
+            # journal, and every process applies them. Raising would report a change that
+            # happened as failed; but its durability is unknown (a retried fdatasync may
+            # succeed with the pages lost), so the next change folds everything into a new
+            # snapshot, written and fsynced afresh.
+            self._fold_due = True
+            logger.error(
+                "%s: a change is stored but may not be durable (the next write folds it): %s",
+                self.journal,
+                exc,
+            )
         # Committed: the lines are in the journal (and on disk with fsync).
         last = data.rfind(b"\n", 0, len(data) - 1) + 1
         self._last = (self._offset + last, data[last : last + 8])
@@ -355,6 +370,16 @@ class JournalFile:
                 self.compact(current)
             except Exception as exc:  # housekeeping: the change is in the journal already
                 logger.warning("%s: compaction failed, tried again at a later write: %s", self.path, exc)
+
+    def _undo(self) -> bool:
+        """Cut our own append off again (never leave half of it); False if that failed."""
+        if self._fd is None:
+            return True
+        try:
+            os.ftruncate(self._fd, self._offset)
+        except OSError:
+            return False
+        return True
 
     def _fold(self, current: QueueState) -> None:
         """Store ``current`` as a new snapshot (the commit), then start its journal (housekeeping)."""
@@ -389,6 +414,7 @@ class JournalFile:
         generation = (self._base.generation if self._base is not None else 0) + 1
         snapshot = Snapshot(current, "journal", generation)
         self.snapshot.save(snapshot)  # atomic: a crash leaves the old snapshot and journal
+        self._fold_due = False
         self._base = snapshot
         self.compactions += 1
         return snapshot

@@ -2,12 +2,14 @@
 
 A fixed workload (puts, gets, acks, nacks, an extend, compactions; both storages; fsync
 on) runs once while every call djq makes to ``os.open``, ``os.write``, ``os.read``,
-``os.pread``, ``os.fsync``, ``os.fdatasync``, ``os.replace`` and ``os.link`` is counted
+``os.pread``, ``os.fsync``, ``os.fdatasync``, ``os.replace``, ``os.link`` and
+``os.ftruncate`` (which undoes a failed append: persistent faults fail it too) is counted
 (the ``os`` name of djq.files, djq.snapshot, djq.journal and djq.locks is a counting
 wrapper). Then, for k = 1..N, the workload reruns from the same start (same clock, same
-tokens) with the k-th call failing, with ENOSPC and with EIO, and again (SQLite's
-persistent mode) with every call from the k-th to the end of that step failing. After
-the call that met the fault:
+tokens) with the k-th call failing, with ENOSPC (a write then writes half and returns
+short, as a filling disk does) and with EIO, and again (SQLite's persistent mode) with
+every call from the k-th to the end of that step failing. After the call that met the
+fault:
 
 * it raised ``StorageError`` if and only if its change did not happen: the committed
   state (what a fresh ``Queue`` sees) is the state before the call if it raised, the
@@ -84,6 +86,9 @@ class _FaultyOs:
             if self.count == self.fail_at or (self.persistent and 0 < self.fail_at <= self.count):
                 if self.fired_in is None:
                     self.fired_in = self.step
+                fd, data = (*args, b"")[:2] if name == "write" else (0, b"")
+                if self.code == errno.ENOSPC and not self.persistent and len(data) > 1:
+                    return os.write(fd, bytes(data[: len(data) // 2]))  # the disk fills part way
                 raise OSError(self.code, os.strerror(self.code))
         return getattr(os, name)(*args, **kw)
 
@@ -107,6 +112,9 @@ class _FaultyOs:
 
     def replace(self, *args: Any, **kw: Any) -> Any:
         return self._call("replace", *args, **kw)
+
+    def ftruncate(self, *args: Any, **kw: Any) -> Any:
+        return self._call("ftruncate", *args, **kw)
 
     def link(self, *args: Any, **kw: Any) -> Any:
         return self._call("link", *args, **kw)
