@@ -48,7 +48,7 @@ RESULT_COLUMNS: Final = (
     "jain_fairness", "events_per_write",
 )  # fmt: skip
 #: The results the Compare tab's short table shows beside the options that differ.
-KEY_RESULTS: Final = ("throughput_per_s", "latency_p50_s", "latency_p99_s", "lock_wait_p99_s", "completed")
+KEY_RESULTS: Final = ("throughput_per_s", "latency_p99_s", "lock_wait_p99_s")
 _CONFIG_COLUMNS: Final = ("producers", "consumers", "tasks", "lock", "mode", "storage", "fsync", "batch")
 WAIT_BINS: Final = 40  #: bins of the lock-wait histograms in the comparison
 MIN_WAIT: Final = 1e-6  #: seconds; shorter lock waits are drawn at this value on the log axis

@@ -281,7 +281,8 @@ def simulate(
     ``QUEUE_OPTIONS``), with the same defaults; tests/test_widgets.py keeps them in step.
 
     Args:
-        producers, consumers: worker processes of each role.
+        producers: producer processes.
+        consumers: consumer processes.
         tasks: tasks put, then acked, in all.
         mode: "direct" (the workers take the file lock) or "broker" (a broker owns the file).
         payload_bytes: size of each task's payload.
@@ -295,9 +296,18 @@ def simulate(
         progress: show a progress bar.
         time_limit: seconds the run may last; then it stops, reported as incomplete.
         sample_interval: seconds between the runner's looks at the queue file.
-        lock, storage, wait, lock_timeout, poll_interval, fsync, lease, max_attempts,
-            max_payload_bytes, max_file_bytes, compact_bytes, file_mode: the queue every
-            worker opens (``djq.model.QueueConfig``; fsync is off here by default).
+        lock: the file lock: "flock", "filelock" or "soft" (``djq.model.LockKind``).
+        storage: "journal" or "rewrite" (``djq.model.StorageKind``).
+        wait: how a waiting get learns of a put (``djq.model.WaitKind``).
+        lock_timeout: seconds a lock may be waited for; None: for ever.
+        poll_interval: seconds between tries of a polling lock; None: the lock's default.
+        fsync: fsync every change (off here by default: a variable of its own).
+        lease: seconds a consumer holds a task before it is delivered again.
+        max_attempts: deliveries before a task goes to the dead letters.
+        max_payload_bytes: largest payload accepted.
+        max_file_bytes: largest queue file accepted.
+        compact_bytes: journal size that triggers a compaction.
+        file_mode: permissions of the queue's files.
 
     Returns:
         A ``Run`` with ``tasks``, ``locks``, ``ops``, ``depth``, ``workers``, ``batches`` frames and
@@ -468,7 +478,7 @@ def _metadata(config: SimConfig, folder: Path) -> dict[str, Any]:
     }
 
 
-def sweep(
+def sweep(  # noqa: D417 (the run options are simulate's, documented there)
     grid: Mapping[str, Sequence[Any]],
     *,
     repeats: int = 1,

@@ -125,10 +125,12 @@ def _html_table(frame: pd.DataFrame) -> str:
 
 def _compare_output(comparison: Comparison) -> dict[str, Any]:
     """The Compare tab's table: the columns that tell the runs apart; the full table one click away."""
-    brief, full = comparison.brief, comparison.table
+    full = comparison.table
+    brief = comparison.brief.rename(columns=lambda c: c.replace("_", " "))  # headers that can wrap
     text = (
         f'<div class="djq-compare">{_TABLE_CSS}{_html_table(brief)}'
-        f"<details><summary>Full table ({len(full.columns)} columns)</summary>{_html_table(full)}</details></div>"
+        f"<details><summary>Full table ({len(full.columns)} columns)</summary>"
+        f"{_html_table(full)}</details></div>"
     )
     return _display({"text/html": text, "text/plain": brief.map(_cell).to_string()})
 
