@@ -20,6 +20,12 @@ decode to a valid operation this djq knows (say, one from a newer djq), and a he
 a newer journal version. Lines are ``ops``' one codec: ``{"op": name, "now": now,
 **op.to_json()}``. Imports from djq: ``errors``, ``files``, ``model``, ``ops``, ``state``,
 ``storage``.
+
+A change is committed when its lines are appended (and fdatasynced, with ``fsync``), or,
+when it is folded, when the new snapshot is in place. ``save`` raises ``StorageError``
+only before that; a compaction after the append, or starting the new journal after a
+fold, is housekeeping whose failure is logged and retried at a later write
+(tests/test_faults.py fails every I/O call in turn to hold it to that).
 """
 
 from __future__ import annotations
