@@ -142,8 +142,9 @@ def _text_output(text: str) -> dict[str, Any]:
 def _legend_below(ax: Axes) -> None:
     """The Axes' legend under the plot, outside the data (many runs, long labels)."""
     handles, labels = ax.get_legend_handles_labels()
-    if ax.get_legend() is not None:
-        ax.get_legend().remove()
+    legend = ax.get_legend()
+    if legend is not None:
+        legend.remove()
     if handles:
         ax.figure.legend(handles, labels, loc="outside lower center", fontsize=9, frameon=False)
 

@@ -221,8 +221,9 @@ _NOTEBOOK_STATE = """() => {
   const kernel = panel.sessionContext.session && panel.sessionContext.session.kernel;
   const cells = panel.content.widgets.filter(c => c.model.type === 'code').map(c => ({
     count: c.model.executionCount,
-    running: c.node.querySelector('.jp-InputPrompt') ? c.node.querySelector('.jp-InputPrompt').textContent.includes('*') : false,
-    errors: c.model.outputs.toJSON().filter(o => o.output_type === 'error').map(o => o.ename + ': ' + o.evalue),
+    running: (c.node.querySelector('.jp-InputPrompt') || {textContent: ''}).textContent.includes('*'),
+    errors: c.model.outputs.toJSON().filter(o => o.output_type === 'error')
+      .map(o => o.ename + ': ' + o.evalue),
   }));
   return {kernel: kernel ? kernel.status : 'none', cells: cells};
 }"""
@@ -278,7 +279,8 @@ def figure_count(page: Any) -> int:
     """Images in the notebook's outputs that loaded (figures, and the panel's plots)."""
     return int(
         page.evaluate(
-            "() => [...window.jupyterapp.shell.currentWidget.node.querySelectorAll('.jp-OutputArea-output img')]"
+            "() => [...window.jupyterapp.shell.currentWidget.node"
+            ".querySelectorAll('.jp-OutputArea-output img')]"
             ".filter(i => i.complete && i.naturalWidth > 0).length"
         )
     )
@@ -305,7 +307,10 @@ def settle(page: Any) -> None:
     page.evaluate("() => new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)))")
 
 
-_PANEL = "() => [...document.querySelectorAll('.jp-OutputArea-output .widget-vbox')].find(e => e.innerText.includes('djq lab'))"
+_PANEL = (
+    "() => [...document.querySelectorAll('.jp-OutputArea-output .widget-vbox')]"
+    ".find(e => e.innerText.includes('djq lab'))"
+)
 
 #: the status line: the panel's second HTML widget (the first is its title)
 _STATUS = "() => (" + _PANEL + ")().querySelectorAll(':scope > .widget-html')[1].innerText"
@@ -313,16 +318,25 @@ _STATUS = "() => (" + _PANEL + ")().querySelectorAll(':scope > .widget-html')[1]
 _LAYOUT_PROBLEMS = """(panel) => {
   const out = [], box = panel.getBoundingClientRect();
   const ctx = document.createElement('canvas').getContext('2d');
-  const textWidth = (el, text) => { const s = getComputedStyle(el); ctx.font = s.font; return ctx.measureText(text).width; };
-  const inner = el => { const s = getComputedStyle(el); return el.clientWidth - parseFloat(s.paddingLeft) - parseFloat(s.paddingRight); };
-  const controls = [...panel.querySelectorAll('.widget-gridbox > .widget-inline-hbox, .widget-gridbox > .widget-checkbox')];
+  const textWidth = (el, text) => {
+    ctx.font = getComputedStyle(el).font;
+    return ctx.measureText(text).width;
+  };
+  const inner = el => {
+    const s = getComputedStyle(el);
+    return el.clientWidth - parseFloat(s.paddingLeft) - parseFloat(s.paddingRight);
+  };
+  const controls = [...panel.querySelectorAll(
+    '.widget-gridbox > .widget-inline-hbox, .widget-gridbox > .widget-checkbox')];
   if (controls.length < 9) out.push(`only ${controls.length} controls found`);
   for (const c of controls) {
     if (c.offsetParent === null) continue;  // hidden (the poll interval with flock)
     const r = c.getBoundingClientRect();
-    const labels = [...c.querySelectorAll('.widget-label, label')].filter(l => l.innerText.replace(/[\\s\\u200b]/g, ''));
+    const labels = [...c.querySelectorAll('.widget-label, label')]
+      .filter(l => l.innerText.replace(/[\\s\\u200b]/g, ''));
     const name = labels.length ? labels[0].innerText.trim() : c.className;
-    if (c.scrollWidth > c.clientWidth + 1) out.push(`${name}: overflows its box (${c.scrollWidth} > ${c.clientWidth} px)`);
+    if (c.scrollWidth > c.clientWidth + 1)
+      out.push(`${name}: overflows its box (${c.scrollWidth} > ${c.clientWidth} px)`);
     if (r.right > box.right + 1 || r.left < box.left - 1) out.push(`${name}: outside the panel`);
     for (const label of labels)
       if (label.getBoundingClientRect().width < 1 || label.scrollWidth > label.clientWidth + 1)
@@ -331,7 +345,8 @@ _LAYOUT_PROBLEMS = """(panel) => {
     const readout = c.querySelector('.widget-readout');
     if (readout) {
       const rr = readout.getBoundingClientRect();
-      if (rr.width < 1 || rr.right > r.right + 1 || readout.offsetParent === null) out.push(`${name}: its readout is not visible`);
+      if (rr.width < 1 || rr.right > r.right + 1 || readout.offsetParent === null)
+        out.push(`${name}: its readout is not visible`);
       else if (textWidth(readout, readout.innerText) > rr.width + 1) out.push(`${name}: its readout is cut`);
     }
     const select = c.querySelector('select');
@@ -340,7 +355,8 @@ _LAYOUT_PROBLEMS = """(panel) => {
       if (textWidth(select, text) > inner(select) + 1) out.push(`${name}: its value "${text}" is cut`);
     }
     const input = c.querySelector('input[type=text]');
-    if (input && textWidth(input, input.value) > inner(input) + 1) out.push(`${name}: its value "${input.value}" is cut`);
+    if (input && textWidth(input, input.value) > inner(input) + 1)
+      out.push(`${name}: its value "${input.value}" is cut`);
   }
   return out;
 }"""
@@ -382,7 +398,8 @@ def _run_and_watch(page: Any, panel: Any, number: int) -> list[float]:
     panel.locator("button[title='run a simulation with these options']").click()  # the Run button
     page.wait_for_function(
         "(n) => (" + _STATUS + ")().includes('#' + n + ' ') && !(" + _PANEL + ")()"
-        ".querySelector(\"button[title='run a simulation with these options']\").innerText.includes('Running')",
+        ".querySelector(\"button[title='run a simulation with these options']\")"
+        ".innerText.includes('Running')",
         arg=number,
         timeout=RUN_TIMEOUT_MS,
     )
@@ -416,7 +433,8 @@ def test_the_lab_panel_in_a_browser(page: Any, server: Server, tmp_path: Path) -
         images = panel.locator(".widget-tab img")
         before = [images.nth(i).get_attribute("src") for i in range(images.count())]
         seen = _run_and_watch(page, panel, 3)
-        assert any(0 <= s < 100 for s in seen) and seen[-1] == 100, f"the bar did not move: {seen}"
+        assert any(0 <= s < 100 for s in seen), f"the bar did not move: {seen}"
+        assert seen[-1] == 100, f"the bar did not end full: {seen}"
         assert "tasks acked" in _status(page)
         page.wait_for_function(  # drawn after the status line; fairness with 1 consumer may not change
             "(before) => { const now = [...("
@@ -433,7 +451,8 @@ def test_the_lab_panel_in_a_browser(page: Any, server: Server, tmp_path: Path) -
         table = panel.locator(".djq-compare table").first
         table.wait_for(state="visible")
         row = table.locator("tbody tr", has_text="#4 ")
-        assert row.count() == 1 and "soft" in row.inner_text()
+        assert row.count() == 1
+        assert "soft" in row.inner_text()
         assert row.locator("th").is_visible()  # the run label in view
         assert panel.locator(".djq-compare details").count() == 1  # the full table one click away
         assert page_problems(page) == []
