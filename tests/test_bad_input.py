@@ -438,7 +438,7 @@ def test_full_disk(
         queue.put("after")
         assert len(fake.replaced) == 1
         assert queue.stats().total == 4
-    with _queue(queue_path, clock) as fresh:
+    with _queue(queue_path, clock, lock_kind) as fresh:  # the kind the queue records
         assert [t.payload for t in fresh.peek()] == [{"n": 2}, "three", "after"]
 
 
