@@ -1,9 +1,8 @@
 """The broker: one process owns ``Queue.json``, applies clients' events in batches, writes once.
 
-The broker listens on a Unix socket beside the queue file (``Queue.json.sock``). A
-client must prove it knows the authkey in ``Queue.json.key`` (0600, new at every start)
-before a byte of its requests is read; requests and replies are orjson bytes
-(``djq.wire``), never pickle.
+Clients get in through the broker's ``endpoint`` (a Unix socket beside the queue file, an
+authkey handshake, a hello); each is then a ``channel.Channel``, non-blocking with bounded
+buffers. Requests and replies are orjson bytes (``djq.wire``), never pickle.
 
 One loop, one thread, does all the work: wait until clients have sent something (or a
 waiting ``get`` comes due), read one request from every client that has one, then apply
@@ -16,43 +15,30 @@ the file lock for every batch, and while consumers wait it wakes when the files 
 (inotify; where that is missing, it looks at their metadata every ``watch_interval``
 seconds) to notice their writes.
 
-No client can stall or exhaust the loop: after the handshake every connection is
-non-blocking; the loop frames messages itself (``multiprocessing.connection``'s framing, a
-4-byte big-endian length, or -1 and 8 bytes, then the bytes) from a per-connection buffer
-of at most ``MAX_BUFFERED_BYTES``, so a client that stops mid-message holds only its own
-buffer. Replies leave through a bounded outgoing buffer: a client whose replies are unsent
-is not read from until they leave, one past ``MAX_OUTGOING_BYTES`` or with more than
-``MAX_PENDING_REPLIES`` requests unanswered is dropped. An exception from one client or
-one request (djq's own or any other) is logged and answered or drops that client, never
-the loop; a batch that fails is retried request by request, so one bad request fails
-alone. The accept thread survives running out of descriptors (it logs, backs off, retries).
+No client can stall or exhaust the loop. An exception from one client or one request
+(djq's own or any other) is logged and answered or drops that client, never the loop; a
+batch that fails is retried request by request, so one bad request fails alone.
 
 The broker holds an ``engine.Engine``, not a client: each batch is one
-``Engine.transact``. It never touches storage internals. Imports from djq: ``engine``,
-``errors``, ``files``, ``metrics``, ``model``, ``ops``, ``state``, ``wire``, ``watch``.
+``Engine.transact``. It never touches storage internals. Imports from djq: ``channel``,
+``endpoint``, ``engine``, ``errors``, ``metrics``, ``model``, ``ops``, ``state``, ``wire``,
+``watch``.
 """
 
 from __future__ import annotations
 
 import collections
-import contextlib
-import errno
-import fcntl
 import logging
 import os
-import secrets
 import selectors
-import socket
-import struct
 import threading
 import time
 from dataclasses import dataclass, field
-from multiprocessing import connection as mpc
 from typing import Any, Final
 
-import orjson
-
-from . import files, ops, state, wire
+from . import ops, state, wire
+from .channel import MAX_BUFFERED_BYTES, MAX_OUTGOING_BYTES, MAX_PENDING_REPLIES, Channel, Channels
+from .endpoint import Endpoint
 from .engine import Clock, Engine, Transaction
 from .errors import BrokerError, DjqError, LeaseError, StorageError
 from .metrics import LockRecorder
@@ -65,90 +51,15 @@ logger = logging.getLogger(__name__)
 
 _WATCH: Final = "watch"  #: selector key data of the inotify descriptor
 _WATCH_SAFETY: Final = 1.0  #: seconds; with inotify, waiting gets still look this often
-_HANDSHAKE_TIMEOUT: Final = 5.0  #: seconds a new client has to prove it has the key
 DEFAULT_WATCH_INTERVAL: Final = 0.05  #: seconds between looks at the file while gets wait
 _METRIC_ROWS: Final = 200_000  #: per-batch and per-event rows kept (the newest)
-_READ_CHUNK: Final = 1 << 16  #: bytes asked of one read
-_READ_ROUND: Final = 1 << 20  #: bytes read from one client before the loop serves the others
-MAX_BUFFERED_BYTES: Final = (
-    wire.MAX_MESSAGE_BYTES + 12 + _READ_CHUNK
-)  #: a connection's unparsed bytes, at most
-MAX_OUTGOING_BYTES: Final = (
-    wire.MAX_MESSAGE_BYTES + 12
-)  #: a connection's unsent replies; past it, it is dropped
-MAX_PENDING_REPLIES: Final = 64  #: requests of one connection read but not answered; past it, it is dropped
-_MAX_HANDSHAKES: Final = 128  #: handshakes at once; more connections wait in the listen backlog
-_ACCEPT_BACKOFF: Final = (0.01, 1.0)  #: seconds the accept thread waits after a failed accept: first, longest
-_LOST: Final = (errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN, errno.ESHUTDOWN)
-
-
-class _Drop(Exception):
-    """This client broke the rules (or left): close its connection, keep serving the others."""
-
-    def __init__(self, why: str, *, fault: bool = True) -> None:
-        super().__init__(why)
-        self.fault = fault  #: False: a client that simply hung up (not logged, not counted)
-
-
-class _Client:
-    """One authenticated connection: its socket (non-blocking), unparsed bytes and unsent replies."""
-
-    __slots__ = ("closed", "conn", "fd", "frame", "inbox", "mask", "outbox", "pending")
-
-    def __init__(self, conn: mpc.Connection) -> None:
-        self.conn = conn
-        self.fd = conn.fileno()
-        self.inbox = bytearray()  #: bytes read and not yet taken as a message
-        self.outbox = bytearray()  #: reply bytes not yet sent
-        self.frame: tuple[int, int] | None = None  #: (header bytes, body bytes) of the message in the inbox
-        self.pending = 0  #: requests read and not yet answered
-        self.mask = 0  #: the events it is registered for (0: not registered)
-        self.closed = False
-
-    def parse(self) -> bool:
-        """Read the inbox's length prefix; True if a whole message is buffered.
-
-        Raises:
-            _Drop: the prefix announces a message over ``MAX_MESSAGE_BYTES`` (or a negative one).
-        """
-        if self.frame is None:
-            if len(self.inbox) < 4:
-                return False
-            (size,) = struct.unpack_from("!i", self.inbox)
-            header = 4
-            if size == -1:  # multiprocessing's long form: 8 more bytes of length
-                if len(self.inbox) < 12:
-                    return False
-                (size,) = struct.unpack_from("!Q", self.inbox, 4)
-                header = 12
-            if not 0 <= size <= wire.MAX_MESSAGE_BYTES:
-                raise _Drop(f"announced a message of {size} bytes (the limit is {wire.MAX_MESSAGE_BYTES})")
-            self.frame = (header, size)
-        header, size = self.frame
-        return len(self.inbox) >= header + size
-
-    def take(self) -> bytes:
-        """Remove and return the whole message ``parse`` found."""
-        header, size = self.frame  # type: ignore[misc]  # parse() returned True
-        data = bytes(self.inbox[header : header + size])
-        del self.inbox[: header + size]
-        self.frame = None
-        return data
-
-    def wants(self) -> int:
-        """The events to wait for: writable while replies wait; readable unless a message or reply waits."""
-        if self.outbox:
-            return selectors.EVENT_WRITE  # no new request from a client that does not read its replies
-        if self.frame is not None and len(self.inbox) >= sum(self.frame):
-            return 0  # a whole message waits for the next batch
-        return selectors.EVENT_READ
 
 
 @dataclass(slots=True)
 class _Pending:
     """One request on its way through the broker."""
 
-    conn: _Client
+    conn: Channel
     request: wire.Request
     received_ns: int
     deadline: float | None = None  #: monotonic; a waiting get gives up then
@@ -184,16 +95,8 @@ class BrokerMetrics:
 
     def counters(self) -> dict[str, int]:
         """Return the running counters."""
-        return {
-            "requests": self.requests,
-            "applied": self.applied,
-            "transactions": self.transactions,
-            "writes": self.writes,
-            "largest_batch": self.largest_batch,
-            "dropped": self.dropped,
-            "errors": self.errors,
-            "accept_errors": self.accept_errors,
-        }
+        names = ("requests", "applied", "transactions", "writes", "largest_batch", "dropped", "errors")
+        return {name: getattr(self, name) for name in (*names, "accept_errors")}
 
 
 class Broker:
@@ -229,18 +132,14 @@ class Broker:
         self._clock = clock
         self._watch = watch_interval
         self._watcher: Watcher | None = None  # inotify on the queue's files, where available
-        self._clients: dict[_Client, None] = {}  # in the order they connected
         self._selector = selectors.DefaultSelector()  # kept for the broker's life: one per loop costs
-        self._arrivals: collections.deque[mpc.Connection] = collections.deque()
+        self._clients = Channels(self._selector, dropped=self._dropped, failed=self._failed)
         self._waiting: collections.deque[_Pending] = collections.deque()
         self._due: float | None = None
         self._stopping = False
         self._started_at = 0.0
         self._ready = threading.Event()
-        self._handshakes = threading.BoundedSemaphore(_MAX_HANDSHAKES)
-        self._wake_r, self._wake_w = os.pipe()
-        os.set_blocking(self._wake_w, False)
-        self._selector.register(self._wake_r, selectors.EVENT_READ, None)
+        self._endpoint = Endpoint(self.paths, arrived=self._clients.arrive, failed=self._accept_failed)
 
     @property
     def ready(self) -> threading.Event:
@@ -250,11 +149,7 @@ class Broker:
     def shutdown(self) -> None:
         """Ask ``serve`` to return after the batch in hand (safe from any thread)."""
         self._stopping = True
-        self._wake()
-
-    def _wake(self) -> None:
-        with contextlib.suppress(OSError):  # a wake-up is already pending, or the broker stopped
-            os.write(self._wake_w, b"!")
+        self._clients.wake()
 
     # Life cycle
 
@@ -266,34 +161,8 @@ class Broker:
             StorageError: the folder, socket or key file could not be made.
         """
         try:
-            files.make_folder(self.paths.queue)
-            owner = self._own()
-        except BaseException as exc:
-            self._close_files()
-            if isinstance(exc, OSError) and not isinstance(exc, DjqError):
-                raise files.error("cannot own the broker's info file", self.paths.info, exc) from exc
-            raise
-        listener = None
-        acceptor = None
-        try:
-            key = secrets.token_bytes(32)
-            files.write_atomic(self.paths.key, key.hex().encode(), fsync=False)  # new at every start
-            self.paths.socket.unlink(missing_ok=True)  # stale: its broker is gone (we own the file)
-            listener = mpc.Listener(str(self.paths.socket), family="AF_UNIX", backlog=128)
-            os.chmod(self.paths.socket, 0o600)
-            self._watcher = watcher(
-                self.paths.queue.parent, {self.paths.queue.name, f"{self.paths.queue.name}.journal"}
-            )
-            if self._watcher is not None:
-                self._selector.register(self._watcher, selectors.EVENT_READ, _WATCH)
-            self._started_at = time.time()
-            info = {"pid": os.getpid(), "address": str(self.paths.socket), "started_at": self._started_at}
-            os.ftruncate(owner, 0)
-            os.pwrite(owner, orjson.dumps(info), 0)
-            acceptor = threading.Thread(
-                target=self._accept, args=(listener, key), daemon=True, name="djq-accept"
-            )
-            acceptor.start()
+            self._endpoint.own()
+            self._open()
             logger.info("broker %d serving %s at %s", os.getpid(), self.config.path, self.paths.socket)
             self._ready.set()
             self._loop()
@@ -304,111 +173,34 @@ class Broker:
                 f"broker for {self.config.path} failed: {exc}", path=str(self.paths.socket)
             ) from exc
         finally:
-            self._stopping = True
-            if acceptor is not None:  # closing the listener does not wake a blocked accept
-                self._connect_to_self()
-                acceptor.join(5.0)
-            if listener is not None:
-                listener.close()  # removes the socket file
-            for client in list(self._clients):
-                with contextlib.suppress(Exception):
-                    self._flush(client)  # a last reply (a shutdown's) leaves if the socket takes it
-                client.conn.close()
-            for conn in self._arrivals:
-                conn.close()
-            self.paths.key.unlink(missing_ok=True)
-            os.ftruncate(owner, 0)
-            os.close(owner)  # releases the flock: another broker may start
-            self._close_files()
+            self._close()
+
+    def _open(self) -> None:
+        """Watch the queue's files, then let clients in."""
+        names = {self.paths.queue.name, f"{self.paths.queue.name}.journal"}
+        self._watcher = watcher(self.paths.queue.parent, names)
+        if self._watcher is not None:
+            self._selector.register(self._watcher, selectors.EVENT_READ, _WATCH)
+        self._started_at = time.time()
+        info = {"pid": os.getpid(), "address": str(self.paths.socket), "started_at": self._started_at}
+        self._endpoint.open(info)
+
+    def _close(self) -> None:
+        """Stop accepting, send what replies the sockets take, close everything, let go of the file."""
+        self._stopping = True
+        self._endpoint.stop()
+        self._clients.close()
+        self._endpoint.close()
+        self._close_files()
 
     def _close_files(self) -> None:
         self._selector.close()
         if self._watcher is not None:
             self._watcher.close()
         self._engine.close()
-        for fd in (self._wake_r, self._wake_w):
-            os.close(fd)
 
-    def _own(self) -> int:
-        """Take the broker's flock on its info file, or raise if another broker has it."""
-        fd = os.open(self.paths.info, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise BrokerError(f"a broker already serves {self.config.path} ({self.paths.info})") from None
-        return fd
-
-    def _accept(self, listener: mpc.Listener, key: bytes) -> None:
-        """Accept connections; each proves it has the key in a thread of its own.
-
-        A failed accept (out of descriptors, say) is logged and retried after a pause that
-        grows while it keeps failing: the pending connection waits in the backlog, and the
-        broker accepts again as soon as descriptors are free. Only a closed listener ends it.
-        """
-        pause = _ACCEPT_BACKOFF[0]
-        while not self._stopping:
-            try:
-                conn = listener.accept()
-            except OSError as exc:
-                if self._stopping or exc.errno in (errno.EBADF, errno.EINVAL):
-                    return  # the listener was closed
-                self.metrics.accept_errors += 1
-                logger.error("cannot accept a client (retrying in %.2f s): %s", pause, exc)
-                time.sleep(pause)
-                pause = min(pause * 2, _ACCEPT_BACKOFF[1])
-                continue
-            except Exception as exc:  # never the end of accepting: log, pause, carry on
-                self.metrics.accept_errors += 1
-                logger.exception("cannot accept a client: %s", exc)
-                time.sleep(pause)
-                continue
-            pause = _ACCEPT_BACKOFF[0]
-            while not (self._stopping or self._handshakes.acquire(timeout=0.5)):
-                pass  # strangers that never finish their handshake hold at most _MAX_HANDSHAKES threads
-            if self._stopping:  # woken by _connect_to_self
-                conn.close()
-                return
-            try:
-                threading.Thread(target=self._handshake, args=(conn, key), daemon=True).start()
-            except RuntimeError as exc:  # can't start new thread: refuse this one, keep accepting
-                self._handshakes.release()
-                self.metrics.accept_errors += 1
-                logger.error("refused a client: cannot start its handshake: %s", exc)
-                conn.close()
-
-    def _connect_to_self(self) -> None:
-        """Wake the accept thread so it sees ``_stopping`` and returns."""
-        with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-            sock.settimeout(1.0)
-            sock.connect(str(self.paths.socket))
-
-    def _handshake(self, conn: mpc.Connection, key: bytes) -> None:
-        try:
-            self._handshake_one(conn, key)
-        finally:
-            self._handshakes.release()
-
-    def _handshake_one(self, conn: mpc.Connection, key: bytes) -> None:
-        try:
-            _socket_timeouts(conn.fileno(), _HANDSHAKE_TIMEOUT)  # a client that stalls is dropped
-            mpc.deliver_challenge(conn, key)
-            mpc.answer_challenge(conn, key)
-            hello = conn.recv_bytes(wire.MAX_MESSAGE_BYTES)
-            try:
-                wire.check_hello(hello)
-            except BrokerError as exc:
-                conn.send_bytes(wire.encode_error(exc))
-                raise
-            conn.send_bytes(wire.encode_ok({"protocol": wire.PROTOCOL}))
-            _socket_timeouts(conn.fileno(), 0.0)
-            os.set_blocking(conn.fileno(), False)  # from now on the loop reads and writes when it can
-        except Exception as exc:  # a stranger, garbage, or a client that left: never the broker's end
-            logger.warning("refused a client: %s: %s", type(exc).__name__, exc)
-            conn.close()
-            return
-        self._arrivals.append(conn)
-        self._wake()
+    def _accept_failed(self) -> None:
+        self.metrics.accept_errors += 1
 
     # The loop
 
@@ -416,73 +208,43 @@ class Broker:
         while not self._stopping:
             batch: list[_Pending] = []
             try:
-                ready = self._selector.select(0.0 if self._queued else self._timeout())
-                for key, mask in ready:
-                    if key.data is _WATCH:
-                        self._watcher.drain()  # type: ignore[union-attr]  # a change: _run looks if gets wait
-                    elif key.data is None:
-                        os.read(self._wake_r, 4096)
-                        self._admit()
-                    else:
-                        self._guard(key.data, self._serve_events, key.data, mask)
-                self._take_requests(batch)
-                self._run(batch)
+                self._step(batch)
             except Exception as exc:  # a bug of the broker's own: fail this batch, never the loop
-                self._failed("the broker's loop", exc)
-                for pending in batch:
-                    if not pending.answered:
-                        pending.error = exc
-                        self._answer(pending)
-                self._waiting = collections.deque(p for p in self._waiting if not p.answered)
-                time.sleep(0.01)  # a fault that repeats must not spin
+                self._fail_batch(batch, exc)
             finally:
-                for client in list(self._clients):
-                    self._guard(client, self._update, client)
+                self._clients.register()
+
+    def _step(self, batch: list[_Pending]) -> None:
+        """Wait for clients (or a waiting get's time), take one request from each, run them."""
+        ready = self._selector.select(0.0 if self._clients.queued else self._timeout())
+        for key, mask in ready:
+            if key.data is _WATCH:
+                self._watcher.drain()  # type: ignore[union-attr]  # a change: _run looks if gets wait
+            elif key.data is None:  # the wake-up pipe
+                self._clients.admit()
+            else:
+                self._clients.guard(key.data, key.data.serve, mask)
+        self._take_requests(batch)
+        self._run(batch)
+
+    def _fail_batch(self, batch: list[_Pending], exc: Exception) -> None:
+        """Answer the batch's requests with the loop's own failure."""
+        self._failed("the broker's loop", exc)
+        for pending in batch:
+            if not pending.answered:
+                pending.error = exc
+                self._answer(pending)
+        self._waiting = collections.deque(p for p in self._waiting if not p.answered)
+        time.sleep(0.01)  # a fault that repeats must not spin
+
+    def _dropped(self, client: Channel, fault: bool) -> None:
+        """Count a client dropped at fault; forget its waiting gets."""
+        self.metrics.dropped += fault
+        self._waiting = collections.deque(p for p in self._waiting if p.conn is not client)
 
     def _failed(self, what: str, exc: BaseException) -> None:
         self.metrics.errors += 1
         logger.error("%s failed: %s: %s", what, type(exc).__name__, exc, exc_info=exc)
-
-    def _admit(self) -> None:
-        while self._arrivals:
-            conn = self._arrivals.popleft()
-            client = _Client(conn)
-            self._clients[client] = None
-            try:
-                self._update(client)
-            except Exception as exc:
-                self._failed("registering a client", exc)
-                self._drop(client, "cannot be registered")
-
-    def _guard(self, client: _Client, action: Any, *args: Any) -> None:
-        """Run ``action(*args)`` for one client: if it breaks a bound, leaves or fails, drop only it."""
-        try:
-            action(*args)
-        except _Drop as exc:
-            self._drop(client, str(exc), fault=exc.fault)
-        except Exception as exc:
-            self._failed("serving a client", exc)
-            self._drop(client, f"{type(exc).__name__}: {exc}")
-
-    def _update(self, client: _Client) -> None:
-        """Register the client for the events it wants now (none: a whole message waits)."""
-        if client.closed:
-            return
-        wants = client.wants()
-        if wants == client.mask:
-            return
-        if client.mask == 0:
-            self._selector.register(client.fd, wants, client)
-        elif wants == 0:
-            self._selector.unregister(client.fd)
-        else:
-            self._selector.modify(client.fd, wants, client)
-        client.mask = wants
-
-    @property
-    def _queued(self) -> bool:
-        """True if a client has a whole message buffered (the loop must not wait for the socket)."""
-        return any(c.mask == 0 and not c.closed for c in self._clients)
 
     def _timeout(self) -> float | None:
         """Seconds until the loop must look again by itself; None: only when woken."""
@@ -497,110 +259,32 @@ class Broker:
             wait = min(wait, self._due - self._clock())
         return max(wait, 0.0)
 
-    def _serve_events(self, client: _Client, mask: int) -> None:
-        if client.closed:
-            return
-        if mask & selectors.EVENT_WRITE:
-            self._flush(client)
-        if mask & selectors.EVENT_READ and not client.closed:
-            self._read(client)
-
-    def _read(self, client: _Client) -> None:
-        """Read what the client sent, without blocking, until a message is whole (or a round's worth).
-
-        Raises:
-            _Drop: the client left, or announced a message over the limit.
-        """
-        got = 0
-        while not client.parse() and got < _READ_ROUND:
-            try:
-                data = os.read(client.fd, _READ_CHUNK)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as exc:
-                raise _Drop(f"its connection failed: {exc}") from None
-            if not data:
-                raise _Drop("it hung up mid-message", fault=True) if client.inbox else _Drop("", fault=False)
-            client.inbox += data
-            got += len(data)
-
     def _take_requests(self, batch: list[_Pending]) -> None:
         """Take one whole message from every client that has one, in the order they connected."""
-        for client in list(self._clients):
-            if not (client.closed or client.outbox) and client.frame is not None and client.parse():
-                self._guard(client, self._request, client, batch)
+        for client in self._clients:
+            if client.has_request():
+                self._clients.guard(client, self._request, client, batch)
 
-    def _request(self, client: _Client, batch: list[_Pending]) -> None:
+    def _request(self, client: Channel, batch: list[_Pending]) -> None:
         data = client.take()
         client.parse()  # the next message's prefix may be here already: over the limit, drop now
         received = time.perf_counter_ns()
         self.metrics.requests += 1
-        client.pending += 1
-        if client.pending > MAX_PENDING_REPLIES:
-            raise _Drop(f"has more than {MAX_PENDING_REPLIES} requests unanswered")
+        client.count_request()
         try:
             request = wire.decode_request(data, max_payload_bytes=self.config.max_payload_bytes)
         except Exception as exc:  # a client's bad request is its error, never the end of the loop
             logger.warning("refused a request: %s: %s", type(exc).__name__, exc)
             client.pending -= 1
-            self._reply(client, wire.encode_error(exc))
+            self._clients.reply(client, wire.encode_error(exc))
             return
         batch.append(_Pending(client, request, received))
-
-    def _drop(self, client: _Client, why: str, *, fault: bool = True) -> None:
-        if client.closed:
-            return
-        if fault:
-            logger.warning("dropped a client: %s", why)
-            self.metrics.dropped += 1
-        client.closed = True
-        if client.mask:
-            with contextlib.suppress(KeyError, ValueError, OSError):
-                self._selector.unregister(client.fd)
-            client.mask = 0
-        client.conn.close()
-        client.inbox = bytearray()
-        client.outbox = bytearray()
-        self._clients.pop(client, None)
-        self._waiting = collections.deque(p for p in self._waiting if p.conn is not client)
-
-    def _reply(self, client: _Client, data: bytes) -> bool:
-        """Queue one reply and send what the socket takes now; False if the client is gone."""
-        if client.closed:
-            return False
-        size = len(data)
-        header = struct.pack("!i", size) if size <= 0x7FFF_FFFF else struct.pack("!iQ", -1, size)
-        client.outbox += header
-        client.outbox += data
-        self._guard(client, self._flush, client)
-        if not client.closed and len(client.outbox) > MAX_OUTGOING_BYTES:
-            self._drop(client, f"does not read its replies ({len(client.outbox)} bytes unsent)")
-        return not client.closed
-
-    def _flush(self, client: _Client) -> None:
-        """Send as much of the outbox as the socket takes, without blocking.
-
-        Raises:
-            _Drop: the client left.
-        """
-        while client.outbox:
-            try:
-                sent = os.write(client.fd, client.outbox[:_READ_ROUND])
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as exc:
-                raise _Drop(f"it left before its reply was sent ({exc.strerror or exc})") from None
-            del client.outbox[:sent]
 
     def _run(self, batch: list[_Pending]) -> None:
         writes = [
             p for p in batch if p.request.op is not None and p.request.op.writes and not p.request.op.waits
         ]
-        for pending in batch:
-            if pending.request.op is not None and pending.request.op.waits and not pending.conn.closed:
-                wait = pending.request.wait
-                pending.deadline = None if wait is None else time.monotonic() + wait
-                self._waiting.append(pending)
+        self._wait(batch)
         served: list[_Pending] = []
         if writes or (self._waiting and (batch or self._something_changed())):
             served = self._transact(writes)
@@ -610,6 +294,14 @@ class Broker:
             if pending.request.op is None or not pending.request.op.writes:
                 self._serve_read(pending)
         self._give_up_waiting()
+
+    def _wait(self, batch: list[_Pending]) -> None:
+        """Put the batch's gets in line, each with its deadline."""
+        for pending in batch:
+            if pending.request.op is not None and pending.request.op.waits and not pending.conn.closed:
+                wait = pending.request.wait
+                pending.deadline = None if wait is None else time.monotonic() + wait
+                self._waiting.append(pending)
 
     def _something_changed(self) -> bool:
         """True if a direct client wrote the file or a delayed task or lease came due."""
@@ -636,6 +328,10 @@ class Broker:
             for pending in writes + served:
                 pending.error = failure
             return served
+        return self._retry_alone(writes, served)
+
+    def _retry_alone(self, writes: list[_Pending], served: list[_Pending]) -> list[_Pending]:
+        """Put the served gets back in line, apply each write alone, then serve the gets again."""
         for pending in reversed(served):  # back in line, in their order
             pending.result = None
             self._waiting.appendleft(pending)
@@ -659,21 +355,9 @@ class Broker:
 
         def change(tx: Transaction) -> None:
             marks.append(time.perf_counter_ns())
-            for pending in writes:
-                try:
-                    pending.result = tx.apply(pending.request.op)  # type: ignore[arg-type]
-                except LeaseError as exc:  # changes nothing; only this request fails
-                    pending.error = exc
-            while serve and self._waiting:
-                pending = self._waiting[0]
-                if pending.conn.closed:  # its client left: it takes no task
-                    self._waiting.popleft()
-                    continue
-                result = tx.apply(pending.request.op)  # type: ignore[arg-type]
-                if not result:  # None, or no tasks for a lease_many
-                    break
-                pending.result = result
-                served.append(self._waiting.popleft())
+            self._apply(tx, writes)
+            if serve:
+                self._serve_waiting(tx, served)
             self._due = state.next_deadline(tx.state, now=tx.now)
             marks.append(time.perf_counter_ns())
 
@@ -689,6 +373,27 @@ class Broker:
         for pending in writes + served:
             pending.applied_ns = applied_at
         return served, failure
+
+    @staticmethod
+    def _apply(tx: Transaction, writes: list[_Pending]) -> None:
+        for pending in writes:
+            try:
+                pending.result = tx.apply(pending.request.op)  # type: ignore[arg-type]
+            except LeaseError as exc:  # changes nothing; only this request fails
+                pending.error = exc
+
+    def _serve_waiting(self, tx: Transaction, served: list[_Pending]) -> None:
+        """Serve waiting gets in arrival order while there are tasks for them."""
+        while self._waiting:
+            pending = self._waiting[0]
+            if pending.conn.closed:  # its client left: it takes no task
+                self._waiting.popleft()
+                continue
+            result = tx.apply(pending.request.op)  # type: ignore[arg-type]
+            if not result:  # None, or no tasks for a lease_many
+                break
+            pending.result = result
+            served.append(self._waiting.popleft())
 
     def _record_batch(self, start: int, end: int, marks: list[int], size: int, wrote: bool) -> int:
         """Count one batch and keep its row; return when it was applied (ns)."""
@@ -711,30 +416,17 @@ class Broker:
             return
         pending.answered = True
         pending.conn.pending -= 1
-        if pending.error is not None:
-            data = wire.encode_error(pending.error)
-        else:
-            try:
-                data = wire.encode_ok(pending.result)
-            except Exception as exc:  # a result that cannot be encoded is this request's error
-                pending.error = exc
-                data = wire.encode_error(exc)
-            if len(data) > wire.MAX_MESSAGE_BYTES:  # the client could not read it: say so instead
-                pending.error = BrokerError(
-                    f"the reply is {len(data)} bytes, over the wire's limit of {wire.MAX_MESSAGE_BYTES}; "
-                    "ask for less at a time"
-                )
-                data = wire.encode_error(pending.error)
-        ok = self._reply(pending.conn, data)
-        self.metrics.events.append(
-            (
-                pending.request.op.name if pending.request.op is not None else pending.request.control,
-                pending.received_ns,
-                pending.applied_ns,
-                time.perf_counter_ns(),
-                ok and pending.error is None,
-            )
+        ok = self._clients.reply(pending.conn, _encode(pending))
+        request = pending.request
+        name = request.op.name if request.op is not None else request.control
+        row = (
+            name,
+            pending.received_ns,
+            pending.applied_ns,
+            time.perf_counter_ns(),
+            ok and pending.error is None,
         )
+        self.metrics.events.append(row)
 
     def _give_up_waiting(self) -> None:
         """Answer None (or []) to waiting gets whose time is up (or that never wanted to wait)."""
@@ -775,29 +467,34 @@ class Broker:
             "config": self.config.to_json(),
             "clients": len(self._clients),
             "waiting": len(self._waiting),
-            **self._buffers(),
+            **self._clients.buffers(),
         }
 
-    def _buffers(self) -> dict[str, int]:
-        """Bytes the broker holds for its clients: in all, and for the client holding most."""
-        sizes = [len(c.inbox) + len(c.outbox) for c in self._clients]
-        return {"buffered_bytes": sum(sizes), "largest_buffer": max(sizes, default=0)}
-
     def _metrics(self, *, rows: bool) -> dict[str, Any]:
-        result: dict[str, Any] = {**self.metrics.counters(), "clients": len(self._clients), **self._buffers()}
+        result: dict[str, Any] = {
+            **self.metrics.counters(),
+            "clients": len(self._clients),
+            **self._clients.buffers(),
+        }
         if rows:
             result["batches"] = list(self.metrics.batches)
             result["events"] = list(self.metrics.events)
         return result
 
 
-def _socket_timeouts(fd: int, seconds: float) -> None:
-    """Make blocking reads and writes on socket ``fd`` fail after ``seconds`` (0: wait for ever)."""
-    whole = int(seconds)
-    value = struct.pack("ll", whole, int((seconds - whole) * 1e6))
-    sock = socket.socket(fileno=os.dup(fd))  # shares the socket, so its options
+def _encode(pending: _Pending) -> bytes:
+    """Return the reply to ``pending``; a result that cannot be encoded or sent becomes its error."""
+    if pending.error is not None:
+        return wire.encode_error(pending.error)
     try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, value)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, value)
-    finally:
-        sock.close()
+        data = wire.encode_ok(pending.result)
+    except Exception as exc:  # a result that cannot be encoded is this request's error
+        pending.error = exc
+        data = wire.encode_error(exc)
+    if len(data) > wire.MAX_MESSAGE_BYTES:  # the client could not read it: say so instead
+        pending.error = BrokerError(
+            f"the reply is {len(data)} bytes, over the wire's limit of {wire.MAX_MESSAGE_BYTES}; "
+            "ask for less at a time"
+        )
+        data = wire.encode_error(pending.error)
+    return data
