@@ -17,9 +17,8 @@ leaves a last line without its newline (or with a bad checksum): it is never app
 and the next writer cuts it off before appending. A bad line before the last is
 corruption (``CorruptQueueError``), never skipped; so is a complete line that does not
 decode to a valid operation this djq knows (say, one from a newer djq), and a header of
-a newer journal version. Lines are ``ops``' one codec: ``{"op": name, "now": now,
-**op.to_json()}``. Imports from djq: ``errors``, ``files``, ``model``, ``ops``, ``state``,
-``storage``.
+a newer journal version. The lines' codec is ``lines``. Imports from djq: ``errors``,
+``files``, ``lines``, ``model``, ``snapshot``, ``state``, ``storage``.
 
 A change is committed when its lines are appended (and fdatasynced, with ``fsync``), or,
 when it is folded, when the new snapshot is in place. ``save`` raises ``StorageError``
@@ -32,18 +31,14 @@ from __future__ import annotations
 
 import errno
 import logging
-import math
 import os
 import stat
-import zlib
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Final
 
-import orjson
-
-from . import files, ops, state
-from .errors import CorruptQueueError, DjqError, LeaseError, StorageError, UnsupportedVersion
+from . import files, state
+from .errors import CorruptQueueError, LeaseError, StorageError
+from .lines import JOURNAL_FORMAT, decode_header, decode_line, encode_header, encode_line, is_checksummed
 from .model import DEFAULT_COMPACT_BYTES, DEFAULT_MAX_FILE_BYTES
 from .snapshot import Snapshot, SnapshotFile
 from .state import QueueState
@@ -53,55 +48,11 @@ __all__ = ["JOURNAL_FORMAT", "JournalFile", "decode_line", "encode_line", "journ
 
 logger = logging.getLogger(__name__)
 
-JOURNAL_FORMAT: Final = "djq.journal"
-JOURNAL_VERSION: Final = 1
-
 
 def journal_path(path: str | os.PathLike[str]) -> Path:
     """Return the journal's path for a queue file: ``Queue.json.journal``."""
     p = Path(path)
     return p.with_name(p.name + ".journal")
-
-
-def encode_line(op: ops.Op[Any], now: float) -> bytes:
-    """Return one journal line: checksum, space, the operation as JSON, newline."""
-    doc = orjson.dumps({"op": op.name, "now": now, **op.to_json()})
-    return b"%08x %s\n" % (zlib.crc32(doc), doc)
-
-
-def decode_line(line: bytes) -> tuple[ops.Op[Any], float]:
-    """Parse one journal line (without its newline) back into ``(operation, now)``.
-
-    Raises:
-        ValueError: the checksum does not match, or the line is not an operation that
-            changes a queue (an unknown one, or a bad field).
-    """
-    if len(line) < 10 or line[8:9] != b" ":
-        raise ValueError("not a journal line")
-    doc = line[9:]
-    if int(line[:8], 16) != zlib.crc32(doc):
-        raise ValueError("checksum mismatch")
-    fields = orjson.loads(doc)
-    now = fields.pop("now", None) if isinstance(fields, dict) else None
-    if not isinstance(now, int | float) or isinstance(now, bool) or not math.isfinite(now):
-        raise ValueError("no time, or a bad one")
-    try:
-        op = ops.from_json(fields)
-    except DjqError as exc:
-        raise ValueError(str(exc)) from None
-    except (TypeError, KeyError, AttributeError) as exc:  # a wrong-typed field ("op": [1], say)
-        raise ValueError(f"bad fields: {type(exc).__name__}: {exc}") from None
-    if not op.writes:
-        raise ValueError(f"{op.name!r} does not change a queue")
-    return op, float(now)
-
-
-def _is_checksummed(line: bytes) -> bool:
-    """Whether a line is whole: its checksum matches (so a decode failure is not a torn write)."""
-    try:
-        return len(line) >= 10 and line[8:9] == b" " and int(line[:8], 16) == zlib.crc32(line[9:])
-    except ValueError:
-        return False
 
 
 class JournalFile:
@@ -245,7 +196,7 @@ class JournalFile:
             end = data.find(b"\n")
             if end < 0:
                 return True  # a header being written, or torn: nothing to apply
-            generation = _header(data[:end], self.journal)
+            generation = decode_header(data[:end], self.journal)
             if generation < snapshot.generation:
                 self._stale = True  # folded into the snapshot already
                 return True
@@ -288,7 +239,7 @@ class JournalFile:
             try:
                 event, now = decode_line(data[pos:end])
             except (ValueError, KeyError, TypeError, AttributeError) as exc:
-                if data.find(b"\n", end + 1) < 0 and not _is_checksummed(data[pos:end]):
+                if data.find(b"\n", end + 1) < 0 and not is_checksummed(data[pos:end]):
                     return pos - start  # the last line is damaged: torn, never applied
                 raise CorruptQueueError(
                     path=str(self.journal), reason=f"bad line at byte {self._offset + pos}: {exc}"
@@ -311,13 +262,11 @@ class JournalFile:
 
         ``applied`` None means the changes cannot be replayed: the state is folded instead.
 
-        The change is committed once it is durable: the append is written (and fdatasynced
-        with ``fsync``), or, when folded, the new snapshot is in place. Only a failure before
-        that raises; what follows (starting the new journal after a fold, a compaction after
-        an append) is housekeeping: a failure there is logged, leaves valid files (a stale
-        journal is ignored; an unfolded journal is simply longer) and is tried again at a
-        later save. Raising then would make a retried put duplicate, a failed-looking ack
-        strand its task.
+        The change is committed once durable: the append written (and fdatasynced with
+        ``fsync``), or the folded snapshot in place. Only a failure before that raises; the
+        housekeeping after it (starting the new journal, a compaction) logs a failure, which
+        leaves valid files, and is tried again at a later save: raising then would make a
+        retried put duplicate, a failed-looking ack strand its task.
 
         Raises:
             StorageError: the change is not stored; the files are as before, the cache dropped.
@@ -329,20 +278,30 @@ class JournalFile:
         if not applied:
             return
         data = b"".join(encode_line(op, now) for op, now in applied)
-        if self._offset + len(data) > self.max_file_bytes:
-            self._fold(current)  # the journal never grows past what a reader accepts
+        if self._offset + len(data) > self.max_file_bytes or self._fold_due:
+            # The journal never grows past what a reader accepts; and after an append of
+            # unknown durability, the next change folds all of it.
+            self._fold(current)
             return
-        if self._fold_due:
-            self._fold(current)  # an append of unknown durability: the next change folds all of it
-            return
+        self._append_lines(data, base.generation)
+        self._committed(data)
+        if self._offset > max(min(self.compact_bytes, self.max_file_bytes // 2), self.snapshot.file_bytes()):
+            try:
+                self.compact(current)
+            except Exception as exc:  # housekeeping: the change is in the journal already
+                logger.warning("%s: compaction failed, tried again at a later write: %s", self.path, exc)
+
+    def _append_lines(self, data: bytes, generation: int) -> None:
+        """Append ``data`` with one write (and fdatasync it with ``fsync``).
+
+        Raises:
+            StorageError: nothing of ``data`` is in the journal; the cache is dropped.
+        """
         appended = False
         try:
             if self.fsync:
                 files.sync_pending(self.journal)  # a folder fsync that failed after a replace
-            if self._fd is None or self._stale or self._offset == 0:  # 0: no complete header
-                self._reset(base.generation)
-            elif self._size != self._offset:
-                os.ftruncate(self._fd, self._offset)  # cut off a torn line left by a dead writer
+            self._ready_to_append(generation)
             _append(self._fd, data)  # type: ignore[arg-type]
             appended = True
             if self.fsync:
@@ -365,17 +324,21 @@ class JournalFile:
                 self.journal,
                 exc,
             )
-        # Committed: the lines are in the journal (and on disk with fsync).
+
+    def _ready_to_append(self, generation: int) -> None:
+        """Start the journal of ``generation`` if it has none we can append to, else cut a torn line."""
+        if self._fd is None or self._stale or self._offset == 0:  # 0: no complete header
+            self._reset(generation)
+        elif self._size != self._offset:
+            os.ftruncate(self._fd, self._offset)  # cut off a torn line left by a dead writer
+
+    def _committed(self, data: bytes) -> None:
+        """Record that ``data`` is committed: in the journal (and on disk with ``fsync``)."""
         last = data.rfind(b"\n", 0, len(data) - 1) + 1
         self._last = (self._offset + last, data[last : last + 8])
         self._offset += len(data)
         self._size = self._offset
         self.appends += 1
-        if self._offset > max(min(self.compact_bytes, self.max_file_bytes // 2), self.snapshot.file_bytes()):
-            try:
-                self.compact(current)
-            except Exception as exc:  # housekeeping: the change is in the journal already
-                logger.warning("%s: compaction failed, tried again at a later write: %s", self.path, exc)
 
     def _undo(self) -> bool:
         """Cut our own append off again (never leave half of it); False if that failed."""
@@ -431,10 +394,7 @@ class JournalFile:
 
     def _reset(self, generation: int) -> None:
         """Replace the journal atomically with an empty one of ``generation``."""
-        header = orjson.dumps(
-            {"format": JOURNAL_FORMAT, "version": JOURNAL_VERSION, "generation": generation}
-        )
-        header += b"\n"
+        header = encode_header(generation)
         files.write_atomic(self.journal, header, mode=self.mode, fsync=self.fsync)
         self._close_journal()
         st = self._stat()
@@ -476,7 +436,7 @@ class JournalFile:
         if end < 0:
             return [Problem("corrupt", f"{self.journal}: no complete header line")] if data else []
         try:
-            generation = _header(data[:end], self.journal)
+            generation = decode_header(data[:end], self.journal)
         except CorruptQueueError as exc:
             return [Problem("corrupt", str(exc))]
         if generation < snapshot.generation:
@@ -502,28 +462,6 @@ class JournalFile:
         """Cut off a torn last line, if one of ``problems`` is one (after ``load``, under the lock)."""
         if any(p.kind == "torn" for p in problems):
             self.cut_torn()
-
-
-def _header(line: bytes, where: Path) -> int:
-    try:
-        doc = orjson.loads(line)
-    except orjson.JSONDecodeError:
-        doc = None
-    if (
-        not isinstance(doc, dict)
-        or doc.get("format") != JOURNAL_FORMAT
-        or type(doc.get("generation")) is not int
-    ):
-        raise CorruptQueueError(path=str(where), reason="not a djq journal (bad header line)")
-    version = doc.get("version")
-    if type(version) is not int or version < 1:
-        raise CorruptQueueError(path=str(where), reason='the header\'s "version" is not a version djq writes')
-    if version > JOURNAL_VERSION:
-        raise UnsupportedVersion(
-            path=str(where),
-            reason=f"journal version {version} is newer than this djq reads ({JOURNAL_VERSION})",
-        )
-    return int(doc["generation"])
 
 
 def _append(fd: int, data: bytes) -> None:

@@ -5,7 +5,8 @@ knows nothing about files, locks, processes or clocks. Time comes in as ``now`` 
 clock epoch seconds, read by the caller); lease tokens come in from the caller too.
 ``QueueState`` is mutated in place (for speed: the broker applies a batch and writes
 once), but only by the functions here. A transition that raises leaves the state
-exactly as it was.
+exactly as it was. The heaps that find the next task and the expired leases without a
+scan are ``index.Index`` (built on first use, kept in ``QueueState.index``).
 
 Order: among ready tasks that are available (``available_at <= now``, or put without a
 delay: ``available_at <= enqueued_at``, so a wall clock stepped back never holds back a
@@ -28,13 +29,13 @@ Example:
 
 from __future__ import annotations
 
-import heapq
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Final
 
 from . import ops
 from .errors import LeaseLost, UnknownTask
+from .index import Index, available
 from .model import DEFAULT_MAX_ATTEMPTS, JSON, QueueStats, Task, TaskState
 
 __all__ = [
@@ -99,21 +100,6 @@ class Record:
         self.owner = self.token = self.lease_expires_at = None
 
 
-@dataclass(slots=True)
-class _Index:
-    """Heaps that make lease, reap and next_deadline O(log n) instead of a scan.
-
-    Entries are never removed when a task changes; a popped entry is used only if it still
-    matches its task (lazy deletion). ``due`` holds ready tasks by (-priority, seq), maybe
-    not yet available; ``later`` holds ready tasks by available_at until they come due;
-    ``expiry`` holds leases by expiry.
-    """
-
-    due: list[tuple[int, int, str]] = field(default_factory=list)
-    later: list[tuple[float, int, str]] = field(default_factory=list)
-    expiry: list[tuple[float, int, str, str]] = field(default_factory=list)
-
-
 @dataclass(slots=True, kw_only=True)
 class QueueState:
     """Every live task (ready, leased, dead) by id, in put order, and the counters."""
@@ -124,58 +110,14 @@ class QueueState:
     acked_total: int = 0
     dead_total: int = 0
     revision: int = 0  #: raised by every transition that changes something
-    index: _Index | None = field(default=None, repr=False, compare=False)
+    index: Index | None = field(default=None, repr=False, compare=False)  #: built on first use
 
 
-def _indexed(state: QueueState) -> _Index:
-    """Return the state's index, building it from the tasks on first use."""
+def _indexed(state: QueueState) -> Index:
+    """Return the state's index (``index.Index``), building it from the tasks on first use."""
     if state.index is None:
-        index = _Index()
-        for r in state.tasks.values():
-            if r.state is TaskState.READY and r.available_at > r.enqueued_at:  # delayed at some point
-                index.later.append((r.available_at, r.seq, r.id))
-            elif r.state is TaskState.READY:  # available since it was put: no promotion needed
-                index.due.append((-r.priority, r.seq, r.id))
-            elif r.state is TaskState.LEASED and r.lease_expires_at is not None and r.token is not None:
-                index.expiry.append((r.lease_expires_at, r.seq, r.id, r.token))
-        heapq.heapify(index.due)
-        heapq.heapify(index.later)
-        heapq.heapify(index.expiry)
-        state.index = index
+        state.index = Index.build(state.tasks.values())
     return state.index
-
-
-def _available(record: Record, now: float) -> bool:
-    """True if a ready task may be leased at ``now``.
-
-    A task put without a delay (``available_at <= enqueued_at``) is available whatever
-    ``now`` says: a wall clock stepped back behind its put must not hold it back.
-    """
-    return record.available_at <= now or record.available_at <= record.enqueued_at
-
-
-def _ready(state: QueueState, record: Record) -> None:
-    """Index a task that just became ready: due at once if it has no delay, else by its time."""
-    index = _indexed(state)
-    if record.available_at <= record.enqueued_at:
-        heapq.heappush(index.due, (-record.priority, record.seq, record.id))
-    else:
-        heapq.heappush(index.later, (record.available_at, record.seq, record.id))
-
-
-def _promote(state: QueueState, now: float) -> _Index:
-    """Move ready tasks whose time has come from ``later`` to ``due``; drop stale entries."""
-    index = _indexed(state)
-    later, tasks = index.later, state.tasks
-    while later:
-        at, seq, task_id = later[0]
-        r = tasks.get(task_id)
-        if r is not None and r.state is TaskState.READY and r.available_at == at:
-            if at > now:
-                break
-            heapq.heappush(index.due, (-r.priority, seq, task_id))
-        heapq.heappop(later)
-    return index
 
 
 def apply(state: QueueState, op: ops.Op[Any], *, now: float) -> Any:
@@ -232,7 +174,7 @@ def put_many(
         )
         state.tasks[record.id] = record
         state.next_seq = seq + 1
-        _ready(state, record)
+        _indexed(state).ready(record)
         added.append(record.snapshot())
     if added:
         state.put_total += len(added)
@@ -248,19 +190,12 @@ def _retire(state: QueueState, record: Record, *, available_at: float) -> None:
     else:
         record._release(TaskState.READY)
         record.available_at = available_at
-        _ready(state, record)
+        _indexed(state).ready(record)
 
 
 def reap(state: QueueState, *, now: float) -> list[str]:
     """Reclaim every lease that expired at or before ``now``; return the reclaimed ids."""
-    expiry, tasks = _indexed(state).expiry, state.tasks
-    found: dict[str, Record] = {}  # by id: a lease extended back to an old expiry has two entries
-    while expiry and expiry[0][0] <= now:
-        at, _, task_id, token = heapq.heappop(expiry)
-        r = tasks.get(task_id)
-        if r is not None and r.state is TaskState.LEASED and r.token == token and r.lease_expires_at == at:
-            found[task_id] = r
-    expired = sorted(found.values(), key=lambda r: r.seq)
+    expired = _indexed(state).expired(state.tasks, now)
     for record in expired:
         _retire(state, record, available_at=record.available_at)
     if expired:
@@ -268,24 +203,11 @@ def reap(state: QueueState, *, now: float) -> list[str]:
     return [r.id for r in expired]
 
 
-def _next_ready(state: QueueState, now: float) -> Record | None:
-    """Pop the next task to deliver (highest priority, then lowest seq) off the index."""
-    due, tasks = _promote(state, now).due, state.tasks
-    while due:
-        _, _, task_id = heapq.heappop(due)
-        r = tasks.get(task_id)
-        if r is not None and r.state is TaskState.READY:
-            if _available(r, now):
-                return r
-            _ready(state, r)  # given back with a delay since it was indexed: wait in ``later``
-    return None
-
-
 def lease(state: QueueState, *, token: str, owner: str, duration: float, now: float) -> Task | None:
     """Reclaim expired leases, then lease the next ready task; None when none is ready."""
     expires_at = now + duration  # before any change: a bad duration must leave the state as it was
     reap(state, now=now)
-    record = _next_ready(state, now)
+    record = _indexed(state).next_ready(state.tasks, now)
     if record is None:
         return None
     record.state = TaskState.LEASED
@@ -293,7 +215,7 @@ def lease(state: QueueState, *, token: str, owner: str, duration: float, now: fl
     record.owner = owner
     record.token = token
     record.lease_expires_at = expires_at
-    heapq.heappush(_indexed(state).expiry, (record.lease_expires_at, record.seq, record.id, token))
+    _indexed(state).leased(record, expires_at, token)
     state.revision += 1
     return record.snapshot()
 
@@ -362,9 +284,10 @@ def extend(state: QueueState, task_id: str, token: str, *, duration: float, now:
         LeaseLost: the token no longer holds the task.
     """
     record = _held(state, task_id, token)
-    if record.lease_expires_at != now + duration:  # an identical renewal changes nothing
-        record.lease_expires_at = now + duration
-        heapq.heappush(_indexed(state).expiry, (record.lease_expires_at, record.seq, record.id, token))
+    expires_at = now + duration
+    if record.lease_expires_at != expires_at:  # an identical renewal changes nothing
+        record.lease_expires_at = expires_at
+        _indexed(state).leased(record, expires_at, token)
         state.revision += 1
     return record.snapshot()
 
@@ -381,7 +304,7 @@ def requeue(state: QueueState, task_id: str, *, now: float) -> Task:
     record.state = TaskState.READY
     record.attempts = 0
     record.available_at = now
-    _ready(state, record)
+    _indexed(state).ready(record)
     state.revision += 1
     return record.snapshot()
 
@@ -398,8 +321,8 @@ def purge(state: QueueState, *, states: frozenset[TaskState] | None = None, now:
 
 def peek(state: QueueState, limit: int, *, now: float) -> list[Task]:
     """Return up to ``limit`` ready tasks in delivery order, delayed ones last; change nothing."""
-    ready = [r for r in state.tasks.values() if r.state is TaskState.READY and _available(r, now)]
-    later = [r for r in state.tasks.values() if r.state is TaskState.READY and not _available(r, now)]
+    ready = [r for r in state.tasks.values() if r.state is TaskState.READY and available(r, now)]
+    later = [r for r in state.tasks.values() if r.state is TaskState.READY and not available(r, now)]
     ready.sort(key=lambda r: (-r.priority, r.seq))
     later.sort(key=lambda r: (r.available_at, -r.priority, r.seq))
     return [r.snapshot() for r in (ready + later)[: max(limit, 0)]]
@@ -412,22 +335,7 @@ def dead(state: QueueState) -> list[Task]:
 
 def has_work(state: QueueState, *, now: float) -> bool:
     """True if a lease at ``now`` would get a task: one is ready, or a lease has expired."""
-    index = _promote(state, now)
-    due, expiry, tasks = index.due, index.expiry, state.tasks
-    while due:
-        r = tasks.get(due[0][2])
-        if r is not None and r.state is TaskState.READY and _available(r, now):
-            return True
-        heapq.heappop(due)
-        if r is not None and r.state is TaskState.READY:
-            _ready(state, r)  # given back with a delay: wait in ``later``
-    while expiry:
-        at, _, task_id, token = expiry[0]
-        r = tasks.get(task_id)
-        if r is not None and r.state is TaskState.LEASED and r.token == token and r.lease_expires_at == at:
-            return at <= now
-        heapq.heappop(expiry)
-    return False
+    return _indexed(state).has_work(state.tasks, now)
 
 
 def next_deadline(state: QueueState, *, now: float) -> float | None:
@@ -436,23 +344,7 @@ def next_deadline(state: QueueState, *, now: float) -> float | None:
     That is the first ``available_at`` of a delayed task or ``lease_expires_at`` of a
     lease. A waiting consumer need not look again before then unless the file changed.
     """
-    index = _promote(state, now)  # afterwards the first valid ``later`` entry is > now
-    expiry, tasks = index.expiry, state.tasks
-    moments = [index.later[0][0]] if index.later else []
-    expired = []  # leases past expiry but not yet reclaimed: not future moments
-    while expiry:
-        at, _, task_id, token = expiry[0]
-        r = tasks.get(task_id)
-        if r is None or r.state is not TaskState.LEASED or r.token != token or r.lease_expires_at != at:
-            heapq.heappop(expiry)
-        elif at <= now:
-            expired.append(heapq.heappop(expiry))
-        else:
-            moments.append(at)
-            break
-    for entry in expired:
-        heapq.heappush(expiry, entry)
-    return min(moments, default=None)
+    return _indexed(state).next_deadline(state.tasks, now)
 
 
 def stats(state: QueueState, *, now: float, file_bytes: int = 0) -> QueueStats:
@@ -460,7 +352,7 @@ def stats(state: QueueState, *, now: float, file_bytes: int = 0) -> QueueStats:
     ready = delayed = leased = expired = dead_ = 0
     for r in state.tasks.values():
         if r.state is TaskState.READY:
-            if _available(r, now):
+            if available(r, now):
                 ready += 1
             else:
                 delayed += 1
