@@ -9,9 +9,9 @@ line; the panel never raises them at its user.
 The button runs the simulation in a background thread, so the notebook stays responsive
 and the bar moves: a loop reads the queue's ``acked_total`` (``Queue.stats()`` takes no
 lock, so it does not disturb what is measured). ``Lab.run(...)`` does the same
-synchronously, for scripts, tests and headless notebook runs. This module is the shell
-(controls, layout, threads, progress, drawing); ``djq.session.Session`` keeps the runs and
-builds the tables and the comparison data. ``import djq`` never loads ipywidgets::
+synchronously, for scripts, tests and headless runs. This module is the shell (controls,
+layout, threads, progress); ``djq.figures`` draws; ``djq.session.Session`` keeps the runs
+and builds the tables and the comparison data. ``import djq`` never loads ipywidgets::
 
     from djq.widgets import Lab
     panel = Lab()
@@ -22,13 +22,10 @@ builds the tables and the comparison data. ``import djq`` never loads ipywidgets
 
 from __future__ import annotations
 
-import base64
 import concurrent.futures
 import contextlib
 import functools
 import html
-import io
-import math
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -40,11 +37,24 @@ import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from . import plot, sim
+from . import sim
 from .errors import ConfigError, DjqError
+from .figures import (
+    COMPARE,
+    PLOT_SIZE,
+    PLOTS,
+    colored,
+    compare_output,
+    drawn,
+    empty_compare_output,
+    figure_output,
+    overlays,
+    table_output,
+    text_output,
+)
 from .model import DEFAULT_LOCK, DEFAULT_STORAGE, LockKind, QueueConfig, StorageKind
 from .queue import Queue
-from .session import Comparison, LabRun, Session, Verdict, describe, failure, verdict
+from .session import LabRun, Session, Verdict, describe, failure, verdict
 
 __all__ = ["Lab", "LabRun", "describe"]
 
@@ -62,137 +72,17 @@ QUEUE_DEFAULTS: Final[Mapping[str, Any]] = {"lock": DEFAULT_LOCK.value, "storage
                                             "poll_interval": None}  # fmt: skip
 _SLIDERS: Final = ("producers", "consumers", "tasks", "batch")
 _CHOICES: Final = ("lock", "mode", "storage")  # dropdowns whose value must be one of their options
-_PLOTS: Final[Mapping[str, Callable[..., Axes]]] = {
-    "latency_cdf": plot.latency_cdf,
-    "wait_histogram": plot.wait_histogram,
-    "lock_timeline": plot.lock_timeline,
-    "fairness": plot.fairness,
-    "depth": plot.depth,
-}
-_COMPARE: Final = ("compare_latency_cdf", "compare_wait_histogram", "compare_throughput")
-_OUTPUTS: Final = ("summary", *_PLOTS, "compare_table", *_COMPARE)  #: every Output widget, by name
-_COLORS: Final = {"ok": "#1b5e20", "warning": "#8a5a00", "error": "#b00020", "info": "#333333"}
+_OUTPUTS: Final = ("summary", *PLOTS, "compare_table", *COMPARE)  #: every Output widget, by name
 _BAR_STYLES: Final = {"ok": "success", "warning": "warning", "error": "danger"}  #: verdict kind -> bar
 _LABEL_WIDTH: Final = "92px"  #: the controls' descriptions
 _CONTROL_WIDTH: Final = "264px"  #: narrowest column of controls: label, slider and readout fit
 _PANEL_MAX_WIDTH: Final = "1000px"  #: three columns at most
-_PLOT_SIZE: Final = (5.2, 3.4)  #: inches; at the panel's 100 dpi a 520 x 340 px picture, 2 a row
-_EMPTY_COMPARE: Final = (
-    "Nothing to compare yet: every run you make is kept here, one row each, with its curves "
-    'overlaid on the others (\N{LEFTWARDS ARROW} press Run; "Forget runs" empties this tab).'
-)
-_TABLE_CSS: Final = (  # the run labels stay in view when the table scrolls sideways
-    "<style>.djq-table {overflow-x: auto; max-width: 100%} .djq-table table {border-collapse: collapse}"
-    " .djq-table tbody th, .djq-table thead th:first-child {position: sticky; left: 0; z-index: 1;"
-    " background: var(--jp-layout-color0, white); white-space: nowrap; text-align: left}"
-    " .djq-compare details {margin-top: 0.5em} .djq-compare summary {cursor: pointer}</style>"
-)
-
-
-def _cell(value: Any) -> str:
-    """A table cell for reading: floats to 4 significant digits, missing values blank."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return ""
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return str(value)
-
-
-def _display(data: dict[str, str]) -> dict[str, Any]:
-    """A notebook display output of ``data`` (mime type -> content), built without IPython."""
-    return {"output_type": "display_data", "data": data, "metadata": {}}
-
-
-def _table_output(frame: pd.DataFrame) -> dict[str, Any]:
-    """A DataFrame as a notebook output (HTML and text), floats rounded for reading."""
-    shown = frame.map(_cell)
-    return _display({"text/html": shown.to_html(border=0), "text/plain": shown.to_string()})
-
-
-def _figure_output(figure: Figure, dpi: float) -> dict[str, Any]:
-    """A Figure as a PNG notebook output, built without pyplot (safe in a thread)."""
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=dpi)
-    title = figure.axes[0].get_title().splitlines()[0] if figure.axes else "figure"
-    png = base64.b64encode(buffer.getvalue()).decode("ascii")
-    return _display({"image/png": png, "text/plain": f"<{title}>"})
-
-
-def _html_table(frame: pd.DataFrame) -> str:
-    """A DataFrame as HTML for reading: floats rounded, the index (run labels) sticky on the left."""
-    return f'<div class="djq-table">{frame.map(_cell).to_html(border=0)}</div>'
-
-
-def _compare_output(comparison: Comparison) -> dict[str, Any]:
-    """The Compare tab's table: the columns that tell the runs apart; the full table one click away."""
-    full = comparison.table
-    brief = comparison.brief.rename(columns=lambda c: c.replace("_", " "))  # headers that can wrap
-    text = (
-        f'<div class="djq-compare">{_TABLE_CSS}{_html_table(brief)}'
-        f"<details><summary>Full table ({len(full.columns)} columns)</summary>"
-        f"{_html_table(full)}</details></div>"
-    )
-    return _display({"text/html": text, "text/plain": brief.map(_cell).to_string()})
-
-
-def _text_output(text: str) -> dict[str, Any]:
-    return {"output_type": "stream", "name": "stdout", "text": text + "\n"}
-
-
-def _legend_below(ax: Axes) -> None:
-    """The Axes' legend under the plot, outside the data (many runs, long labels)."""
-    handles, labels = ax.get_legend_handles_labels()
-    legend = ax.get_legend()
-    if legend is not None:
-        legend.remove()
-    if handles:
-        ax.figure.legend(handles, labels, loc="outside lower center", fontsize=9, frameon=False)
-
-
-def _latency_overlay(comparison: Comparison, ax: Axes) -> Axes:
-    """Every run's latency CDF on one Axes, the legend under it."""
-    plot.latency_cdf(comparison.sources, labels=comparison.labels, ax=ax)
-    _legend_below(ax)
-    return ax
-
-
-def _wait_overlay(comparison: Comparison, ax: Axes) -> Axes:
-    """Each run's lock waits as a step histogram of shares, on the comparison's common bins."""
-    ax.set(xscale="log", xlabel="lock wait (s)", ylabel="share of lock acquisitions")
-    ax.set_title("Lock wait times, every kept run")
-    if not comparison.waits:
-        return ax
-    for label, series in comparison.waits.items():
-        ax.hist(series, bins=comparison.wait_edges, weights=[1 / len(series)] * len(series),
-                histtype="step", linewidth=1.5, label=label)  # fmt: skip
-    ax.grid(True, which="both", alpha=0.3)
-    _legend_below(ax)
-    return ax
-
-
-def _throughput_bars(comparison: Comparison, ax: Axes) -> Axes:
-    """Measured throughput per run (``#n`` as in the table), each bar labelled with its value and bound."""
-    frame = comparison.throughput
-    bars = ax.barh(list(frame.index), frame["throughput_per_s"], color="tab:blue")
-    labels = [f" {m:,.0f}/s (bound {b:,.0f})" for m, b in frame.itertuples(index=False)]
-    ax.bar_label(bars, labels, fontsize=8)
-    ax.invert_yaxis()  # the first run on top
-    ax.margins(x=0.45)  # room for the labels
-    ax.set(xlabel="throughput (tasks/s)", ylabel="run")
-    ax.set_title(
-        "Throughput, every kept run\n(bound: 1 / lock time per task, the utilisation law)", fontsize=10
-    )
-    return ax
-
-
-def _html(kind: str, text: str) -> str:
-    return f'<span style="color:{_COLORS[kind]}">{text}</span>'
 
 
 def _said(verdict: Verdict) -> str:
     """A verdict as the status line's HTML: its headline in bold, then its text."""
     headline = f"<b>{verdict.headline}</b> \N{EM DASH} " if verdict.headline else ""
-    return _html(verdict.kind, headline + html.escape(verdict.text))
+    return colored(verdict.kind, headline + html.escape(verdict.text))
 
 
 def _poll_options(extra: Sequence[float]) -> list[tuple[str, float]]:
@@ -272,7 +162,7 @@ class Lab:
         self.run_button.on_click(self._run_clicked)
         self.clear_button.on_click(lambda _button: self.clear())
         self.progress = w.IntProgress(value=0, min=0, max=1, description="acked", bar_style="")
-        self.status = w.HTML(value=_html("info", "Set the options and press Run."))
+        self.status = w.HTML(value=colored("info", "Set the options and press Run."))
         self.outputs: dict[str, Any] = {name: w.Output() for name in _OUTPUTS}
         self.widget = self._layout()
         try:
@@ -342,8 +232,8 @@ class Lab:
         buttons = w.HBox([self.run_button, self.clear_button, self.progress],
                          layout=w.Layout(flex_flow="row wrap", align_items="center"))  # fmt: skip
         o = self.outputs
-        plots = w.GridBox([o[name] for name in _PLOTS], layout=w.Layout(grid_template_columns="1fr 1fr"))
-        compare = w.GridBox([o[name] for name in _COMPARE], layout=w.Layout(grid_template_columns="1fr 1fr"))
+        plots = w.GridBox([o[name] for name in PLOTS], layout=w.Layout(grid_template_columns="1fr 1fr"))
+        compare = w.GridBox([o[name] for name in COMPARE], layout=w.Layout(grid_template_columns="1fr 1fr"))
         tabs = w.Tab(children=[w.VBox([o["summary"], plots]), w.VBox([o["compare_table"], compare])])
         tabs.set_title(0, "Last run")
         tabs.set_title(1, "Compare")
@@ -466,7 +356,7 @@ class Lab:
         self.run_button.description = "Running\N{HORIZONTAL ELLIPSIS}"
         self.progress.max, self.progress.value, self.progress.bar_style = config.tasks, 0, "info"
         label = html.escape(describe(config))
-        self.status.value = _html("info", f"Running #{number}: {label}\N{HORIZONTAL ELLIPSIS}")
+        self.status.value = colored("info", f"Running #{number}: {label}\N{HORIZONTAL ELLIPSIS}")
         return number
 
     def _execute(self, number: int, options: dict[str, Any], config: sim.SimConfig) -> LabRun | None:
@@ -516,41 +406,33 @@ class Lab:
         self.status.value = _said(said)
         self.progress.value = min(int(kept.run.summary["acked"]), self.progress.max)
         self.progress.bar_style = _BAR_STYLES[said.kind]
-        self.outputs["summary"].outputs = (_table_output(self.summary_table([kept]).T),)
-        for name, draw in _PLOTS.items():
+        self.outputs["summary"].outputs = (table_output(self.summary_table([kept]).T),)
+        for name, draw in PLOTS.items():
             self._draw(name, functools.partial(draw, kept.run))
         self.compare()
 
-    def _draw(self, name: str, draw: Callable[..., Axes], size: tuple[float, float] = _PLOT_SIZE) -> None:
+    def _draw(self, name: str, draw: Callable[..., Axes], size: tuple[float, float] = PLOT_SIZE) -> None:
         """Draw ``draw(ax=...)`` into ``figures[name]`` and its Output; a failure is written there instead."""
-        figure = Figure(figsize=size, layout="constrained")
         try:
-            draw(ax=figure.subplots())
-            self.outputs[name].outputs = (_figure_output(figure, self.dpi),)
+            figure = drawn(draw, size)
+            self.outputs[name].outputs = (figure_output(figure, self.dpi),)
             self.figures[name] = figure
         except Exception as exc:
             self.figures.pop(name, None)
-            self.outputs[name].outputs = (_text_output(f"{name} could not be drawn: {failure(exc).text}"),)
+            self.outputs[name].outputs = (text_output(f"{name} could not be drawn: {failure(exc).text}"),)
 
     def compare(self) -> pd.DataFrame:
         """Redraw the "Compare" tab from every kept run; return its table (one row per run)."""
         comparison = self.session.comparison()
         if not comparison.runs:
-            for name in _COMPARE:
+            for name in COMPARE:
                 self.outputs[name].outputs = ()
                 self.figures.pop(name, None)
-            hint = _display(
-                {"text/html": _html("info", html.escape(_EMPTY_COMPARE)), "text/plain": _EMPTY_COMPARE}
-            )
-            self.outputs["compare_table"].outputs = (hint,)
+            self.outputs["compare_table"].outputs = (empty_compare_output(),)
             return comparison.table
-        self.outputs["compare_table"].outputs = (_compare_output(comparison),)
-        width, height = _PLOT_SIZE
-        legend = (width, height + 0.2 * len(comparison.runs))  # room for one legend line per run
-        self._draw("compare_latency_cdf", functools.partial(_latency_overlay, comparison), size=legend)
-        self._draw("compare_wait_histogram", functools.partial(_wait_overlay, comparison), size=legend)
-        bars = (width, max(2.6, 1.2 + 0.45 * len(comparison.runs)))
-        self._draw("compare_throughput", functools.partial(_throughput_bars, comparison), size=bars)
+        self.outputs["compare_table"].outputs = (compare_output(comparison),)
+        for name, (draw, size) in overlays(comparison).items():
+            self._draw(name, draw, size=size)
         return comparison.table
 
     def summary_table(self, runs: Sequence[LabRun] | None = None) -> pd.DataFrame:
@@ -565,4 +447,4 @@ class Lab:
             self._fail(exc, keep_running=True)
             return
         self.compare()
-        self.status.value = _html("info", "Kept runs forgotten.")
+        self.status.value = colored("info", "Kept runs forgotten.")
