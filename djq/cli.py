@@ -8,9 +8,9 @@ Commands: put, get, ack, nack, extend, ls, stats, dead, requeue, purge, compact,
 
 The global options (``--queue``, ``--lock``, ``--storage``, ``--[no-]fsync``, ``--broker``,
 ``--json``, ``-v``) go before or after the command. The queue's options are derived from
-``QueueConfig``'s fields (a float field is seconds: ``lease`` is ``--lease-s``); a flag not
-given leaves the option out, so the component's own default applies. A broker started
-here gets the whole config as one ``--config-json`` argument.
+``QueueConfig``'s fields in ``djq.cli_flags`` (a float field is seconds: ``lease`` is
+``--lease-s``); a flag not given leaves the option out, so the component's own default
+applies. A broker started here gets the whole config as one ``--config-json`` argument.
 
 Errors are one line on stderr and a non-zero exit (1 for a queue error, 2 for bad usage:
 a ``ConfigError``), never a traceback. ``--json`` prints machine-readable output. This is
@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import enum
 import io
 import json
 import logging
@@ -30,15 +29,16 @@ import os
 import signal
 import sys
 import time
-import typing
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Final
+from typing import Any
 
 import orjson
 
 from . import __version__, cli_sim
 from .broker import Broker
+from .cli_flags import GLOBAL_FIELDS, OTHER_FIELDS, add_queue_flags, refuse_options
+from .cli_flags import queue_options as _queue_options  # the name tests read
 from .errors import ConfigError, DjqError, PayloadError
 from .manager import BrokerManager
 from .model import CONFIG_FIELDS, DEFAULT_QUEUE_PATH, Lease, QueueConfig, Task
@@ -49,15 +49,6 @@ __all__ = ["main"]
 
 _EXIT_ERROR = 1
 _EXIT_USAGE = 2
-_GLOBAL_FIELDS: Final = ("lock", "storage", "fsync")  #: queue options every command takes
-#: the other queue options: for ``broker start``, ``simulate`` and ``sweep`` (``path`` is ``--queue``)
-_OTHER_FIELDS: Final = tuple(name for name in CONFIG_FIELDS if name not in {"path", *_GLOBAL_FIELDS})
-_HINTS: Final = typing.get_type_hints(QueueConfig)
-_HELP: Final = {  # words for the global ones; the others say their name and default
-    "lock": "lock kind (default: flock)",
-    "storage": "journal: append each change (default); rewrite: rewrite Queue.json every time",
-    "fsync": "fsync every change: durable, slower (default: on; off in simulate and sweep)",
-}
 
 Command = Callable[[str, Callable[[argparse.Namespace], int | None], str], argparse.ArgumentParser]
 
@@ -147,7 +138,7 @@ def _global_options(*, top: bool) -> argparse.ArgumentParser:
         "--queue", type=Path, default=default(DEFAULT_QUEUE_PATH), metavar="PATH",
         help=f"the queue file (default: {DEFAULT_QUEUE_PATH})",
     )  # fmt: skip
-    _queue_flags(group, _GLOBAL_FIELDS)
+    add_queue_flags(group, GLOBAL_FIELDS)
     group.add_argument(
         "--broker", action="store_true", default=default(False), help="send the command to the queue's broker"
     )
@@ -158,49 +149,6 @@ def _global_options(*, top: bool) -> argparse.ArgumentParser:
         "-v", "--verbose", action="store_true", default=default(False), help="log what djq does"
     )
     return parent
-
-
-def _queue_flags(group: Any, names: Sequence[str]) -> None:
-    """Add a flag per ``QueueConfig`` field, derived from its type; a flag not given stays out of args."""
-    defaults = QueueConfig()
-    for name in names:
-        kind, default = _kind(name), getattr(defaults, name)
-        shown = (
-            oct(default)
-            if name == "file_mode"
-            else "none"
-            if default is None
-            else getattr(default, "value", default)
-        )
-        options: dict[str, Any] = {"dest": name, "default": argparse.SUPPRESS}
-        options["help"] = _HELP.get(name, f"the queue's {name.replace('_', ' ')} (default: {shown})")
-        if kind is bool:
-            options["action"] = argparse.BooleanOptionalAction
-        elif issubclass(kind, enum.Enum):
-            options["choices"] = [k.value for k in kind]
-        else:
-            options["type"] = _octal if name == "file_mode" else kind
-            options["metavar"] = "SECONDS" if kind is float else "MODE" if name == "file_mode" else "N"
-        group.add_argument(_flag(name), **options)
-
-
-def _kind(name: str) -> type:
-    """The type of a ``QueueConfig`` field, without its ``None``: ``float | None`` -> float."""
-    hint = _HINTS[name]
-    return next(t for t in typing.get_args(hint) or (hint,) if t is not type(None))  # type: ignore[no-any-return]
-
-
-def _flag(name: str) -> str:
-    """``lease`` -> ``--lease-s``: a queue field's flag (a float field is seconds)."""
-    return "--" + name.replace("_", "-") + ("-s" if _kind(name) is float else "")
-
-
-def _octal(text: str) -> int:
-    """A file mode in octal: ``640`` or ``0o640``."""
-    try:
-        return int(text.removeprefix("0o"), 8)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an octal file mode: {text!r}") from None
 
 
 def _wait(text: str) -> float | None:
@@ -258,7 +206,7 @@ def _broker_command(command: Command) -> None:
         "--config-json", metavar="JSON", default=None,
         help="start: the whole queue config as one JSON object (what BrokerManager passes)",
     )  # fmt: skip
-    _queue_flags(p.add_argument_group("queue options (start)"), _OTHER_FIELDS)
+    add_queue_flags(p.add_argument_group("queue options (start)"), OTHER_FIELDS)
 
 
 def _measuring_commands(command: Command) -> None:
@@ -268,37 +216,23 @@ def _measuring_commands(command: Command) -> None:
         "simulate", _simulate, "measure N producers and M consumers on a fresh queue; save frames and plots"
     )
     cli_sim.add_simulate_options(p)
-    _queue_flags(p.add_argument_group("queue options"), _OTHER_FIELDS)
+    add_queue_flags(p.add_argument_group("queue options"), OTHER_FIELDS)
     p = command("sweep", _sweep, "run a grid of simulations; print one summary row per run")
     cli_sim.add_sweep_options(p)
-    _queue_flags(p.add_argument_group("queue options"), _OTHER_FIELDS)
+    add_queue_flags(p.add_argument_group("queue options"), OTHER_FIELDS)
 
 
 # The queue's options
-
-
-def _queue_options(args: argparse.Namespace) -> dict[str, Any]:
-    """The queue options given on the command line (a flag not given is not here)."""
-    return {name: value for name, value in vars(args).items() if name in CONFIG_FIELDS}
 
 
 def _queue_config(args: argparse.Namespace) -> QueueConfig:
     return QueueConfig.from_options(path=args.queue, **_queue_options(args))
 
 
-def _refuse_options(args: argparse.Namespace, why: str) -> None:
-    """Raise ``ConfigError`` if queue options were given where they cannot apply."""
-    given = [
-        _flag(n).replace("--", "--[no-]") if _kind(n) is bool else _flag(n) for n in _queue_options(args)
-    ]
-    if given:
-        raise ConfigError(f"{why}: drop {', '.join(given)}", field=next(iter(_queue_options(args))))
-
-
 def _queue(args: argparse.Namespace) -> Queue | BrokerClient:
     if not args.broker:
         return Queue.from_config(_queue_config(args))
-    _refuse_options(args, "with --broker the broker's own queue options apply")
+    refuse_options(args, "with --broker the broker's own queue options apply")
     return connect(args.queue)
 
 
@@ -315,7 +249,7 @@ def _file_config(args: argparse.Namespace, command: str) -> QueueConfig:
 
 def _broker(args: argparse.Namespace) -> int:
     if args.action != "start":
-        _refuse_options(args, f"broker {args.action} takes no queue options")
+        refuse_options(args, f"broker {args.action} takes no queue options")
         if args.config_json is not None:
             raise ConfigError(f"broker {args.action} takes no --config-json", field="config")
         return _broker_stop(args) if args.action == "stop" else _broker_status(args)
@@ -332,7 +266,7 @@ def _broker_config(args: argparse.Namespace) -> QueueConfig:
     """The config to serve: ``--config-json`` (the whole of it), or ``--queue`` and the queue flags."""
     if args.config_json is None:
         return _queue_config(args)
-    _refuse_options(args, "--config-json carries the whole queue config")
+    refuse_options(args, "--config-json carries the whole queue config")
     try:
         fields = orjson.loads(args.config_json)
     except orjson.JSONDecodeError as exc:
