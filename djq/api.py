@@ -88,11 +88,10 @@ class BaseQueue(abc.ABC):
 
     def put_many(self, payloads: Iterable[JSON], *, priority: int = 0, delay: float = 0.0) -> list[str]:
         """Add several tasks in one operation (one lock, one write); return their ids in order."""
-        limit = self.config.max_payload_bytes
+        config = self.config
+        limit = config.max_payload_bytes
         copies = tuple(ops.check_payload(p, max_bytes=limit) for p in _many(payloads, "payloads"))
-        op = ops.PutMany(
-            payloads=copies, priority=priority, delay=delay, max_attempts=self.config.max_attempts
-        )
+        op = ops.PutMany(payloads=copies, priority=priority, delay=delay, max_attempts=config.max_attempts)
         return self._submit(op) if copies else []
 
     def get(
@@ -208,6 +207,8 @@ def _timeout(timeout: float | None) -> float | None:
 
 def _many(values: Iterable[Any], name: str) -> Iterable[Any]:
     """``values`` if it is a collection of items; a string, bytes, mapping or non-iterable is refused."""
+    if type(values) is list or type(values) is tuple:  # the common case, without the ABC checks below
+        return values
     if isinstance(values, str | bytes | bytearray | memoryview | Mapping) or not isinstance(values, Iterable):
         raise ConfigError(f"{name} must be a list (or another iterable), not {values!r:.80}", field=name)
     return values

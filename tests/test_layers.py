@@ -10,18 +10,20 @@ import pytest
 PACKAGE = Path(__file__).resolve().parent.parent / "djq"
 CORE = {
     "errors", "model", "ops", "state", "files", "snapshot", "storage", "journal", "locks", "metrics",
-    "watch", "engine", "api", "queue",
+    "watch", "engine", "api", "queue", "index", "lines",
 }  # fmt: skip
 ALLOWED = {  # djq modules each module may import: each layer only from those below it
     "errors": set(),
     "model": {"errors"},
     "ops": {"errors", "model"},  # the operations: one vocabulary, one codec, validation once
-    "state": {"errors", "model", "ops"},  # the rules, pure
+    "index": {"model"},  # the heaps that make lease and reap O(log n); pure
+    "state": {"errors", "index", "model", "ops"},  # the rules, pure
     "metrics": {"errors", "model"},
     "files": {"errors"},  # write_atomic and friends: bytes to files
     "snapshot": {"errors", "files", "model", "state"},
     "storage": {"errors", "ops", "snapshot", "state"},  # the protocol, and rewrite storage
-    "journal": {"errors", "files", "model", "ops", "snapshot", "state", "storage"},
+    "lines": {"errors", "ops"},  # the journal's line and header codec
+    "journal": {"errors", "files", "lines", "model", "snapshot", "state", "storage"},
     "locks": {"errors", "model", "metrics"},
     "watch": set(),
     "engine": {"errors", "files", "journal", "locks", "metrics", "model", "ops", "state", "storage"},
@@ -30,7 +32,20 @@ ALLOWED = {  # djq modules each module may import: each layer only from those be
     "client": {"api", "errors", "model"},
     "wire": {"errors", "model", "ops"},
     "remote": {"api", "errors", "model", "ops", "wire"},
-    "broker": {"engine", "errors", "files", "metrics", "model", "ops", "state", "watch", "wire"},  # no client
+    "channel": {"wire"},  # one client connection: non-blocking framing, bounded buffers
+    "endpoint": {"errors", "files", "wire"},  # the broker's socket, key, accept and handshake
+    "broker": {
+        "channel",
+        "endpoint",
+        "engine",
+        "errors",
+        "metrics",
+        "model",
+        "ops",
+        "state",
+        "watch",
+        "wire",
+    },
     "manager": {"errors", "files", "model", "remote", "wire"},  # files: make_folder (0700 parents)
     "workers": {"errors", "model", "metrics", "queue", "remote"},
     "frames": {"model", "metrics", "workers"},
@@ -38,15 +53,18 @@ ALLOWED = {  # djq modules each module may import: each layer only from those be
     "theory": {"errors"},
     "plot": {"model", "frames"},
     "session": {"sim", "model", "errors"},
-    "widgets": {"sim", "session", "plot", "model", "errors", "queue"},
+    "figures": {"plot", "session"},  # the panel's tables and pictures as notebook outputs
+    "widgets": {"sim", "session", "figures", "model", "errors", "queue"},
+    "cli_flags": {"errors", "model"},  # CLI flags derived from QueueConfig's fields
     "cli_sim": {"errors", "model", "plot", "queue", "sim"},
 }
 THIRD_PARTY = {  # third-party packages each module may import
     "ops": {"orjson"},
     "snapshot": {"orjson"},
-    "journal": {"orjson"},
+    "lines": {"orjson"},
+    "endpoint": {"orjson"},
+    "figures": {"matplotlib", "pandas"},
     "wire": {"orjson"},
-    "broker": {"orjson"},
     "manager": {"orjson"},
     "locks": {"filelock"},
     "workers": {"orjson"},
