@@ -86,6 +86,8 @@ def test_a_queue_written_by_djq_0_1_opens_unchanged(tmp_path, storage):
         shutil.copy(GOLDEN / "Queue.json.journal", path.with_name("Queue.json.journal"))
     else:
         shutil.copy(GOLDEN / "rewrite.Queue.json", path)
+    for copied in tmp_path.iterdir():
+        copied.chmod(0o600)  # as djq 0.1 created them (git checks files out 644)
     before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
     q = djq.Queue(path, storage=storage, fsync=False)
     stats = q.stats()
