@@ -26,6 +26,7 @@ from typing import Any, Final, TypeVar
 from . import ops, state
 from .api import BaseQueue
 from .engine import Clock, Engine
+from .errors import ConfigError
 from .locks import Lock
 from .metrics import LockRecorder
 from .model import DEFAULT_LOCK, DEFAULT_QUEUE_PATH, LockKind, QueueConfig, WaitKind
@@ -78,9 +79,10 @@ class Queue(BaseQueue):
         **options: Any,
     ) -> None:
         """Describe the queue; nothing on disk is touched until the first call."""
+        _check_clock_and_recorder(clock, recorder)  # before any I/O: a bad one would fail mid-call
         custom = lock if isinstance(lock, Lock) else None
         kind = DEFAULT_LOCK if custom is not None else lock
-        config = QueueConfig.from_options(path=Path(path), lock=kind, **options)
+        config = QueueConfig.from_options(path=path, lock=kind, **options)  # checks the path
         self._engine = Engine(config, lock=custom, clock=clock, recorder=recorder)
         turn = config.path.with_name(config.path.name + ".wait")
         self._resources = _Resources(self._engine, turn, config.file_mode, own_lock=custom is None)
@@ -400,3 +402,17 @@ def _nothing(op: ops.Op[R]) -> R:
     """What a lease returns when no task came: None for one, [] for many."""
     result: Any = [] if isinstance(op, ops.LeaseMany) else None
     return result  # type: ignore[no-any-return]
+
+
+def _check_clock_and_recorder(clock: object, recorder: object) -> None:
+    """Raise ``ConfigError`` unless ``clock`` is callable and ``recorder`` None or a ``LockRecorder``-like."""
+    if not callable(clock):
+        raise ConfigError(
+            f"clock must be a callable returning epoch seconds, not {clock!r:.80}", field="clock"
+        )
+    if recorder is not None and not all(
+        callable(getattr(recorder, name, None)) for name in ("record", "rows", "clear")
+    ):
+        raise ConfigError(
+            f"recorder must be None or a metrics.LockRecorder, not {recorder!r:.80}", field="recorder"
+        )

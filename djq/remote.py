@@ -29,7 +29,7 @@ from typing import Any, Final, TypeVar
 
 from . import ops, wire
 from .api import BaseQueue
-from .errors import BrokerProtocolError, BrokerUnavailable
+from .errors import BrokerProtocolError, BrokerUnavailable, ConfigError
 from .model import DEFAULT_QUEUE_PATH, QueueConfig, check_seconds
 
 __all__ = ["DEFAULT_REPLY_TIMEOUT", "BrokerClient", "connect"]
@@ -82,6 +82,8 @@ class BrokerClient(BaseQueue):
         self, path: str | os.PathLike[str] = DEFAULT_QUEUE_PATH, *, timeout: float = DEFAULT_REPLY_TIMEOUT
     ) -> None:
         """Describe the client; it connects at the first call."""
+        if timeout is None:  # every reply is bounded: a dead broker must not hang its clients
+            raise ConfigError("timeout must be a finite number of seconds, not None", field="timeout")
         check_seconds("timeout", timeout, low=0.0, high=math.inf)
         self._paths = wire.broker_paths(path)
         self._timeout = float(timeout)

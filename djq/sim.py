@@ -38,7 +38,7 @@ import pandas as pd
 from . import frames
 from .errors import ConfigError
 from .manager import BrokerManager
-from .model import CONFIG_FIELDS, LockKind, QueueConfig, StorageKind, WaitKind
+from .model import CONFIG_FIELDS, MAX_DELAY, LockKind, QueueConfig, StorageKind, WaitKind, check_seconds
 from .queue import Queue
 from .remote import connect
 from .workers import Crew, Dist, WorkerSpec
@@ -49,6 +49,7 @@ FILELOCK_POLL_INTERVAL: Final = 0.05  #: seconds; filelock's own default, when n
 _MODES: Final = ("direct", "broker")
 _FRAMES: Final = ("tasks", "locks", "ops", "depth", "workers", "batches")
 _START_METHODS: Final = ("spawn", "forkserver", "fork")
+_MAX_SEED: Final = (1 << 48) - 1  #: seed * 7919 + i (a worker's seed) stays below 2**63
 
 
 def _dist(name: str, value: float | str | Dist) -> Dist:
@@ -140,11 +141,25 @@ class SimConfig:
             raise ConfigError(f"mode must be one of {_MODES}, not {self.mode!r}", field="mode")
         if self.start_method not in _START_METHODS:
             raise ConfigError(f"start_method must be one of {_START_METHODS}", field="start_method")
-        if self.rate is not None and not (isinstance(self.rate, int | float) and self.rate > 0):
-            raise ConfigError(f"rate must be puts per second > 0, not {self.rate!r}", field="rate")
+        rate = self.rate
+        if rate is not None and not (
+            isinstance(rate, int | float) and not isinstance(rate, bool) and 0 < rate < math.inf
+        ):
+            raise ConfigError(
+                f"rate must be a finite number of puts per second > 0, not {rate!r:.80}", field="rate"
+            )
         for name in ("time_limit", "sample_interval"):
-            if not isinstance(getattr(self, name), int | float) or getattr(self, name) <= 0:
-                raise ConfigError(f"{name} must be seconds > 0", field=name)
+            value = getattr(self, name)
+            if value is None:
+                raise ConfigError(f"{name} must be seconds > 0, not None", field=name)
+            check_seconds(name, value, low=0.0, high=MAX_DELAY)  # finite: not NaN, not infinity
+            if value <= 0:
+                raise ConfigError(f"{name} must be seconds > 0, not {value!r:.80}", field=name)
+        # the workers' seeds (seed * 7919 + i) and config.json must stay within 64-bit integers
+        if type(self.seed) is not int or not 0 <= self.seed <= _MAX_SEED:
+            raise ConfigError(
+                f"seed must be an integer from 0 to {_MAX_SEED}, not {self.seed!r:.80}", field="seed"
+            )
         if self.queue.lock is LockKind.FLOCK and self.queue.poll_interval is not None:
             raise ConfigError(
                 "flock does not poll: poll_interval is for 'filelock' and 'soft'", field="poll_interval"
@@ -526,6 +541,8 @@ def sweep(  # noqa: D417 (the run options are simulate's, documented there)
     common: dict[str, Any] = {k: v for k, v in locals().items() if k not in ("grid", "repeats", "progress")}
     names = list(grid)
     points = list(itertools.product(*(grid[n] for n in names)))
+    if type(repeats) is not int or repeats < 1:
+        raise ConfigError(f"repeats must be a positive integer, not {repeats!r:.80}", field="repeats")
     base_seed = int(common.pop("seed", 0))
     root = common.pop("path", None)
     rows = []

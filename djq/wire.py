@@ -27,7 +27,7 @@ import orjson
 
 from . import errors, ops
 from .errors import BrokerProtocolError, ConfigError, DjqError, PayloadError
-from .model import JSON, check_seconds
+from .model import JSON, _check_path, check_seconds
 
 __all__ = [
     "CONTROL",
@@ -69,7 +69,7 @@ def broker_paths(queue_path: str | os.PathLike[str]) -> BrokerPaths:
     Raises:
         ConfigError: the socket path is longer than a Unix socket address allows.
     """
-    queue = Path(os.path.abspath(queue_path))
+    queue = Path(os.path.abspath(_check_path(queue_path)))  # ConfigError "path" unless it names a file
     socket = queue.with_name(queue.name + ".sock")
     if len(os.fsencode(socket)) > _MAX_UNIX_PATH:
         raise ConfigError(

@@ -484,13 +484,14 @@ def test_hostile_timeouts_of_a_broker_client_are_refused(world: World, queue_pat
 
 
 def _xfail(maker: str, option: str, value: Any, reason: str) -> Any:
-    return pytest.param(maker, option, value, marks=pytest.mark.xfail(strict=True, reason=reason))
+    """A case once strict-xfail (``reason`` was its root); fixed there, it now passes."""
+    return pytest.param(maker, option, value)
 
 
 _QUEUE_PATH = "queue.py: Queue() calls Path(path) before QueueConfig checks it: TypeError"
 _BROKER_PATH = "wire.py/manager.py: BrokerManager() runs broker_paths(path) before QueueConfig checks it"
 _CONNECT_PATH = "remote.py/wire.py: connect(path) runs broker_paths(path) unchecked: TypeError"
-#: Cases whose root is in a file this test's author may not change: each is one xfail, strict.
+#: Options checked outside QueueConfig (once strict xfails, rooted in files since fixed).
 KNOWN: list[Any] = [
     _xfail("Queue", "clock", "x", "queue.py: Queue() does not check clock; the first call raises TypeError"),
     _xfail(
@@ -600,11 +601,11 @@ CLI_USAGE: dict[str, list[str]] = {
 #: simulate's own options: their checks live in sim.py / cli_sim.py
 CLI_KNOWN: list[Any] = [
     pytest.param(["simulate", "--tasks", "-1"]),
-    pytest.param(["simulate", "--rate", "inf"], marks=pytest.mark.xfail(strict=True, reason="sim.py: --rate inf is accepted")),
-    pytest.param(["simulate", "--time-limit-s", "inf"], marks=pytest.mark.xfail(strict=True, reason="sim.py/cli_sim.py: --time-limit-s inf is an internal OverflowError")),
-    pytest.param(["simulate", "--time-limit-s", "nan"], marks=pytest.mark.xfail(strict=True, reason="sim.py/cli_sim.py: --time-limit-s nan is an internal ValueError")),
-    pytest.param(["simulate", "--seed", "9" * 30], marks=pytest.mark.xfail(strict=True, reason="sim.py: a seed beyond 64 bits is an internal TypeError")),
-    pytest.param(["sweep", "--repeats", "0", "--grid", "workers=1"], marks=pytest.mark.xfail(strict=True, reason="cli_sim.py: sweep --repeats 0 is an internal KeyError")),
+    pytest.param(["simulate", "--rate", "inf"]),
+    pytest.param(["simulate", "--time-limit-s", "inf"]),
+    pytest.param(["simulate", "--time-limit-s", "nan"]),
+    pytest.param(["simulate", "--seed", "9" * 30]),
+    pytest.param(["sweep", "--repeats", "0", "--grid", "workers=1"]),
     pytest.param(["simulate", "--producers", "-1"]),
     pytest.param(["simulate", "--rate", "nan"]),
     pytest.param(["simulate", "--batch", "0"]),
