@@ -34,6 +34,7 @@ from .model import QueueConfig as QueueConfig
 from .model import QueueStats as QueueStats
 from .model import Task as Task
 from .model import TaskState as TaskState
+from .opener import open_queue as open
 from .queue import Queue as Queue
 from .remote import BrokerClient as BrokerClient
 from .remote import connect as connect
@@ -74,4 +75,5 @@ __all__ = [
     "UnsupportedVersion",
     "__version__",
     "connect",
+    "open",
 ]

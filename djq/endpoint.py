@@ -20,7 +20,6 @@ import logging
 import os
 import secrets
 import socket
-import struct
 import threading
 import time
 from collections.abc import Callable
@@ -204,7 +203,7 @@ class Endpoint:
 def _admitted(conn: mpc.Connection, key: bytes) -> bool:
     """Run the handshake: both challenges, then the hello; False (and closed) if the client fails it."""
     try:
-        _socket_timeouts(conn.fileno(), HANDSHAKE_TIMEOUT)  # a client that stalls is dropped
+        wire.socket_timeouts(conn.fileno(), HANDSHAKE_TIMEOUT)  # a client that stalls is dropped
         mpc.deliver_challenge(conn, key)
         mpc.answer_challenge(conn, key)
         hello = conn.recv_bytes(wire.MAX_MESSAGE_BYTES)
@@ -214,22 +213,10 @@ def _admitted(conn: mpc.Connection, key: bytes) -> bool:
             conn.send_bytes(wire.encode_error(exc))
             raise
         conn.send_bytes(wire.encode_ok({"protocol": wire.PROTOCOL}))
-        _socket_timeouts(conn.fileno(), 0.0)
+        wire.socket_timeouts(conn.fileno(), 0.0)
         os.set_blocking(conn.fileno(), False)  # from now on the loop reads and writes when it can
     except Exception as exc:  # a stranger, garbage, or a client that left: never the broker's end
         logger.warning("refused a client: %s: %s", type(exc).__name__, exc)
         conn.close()
         return False
     return True
-
-
-def _socket_timeouts(fd: int, seconds: float) -> None:
-    """Make blocking reads and writes on socket ``fd`` fail after ``seconds`` (0: wait for ever)."""
-    whole = int(seconds)
-    value = struct.pack("ll", whole, int((seconds - whole) * 1e6))
-    sock = socket.socket(fileno=os.dup(fd))  # shares the socket, so its options
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, value)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, value)
-    finally:
-        sock.close()

@@ -80,6 +80,56 @@ def write_atomic(
         StorageError: the folder is missing or not writable, the disk is full, an fsync
             failed (the file's, or a folder fsync left over from an earlier write).
     """
+    tmp, fd = _write_temp(path, data, mode, fsync)
+    try:
+        os.replace(tmp, path)
+    except BaseException as exc:
+        os.close(fd)
+        tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise error("cannot write", path, exc) from exc
+        raise
+    # The change is committed: from here on nothing raises StorageError.
+    if not keep_open:
+        os.close(fd)
+        fd = -1
+    if fsync:
+        _sync_folder_or_defer(path)
+    return fd
+
+
+def create_once(path: Path, data: bytes, *, mode: int = 0o600, fsync: bool = True) -> bool:
+    """Create ``path`` holding ``data`` unless it exists; return False if it existed.
+
+    Atomic like ``write_atomic`` (a temp file, written whole and fsynced, then hard-linked
+    to the name: ``link`` fails where a name exists, so of two processes creating one file
+    at once exactly one does, whatever lock they hold). A file system without hard links
+    gets none: False, with a warning.
+
+    Raises:
+        StorageError: as ``write_atomic``; ``path`` is as before.
+    """
+    tmp, fd = _write_temp(path, data, mode, fsync)
+    try:
+        try:
+            os.link(tmp, path, follow_symlinks=False)
+        except FileExistsError:
+            return False
+        except OSError as exc:
+            if exc.errno in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK):
+                logger.warning("%s not created: the file system has no hard links (%s)", path, exc)
+                return False
+            raise error("cannot write", path, exc) from exc
+    finally:
+        os.close(fd)
+        tmp.unlink(missing_ok=True)
+    if fsync:
+        _sync_folder_or_defer(path)
+    return True
+
+
+def _write_temp(path: Path, data: bytes, mode: int, fsync: bool) -> tuple[Path, int]:
+    """A new temp file beside ``path`` holding ``data`` (fsynced if asked); its name and open fd."""
     if fsync:
         sync_pending(path)
     tmp = temp_name(path)
@@ -96,70 +146,23 @@ def write_atomic(
         write_all(fd, data)
         if fsync:
             os.fsync(fd)  # the data is durable before the name points at it
-        os.replace(tmp, path)
     except BaseException as exc:
         os.close(fd)
         tmp.unlink(missing_ok=True)
         if isinstance(exc, OSError) and not isinstance(exc, StorageError):
             raise error("cannot write", path, exc) from exc
         raise
-    # The change is committed: from here on nothing raises StorageError.
-    if not keep_open:
-        os.close(fd)
-        fd = -1
-    if fsync:
-        try:
-            fsync_folder(path)
-        except StorageError as exc:
-            with _unsynced_mutex:
-                _unsynced.add(path.parent.absolute())
-            logger.warning("%s is written, but not yet durable (retried at the next write): %s", path, exc)
-    return fd
+    return tmp, fd
 
 
-def create_once(path: Path, data: bytes, *, mode: int = 0o600, fsync: bool = True) -> bool:
-    """Create ``path`` holding ``data`` unless it exists; return False if it existed.
-
-    Atomic like ``write_atomic`` (a temp file, written whole and fsynced, then hard-linked
-    to the name: ``link`` fails where a name exists, so of two processes creating one file
-    at once exactly one does, whatever lock they hold). A file system without hard links
-    gets none: False, with a warning.
-
-    Raises:
-        StorageError: as ``write_atomic``; ``path`` is as before.
-    """
-    if fsync:
-        sync_pending(path)
-    tmp = temp_name(path)
+def _sync_folder_or_defer(path: Path) -> None:
+    """Fsync ``path``'s folder after a committed change; on failure, log and retry at the next write."""
     try:
-        fd = os.open(tmp, _CREATE, mode)
-    except OSError as exc:
-        raise error("cannot create a temp file beside", path, exc) from exc
-    try:
-        try:
-            os.fchmod(fd, mode)
-            write_all(fd, data)
-            if fsync:
-                os.fsync(fd)
-            os.link(tmp, path, follow_symlinks=False)
-        except FileExistsError:
-            return False
-        except OSError as exc:
-            if exc.errno in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK):
-                logger.warning("%s not created: the file system has no hard links (%s)", path, exc)
-                return False
-            raise error("cannot write", path, exc) from exc
-    finally:
-        os.close(fd)
-        tmp.unlink(missing_ok=True)
-    if fsync:
-        try:
-            fsync_folder(path)
-        except StorageError as exc:
-            with _unsynced_mutex:
-                _unsynced.add(path.parent.absolute())
-            logger.warning("%s is written, but not yet durable (retried at the next write): %s", path, exc)
-    return True
+        fsync_folder(path)
+    except StorageError as exc:
+        with _unsynced_mutex:
+            _unsynced.add(path.parent.absolute())
+        logger.warning("%s is written, but not yet durable (retried at the next write): %s", path, exc)
 
 
 def read_small(path: Path, limit: int = 1 << 16) -> bytes | None:

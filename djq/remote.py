@@ -19,7 +19,6 @@ import errno
 import math
 import os
 import socket
-import struct
 import threading
 import time
 from multiprocessing import AuthenticationError
@@ -288,13 +287,5 @@ def _remaining(deadline: float) -> float:
 
 
 def _socket_timeouts(fd: int, seconds: float) -> None:
-    """Make blocking reads and writes on socket ``fd`` fail after ``seconds`` (inf: never)."""
-    seconds = 0.0 if math.isinf(seconds) else min(max(seconds, 1e-3), _POLL_CHUNK * 24)  # 0: no timeout
-    whole = int(seconds)
-    value = struct.pack("ll", whole, int((seconds - whole) * 1e6))
-    sock = socket.socket(fileno=os.dup(fd))  # shares the socket, so its options
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, value)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, value)
-    finally:
-        sock.close()
+    """Socket timeouts of ``seconds`` (inf: never), clamped to what the socket option holds."""
+    wire.socket_timeouts(fd, 0.0 if math.isinf(seconds) else min(max(seconds, 1e-3), _POLL_CHUNK * 24))

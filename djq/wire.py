@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import math
 import os
+import socket
+import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -97,6 +99,18 @@ class Request:
     wait: float | None = 0.0  #: seconds a lease may wait for a task; None: as long as it takes
     control: str = ""  #: "ping", "metrics" or "shutdown" when ``op`` is None
     args: dict[str, Any] = field(default_factory=dict)
+
+
+def socket_timeouts(fd: int, seconds: float) -> None:
+    """Make blocking reads and writes on socket ``fd`` fail after ``seconds`` (0: wait for ever)."""
+    whole = int(seconds)
+    value = struct.pack("ll", whole, int((seconds - whole) * 1e6))
+    sock = socket.socket(fileno=os.dup(fd))  # shares the socket, so its options
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, value)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, value)
+    finally:
+        sock.close()
 
 
 def encode_request(op: ops.Op[Any], wait: float | None = 0.0) -> bytes:

@@ -58,7 +58,61 @@ def queue(queue_path: Path, lock_kind: str, clock: FakeClock) -> djq.Queue:
     q.close()
 
 
-CLIENT_KINDS = [*LOCK_KINDS, "rewrite", "broker"]  #: lock kinds in journal storage, flock in rewrite
+SERVER_KINDS = [
+    "postgres",
+    "redis",
+]  #: server backends, on scratch servers (or DJQ_POSTGRES_URL / DJQ_REDIS_URL)
+#: lock kinds in journal storage, flock in rewrite, the broker, then the servers
+CLIENT_KINDS = [*LOCK_KINDS, "rewrite", "broker", *SERVER_KINDS]
+FILE_KINDS = [kind for kind in CLIENT_KINDS if kind not in SERVER_KINDS]  #: the clients of a queue file
+
+
+def cannot_run(what: str, why: str) -> None:
+    """Fail under CI (the environment variable ``CI`` set: it must run there), skip elsewhere; one line."""
+    if os.environ.get("CI"):
+        pytest.fail(f"{what} cannot run under CI: {why}", pytrace=False)
+    pytest.skip(f"{what} skipped: {why}")
+
+
+_servers: dict[str, object] = {}  # kind -> its URL, or the reason it cannot start
+
+
+def server_url(kind: str) -> str:
+    """The URL of a ``kind`` server for this test session: ``DJQ_*_URL``, else a scratch server.
+
+    Started once per session, stopped by its pid at the end (``pytest_sessionfinish``); a
+    server that cannot start fails the test under CI and skips it elsewhere.
+    """
+    from djq import scratch
+
+    if kind not in _servers:
+        url = _ENV_URLS.get(kind)
+        try:
+            if url is None:
+                server = getattr(scratch, kind)().start()
+                _scratch.append(server)
+                url = server.url
+            _servers[kind] = url
+        except djq.DjqError as exc:
+            _servers[kind] = exc
+    found = _servers[kind]
+    if isinstance(found, BaseException):
+        cannot_run(f"the {kind} backend", str(found))
+    return str(found)
+
+
+_ENV_URLS = {
+    kind: os.environ.get(f"DJQ_{kind.upper()}_URL") for kind in SERVER_KINDS
+}  # read before any test clears them
+_scratch: list = []
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    for server in _scratch:
+        server.remove()
+
+
+_names = iter(range(1 << 30))  # queue names, fresh per test
 
 
 class BrokerThread:
@@ -89,14 +143,19 @@ def open_queue(queue_path: Path, clock: FakeClock, client_kind: str):
     """A factory of clients of one kind (``client_kind``) on one file, all on the fake clock.
 
     Direct kinds give a new ``Queue`` per call; ``"broker"`` starts one broker in a thread
-    (with the options of the first call) and gives a new ``djq.connect`` client per call.
+    (with the options of the first call) and gives a new ``djq.connect`` client per call;
+    a server kind gives a new client of one fresh queue on the session's server, whose
+    ``clock`` is the fake clock.
     """
     kind = client_kind
     opened: list = []
     brokers: list[BrokerThread] = []
+    name = f"t{os.getpid()}-{next(_names)}"
 
     def make(**options: object):
-        if kind == "broker":
+        if kind in SERVER_KINDS:
+            client = djq.open(server_url(kind), name=name, clock=clock, fsync=False, **options)
+        elif kind == "broker":
             if not brokers:
                 brokers.append(BrokerThread(queue_path, clock, **options))
             client = djq.connect(queue_path)

@@ -1,10 +1,16 @@
-"""The queue's contract, written once and run against every client: each lock kind, and the broker."""
+"""The queue's contract, written once and run against every client.
+
+Every kind of ``conftest.CLIENT_KINDS``: the direct ``Queue`` in each lock kind and
+storage, the broker, PostgreSQL and Redis. The few tests about the queue file itself run
+on the file's clients only (``FILE_KINDS``).
+"""
 
 from __future__ import annotations
 
 import threading
 
 import pytest
+from conftest import FILE_KINDS
 
 import djq
 from djq import TaskState
@@ -16,10 +22,10 @@ def queue(open_queue):
     return open_queue()
 
 
-def test_put_returns_after_the_task_is_in_the_file(queue, queue_path):
-    """Once put returns, another process opening the file sees the task."""
+def test_put_returns_after_the_task_is_in_the_queue(queue, open_queue):
+    """Once put returns, another client opening the queue sees the task."""
     task_id = queue.put({"n": 1})
-    other = djq.Queue(queue_path, lock=queue.config.lock)
+    other = open_queue()
     assert [t.id for t in other.peek(10)] == [task_id]
     assert other.peek(1)[0].payload == {"n": 1}
 
@@ -156,12 +162,20 @@ def test_extend_after_the_task_was_leased_again_raises_lease_lost(queue, clock):
         queue.extend(stale)
 
 
-def test_bad_payload_is_refused_and_nothing_is_written(queue, queue_path):
-    """A payload that is not JSON is refused before the file is touched."""
+def test_bad_payload_is_refused_and_nothing_is_written(queue):
+    """A payload that is not JSON is refused before anything is written."""
     with pytest.raises(djq.PayloadError):
         queue.put({1, 2})
     with pytest.raises(djq.PayloadError):
         queue.put(float("nan"))
+    assert queue.stats().put_total == 0
+
+
+@pytest.mark.parametrize("client_kind", FILE_KINDS)
+def test_bad_payload_leaves_no_file(queue, queue_path):
+    """A payload that is not JSON is refused before the file is touched."""
+    with pytest.raises(djq.PayloadError):
+        queue.put({1, 2})
     assert not queue_path.exists()
 
 
@@ -257,6 +271,7 @@ def test_consumer_iterates_over_leased_tasks(queue):
     queue.ack(second)
 
 
+@pytest.mark.parametrize("client_kind", FILE_KINDS)
 def test_file_is_created_owner_only(queue, queue_path):
     """Files the queue creates are readable and writable by their owner only."""
     queue.put("x")

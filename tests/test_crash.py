@@ -163,20 +163,10 @@ def _serve_until_killed(path: str, ready_fd: int, case: Case) -> None:
 def _broker_client(path: str, ledger: str, seed: int, ready_fd: int) -> None:
     """Forked client of the broker: put, get and ack, logging like ``crash_child``, until the broker dies."""
     fd = os.open(ledger, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    rng = random.Random(seed)
-    deadline = time.monotonic() + 10.0  # the parent kills the broker within 50 ms
     try:
         q = djq.connect(path, timeout=10)
         os.write(ready_fd, b"c")
-        while time.monotonic() < deadline:
-            task = q.get(timeout=0) if rng.random() < 0.5 else None
-            if task is None:
-                task_id = q.put({"seed": seed, "r": rng.random()})
-                os.write(fd, f"put {task_id}\n".encode())
-            else:
-                os.write(fd, f"acking {task.id}\n".encode())
-                q.ack(task)
-                os.write(fd, f"acked {task.id}\n".encode())
+        workers.ledger_steps(q, fd, random.Random(seed), seed)
     except djq.BrokerError:
         return  # the broker was killed (BrokerUnavailable): what was answered is in the ledger
     raise AssertionError("the broker was not killed within 10 s")

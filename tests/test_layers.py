@@ -47,9 +47,14 @@ ALLOWED = {  # djq modules each module may import: each layer only from those be
         "wire",
     },
     "manager": {"errors", "files", "model", "remote", "wire"},  # files: make_folder (0700 parents)
+    "postgres": {"api", "errors", "model", "ops"},  # the operations as SQL (psycopg 3)
+    "redisq": {"api", "errors", "model", "ops"},  # the operations as Lua scripts (redis-py)
+    "opener": {"api", "errors", "queue"},  # djq.open(target); imports the server modules only when asked
+    "scratch": {"errors"},  # throwaway PostgreSQL and Redis servers from the local binaries
     "workers": {"errors", "model", "metrics", "queue", "remote"},
     "frames": {"model", "metrics", "workers"},
-    "sim": CORE | {"workers", "frames", "manager", "remote"},
+    "runs": {"errors", "model", "workers", "frames"},
+    "sim": CORE | {"workers", "frames", "manager", "remote", "runs"},
     "theory": {"errors"},
     "plot": {"model", "frames"},
     "session": {"sim", "model", "errors"},
@@ -67,9 +72,12 @@ THIRD_PARTY = {  # third-party packages each module may import
     "wire": {"orjson"},
     "manager": {"orjson"},
     "locks": {"filelock"},
+    "postgres": {"psycopg"},
+    "redisq": {"redis"},
     "workers": {"orjson"},
     "frames": {"pandas", "numpy"},
-    "sim": {"pandas", "orjson", "tqdm"},
+    "runs": {"pandas", "orjson"},
+    "sim": {"pandas", "tqdm"},
     "theory": {"numpy"},
     "plot": {"matplotlib", "numpy", "pandas"},
     "session": {"pandas"},

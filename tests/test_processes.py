@@ -88,12 +88,7 @@ def test_producers_and_consumers_move_every_task_exactly_once(tmp_path: Path, st
         for i in range(CONSUMERS)
     ]
     started = time.monotonic()
-    try:
-        for p in processes:
-            p.start()
-        problems = workers.join_all(processes, started + DEADLINE)
-    finally:
-        workers.reap(processes)
+    problems = workers.run_all(processes, DEADLINE)
     elapsed = time.monotonic() - started
     assert problems == [], problems
 
@@ -201,13 +196,7 @@ def test_threads_sharing_a_queue_in_each_of_two_processes_move_every_task_once(t
         )
         for i in range(CONSUMERS)
     ]
-    started = time.monotonic()
-    try:
-        for p in processes:
-            p.start()
-        problems = workers.join_all(processes, started + DEADLINE)
-    finally:
-        workers.reap(processes)
+    problems = workers.run_all(processes, DEADLINE)
     assert problems == [], problems
     put = json.loads((tmp_path / "producer-0.json").read_text())["put"]
     records = [json.loads((tmp_path / f"consumer-{i}.json").read_text()) for i in range(CONSUMERS)]

@@ -213,8 +213,8 @@ def test_choosing_flock_puts_the_poll_interval_back_to_the_default(tmp_path):
     assert panel.options()["lock"] == "flock"
 
 
-def test_the_run_button_runs_in_the_background(tmp_path, monkeypatch):
-    """The button starts a thread; a second run is refused while it goes; wait() returns when it is shown."""
+def _hold_simulate(monkeypatch) -> threading.Event:
+    """Make every ``sim.simulate`` wait (at most 30 s) until the returned event is set."""
     release = threading.Event()
     real = sim.simulate
 
@@ -223,6 +223,12 @@ def test_the_run_button_runs_in_the_background(tmp_path, monkeypatch):
         return real(**options)
 
     monkeypatch.setattr(sim, "simulate", held)
+    return release
+
+
+def test_the_run_button_runs_in_the_background(tmp_path, monkeypatch):
+    """The button starts a thread; a second run is refused while it goes; wait() returns when it is shown."""
+    release = _hold_simulate(monkeypatch)
     panel = Lab(root=tmp_path, time_limit=60, **SMALL)
     panel.run_button.click()
     assert panel.running
@@ -291,14 +297,7 @@ def test_the_controls_have_no_fixed_widths(tmp_path):
 
 def test_a_click_on_run_while_a_run_goes_does_nothing(tmp_path, monkeypatch):
     """A double click on Run: the second click is ignored (no "Unexpected error"), the first run goes on."""
-    release = threading.Event()
-    real = sim.simulate
-
-    def held(**options):
-        release.wait(30)
-        return real(**options)
-
-    monkeypatch.setattr(sim, "simulate", held)
+    release = _hold_simulate(monkeypatch)
     panel = Lab(root=tmp_path, time_limit=60, **SMALL)
     panel.run_button.click()
     panel.run_button.click()

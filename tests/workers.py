@@ -161,7 +161,16 @@ def crash_child(
         max_attempts=max_attempts,
         compact_bytes=compact_bytes,
     )
-    deadline = time.monotonic() + 10.0  # the parent kills it within 50 ms
+    ledger_steps(q, fd, rng, seed, compact)
+
+
+def ledger_steps(q: Any, fd: int, rng: random.Random, seed: int, compact: float = 0.0) -> None:
+    """Put or get+ack on ``q`` at random for 10 s, writing each step to ledger ``fd`` (see ``crash_child``).
+
+    The parent kills this process (or its broker) within 50 ms; with probability
+    ``compact`` per step the direct queue ``q`` also compacts.
+    """
+    deadline = time.monotonic() + 10.0
     while time.monotonic() < deadline:
         task = q.get(timeout=0) if rng.random() < 0.5 else None
         if task is None:
@@ -224,6 +233,16 @@ def run_forked(target: Any, *args: Any, **kwargs: Any) -> None:
             os.write(2, traceback.format_exc().encode())
     finally:
         os._exit(code)
+
+
+def run_all(processes: list[Any], seconds: float) -> list[str]:
+    """Start every child, wait for them for at most ``seconds``, reap them all; return what went wrong."""
+    try:
+        for p in processes:
+            p.start()
+        return join_all(processes, time.monotonic() + seconds)
+    finally:
+        reap(processes)
 
 
 def join_all(processes: list[Any], deadline: float) -> list[str]:

@@ -1,0 +1,84 @@
+"""``djq.open(target)``: one opener for every backend, chosen by the target's form.
+
+- a path, or a ``file:`` URL: the file queue (``djq.Queue``);
+- ``postgresql://...`` or ``postgres://...``: a PostgreSQL queue (``djq.postgres``, psycopg 3);
+- ``redis://...``, ``rediss://...`` or ``unix://...``: a Redis queue (``djq.redisq``, redis-py).
+
+``name=`` (or a ``name`` query parameter in a server URL) picks the queue inside the
+server, ``"default"`` unless told; many queues share one database. The server modules and
+their client libraries are imported only when such a target is opened: a missing library
+is one ``ConfigError`` naming the extra to install (``pip install 'djq[postgres]'``).
+Imports from djq: ``api``, ``errors``, ``queue`` (and, when asked, ``postgres``/``redisq``).
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from typing import Any, Final
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
+
+from .api import BaseQueue
+from .errors import ConfigError
+from .queue import Queue
+
+__all__ = ["SCHEMES", "open_queue"]
+
+#: URL scheme -> (module, class, extra) of its backend
+SCHEMES: Final = {
+    "postgresql": ("postgres", "PostgresQueue", "postgres"),
+    "postgres": ("postgres", "PostgresQueue", "postgres"),
+    "redis": ("redisq", "RedisQueue", "redis"),
+    "rediss": ("redisq", "RedisQueue", "redis"),
+    "unix": ("redisq", "RedisQueue", "redis"),
+}
+_LIBRARIES: Final = {"postgres": "psycopg", "redis": "redis"}
+
+
+def open_queue(target: str | os.PathLike[str], *, name: str | None = None, **options: Any) -> BaseQueue:
+    """Open the queue ``target`` names with the one client API; ``options`` are the backend's.
+
+    Raises:
+        ConfigError: the target is not a path or a URL of a known scheme, ``name`` is given
+            for a file, or the backend's client library is not installed.
+    """
+    if not isinstance(target, str) or ("://" not in target and not target.startswith("file:")):
+        if name is not None:
+            raise ConfigError(
+                "name= picks a queue inside a server; a file queue is named by its path", field="name"
+            )
+        return Queue(target, **options)
+    scheme = urlsplit(target).scheme.lower()
+    if scheme == "file":
+        if name is not None:
+            raise ConfigError(
+                "name= picks a queue inside a server; a file queue is named by its path", field="name"
+            )
+        return Queue(unquote(urlsplit(target).path), **options)
+    if scheme not in SCHEMES:
+        known = ", ".join(sorted({*SCHEMES, "file"}))
+        raise ConfigError(
+            f"unknown queue URL scheme {scheme!r} in {target!r:.120}; the schemes are: {known}", field="queue"
+        )
+    module_name, class_name, extra = SCHEMES[scheme]
+    try:
+        importlib.import_module(_LIBRARIES[extra])
+    except ImportError:
+        raise ConfigError(
+            f"{target.split(':')[0]}:// queues need {_LIBRARIES[extra]}: pip install 'djq[{extra}]'",
+            field="queue",
+        ) from None
+    module = importlib.import_module(f".{module_name}", __package__)
+    url, query_name = _without_name(target)
+    if query_name is not None and name is not None and query_name != name:
+        raise ConfigError(f"the queue is named twice: name={name!r} and ?name={query_name!r}", field="name")
+    return getattr(module, class_name)(url, name=name or query_name or "default", **options)
+
+
+def _without_name(url: str) -> tuple[str, str | None]:
+    """``url`` without its ``name`` query parameter (the server's client would refuse it), and that name."""
+    parts = urlsplit(url)
+    pairs = parse_qsl(parts.query, keep_blank_values=True)
+    names = [value for key, value in pairs if key == "name"]
+    rest = urlencode([(key, value) for key, value in pairs if key != "name"], safe="/")
+    return urlunsplit(parts._replace(query=rest)), names[-1] if names else None
