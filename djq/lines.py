@@ -52,8 +52,8 @@ def decode_line(line: bytes) -> tuple[ops.Op[Any], float]:
     if int(line[:8], 16) != zlib.crc32(doc):
         raise ValueError("checksum mismatch")
     fields = orjson.loads(doc)
-    now = fields.pop("now", None) if isinstance(fields, dict) else None
-    if not isinstance(now, int | float) or isinstance(now, bool) or not math.isfinite(now):
+    now = fields.pop("now", None) if type(fields) is dict else None
+    if (type(now) is not float and type(now) is not int) or not math.isfinite(now):  # a bool is neither
         raise ValueError("no time, or a bad one")
     try:
         op = ops.from_json(fields)

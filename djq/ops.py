@@ -160,17 +160,32 @@ def _payloads(name: str, value: Any) -> None:
         raise ConfigError(f"{name} must be a tuple of payloads", field=name)
 
 
-_CHECKS: Final[dict[str, Callable[[str, Any], None]]] = {
-    "payload": lambda name, value: None,  # checked by check_payload, against the config's limit
+def _priority(name: str, value: Any) -> None:
+    if type(value) is not int or not -(1 << 63) <= value < 1 << 63:  # the common case in one test
+        check_priority(value)
+
+
+def _delay(name: str, value: Any) -> None:
+    if type(value) is not float or not 0.0 <= value <= MAX_DELAY:  # the common case in one test
+        _seconds(name, value, low=0.0, high=MAX_DELAY)
+
+
+def _duration(name: str, value: Any) -> None:
+    """A lease's duration is what the user passed as ``lease``: the error names that."""
+    if type(value) is not float or not MIN_LEASE_DURATION <= value <= MAX_LEASE_DURATION:
+        _seconds("lease", value, low=MIN_LEASE_DURATION, high=MAX_LEASE_DURATION)
+
+
+_CHECKS: Final[dict[str, Callable[[str, Any], None] | None]] = {
+    "payload": None,  # checked by check_payload, against the config's limit
     "payloads": _payloads,
-    "priority": lambda name, value: check_priority(value),
-    "delay": lambda name, value: _seconds(name, value, low=0.0, high=MAX_DELAY),
+    "priority": _priority,
+    "delay": _delay,
     "max_attempts": _positive,
     "token": _text,
     "tokens": _tokens,
     "owner": _text,
-    # a lease's duration is what the user passed as ``lease``: the error names that
-    "duration": lambda name, value: _seconds("lease", value, low=MIN_LEASE_DURATION, high=MAX_LEASE_DURATION),
+    "duration": _duration,
     "id": _string,  # an id no task has is the rule's to refuse (LeaseLost, UnknownTask)
     "leases": _leases,
     "states": _states,
@@ -221,6 +236,7 @@ class Op(Generic[R]):
 
     _checks: ClassVar[tuple[tuple[str, Callable[[str, Any], None]], ...]] = ()
     _encoders: ClassVar[tuple[tuple[str, Callable[[Any], Any]], ...]] = ()
+    _decoders: ClassVar[tuple[tuple[str, Callable[[Any], Any]], ...]] = ()
 
     def __post_init__(self) -> None:
         """Check every field with the one check of its name (``_CHECKS``)."""
@@ -245,8 +261,10 @@ def _op(
         cls.name, cls.writes, cls.waits, cls.result = name, writes, waits, result  # type: ignore[attr-defined]
         made: Any = dataclass(frozen=True, slots=True, kw_only=True)(cls)
         made._fields = fields = tuple(f.name for f in dataclasses.fields(made))
-        made._checks = tuple((n, _CHECKS[n]) for n in fields)  # per class, once: no lookups per build
+        # per class, once: no lookups per build, no call for a field with nothing to check or decode
+        made._checks = tuple((n, check) for n in fields if (check := _CHECKS[n]) is not None)
         made._encoders = tuple((n, _ENCODE[n]) for n in fields if n in _ENCODE)
+        made._decoders = tuple((n, _DECODE[n]) for n in fields if n in _DECODE)
         OPS[name] = made
         return made  # type: ignore[no-any-return]
 
@@ -385,14 +403,17 @@ def from_json(doc: Any) -> Op[Any]:
     Raises:
         ConfigError: an unknown operation, a missing or unknown field, or a bad value.
     """
-    if not isinstance(doc, dict):
+    if type(doc) is not dict:
         raise ConfigError(f"an operation must be a JSON object, not {type(doc).__name__}", field="op")
     fields = dict(doc)
     cls = OPS.get(fields.pop("op", None))
     if cls is None:
         raise ConfigError(f"unknown operation {doc.get('op')!r}", field="op")
+    for name, decode in cls._decoders:
+        if name in fields:
+            fields[name] = decode(fields[name])
     try:
-        return cls(**{name: _DECODE.get(name, _same)(value) for name, value in fields.items()})
+        return cls(**fields)
     except (TypeError, ValueError) as exc:
         if isinstance(exc, ConfigError):
             raise
