@@ -10,7 +10,8 @@ scan are ``index.Index`` (built on first use, kept in ``QueueState.index``).
 
 Order: among ready tasks that are available (``available_at <= now``, or put without a
 delay: ``available_at <= enqueued_at``, so a wall clock stepped back never holds back a
-task nobody delayed), the highest ``priority`` first, FIFO (by ``seq``) within a priority.
+task nobody delayed; a task given back without a delay, by nack, requeue or an expired
+lease, gets ``available_at = enqueued_at`` again), the highest ``priority`` first, FIFO (by ``seq``) within a priority.
 ``attempts`` counts deliveries: every lease raises it, and a task whose lease expires or
 is nacked after ``max_attempts`` deliveries goes to the dead letters instead of back to
 ready (the SQS receive-count rule).
@@ -183,7 +184,11 @@ def put_many(
 
 
 def _retire(state: QueueState, record: Record, *, available_at: float) -> None:
-    """Take a task off its lease: back to ready, or to the dead letters if used up."""
+    """Take a task off its lease: back to ready, or to the dead letters if used up.
+
+    ``available_at`` is ``record.enqueued_at`` for a task given back without a delay:
+    available whatever the clock says, as a task put without one.
+    """
     if record.attempts >= record.max_attempts:
         record._release(TaskState.DEAD)
         state.dead_total += 1
@@ -197,7 +202,7 @@ def reap(state: QueueState, *, now: float) -> list[str]:
     """Reclaim every lease that expired at or before ``now``; return the reclaimed ids."""
     expired = _indexed(state).expired(state.tasks, now)
     for record in expired:
-        _retire(state, record, available_at=record.available_at)
+        _retire(state, record, available_at=record.enqueued_at)  # it was available: it is again
     if expired:
         state.revision += 1
     return [r.id for r in expired]
@@ -272,7 +277,7 @@ def nack(state: QueueState, task_id: str, token: str, *, delay: float = 0.0, now
         LeaseLost: the token no longer holds the task.
     """
     record = _held(state, task_id, token)
-    _retire(state, record, available_at=now + delay)
+    _retire(state, record, available_at=now + delay if delay else record.enqueued_at)
     state.revision += 1
     return record.state
 
@@ -303,7 +308,7 @@ def requeue(state: QueueState, task_id: str, *, now: float) -> Task:
         raise UnknownTask(f"no dead task with id {task_id!r}", task_id=task_id)
     record.state = TaskState.READY
     record.attempts = 0
-    record.available_at = now
+    record.available_at = record.enqueued_at  # available at once, whatever the clock
     _indexed(state).ready(record)
     state.revision += 1
     return record.snapshot()

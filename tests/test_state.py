@@ -475,7 +475,7 @@ def test_nack_returns_the_task_to_ready_at_once():
     s, _ = _leased_one()
     assert nack(s, "1", "t1", now=T0 + 1) is TaskState.READY
     record = s.tasks["1"]
-    assert (record.state, record.available_at, record.attempts) == (TaskState.READY, T0 + 1, 1)
+    assert (record.state, record.available_at, record.attempts) == (TaskState.READY, T0, 1)  # as put
     assert (record.owner, record.token, record.lease_expires_at) == (None, None, None)
     task = _lease(s, "t2", now=T0 + 1)
     assert task is not None
@@ -545,7 +545,7 @@ def test_requeue_moves_a_dead_task_to_ready_with_attempts_reset():
     """requeue turns a dead task into a ready one, available now, attempts back to 0."""
     s = _dead_one()
     task = requeue(s, "1", now=T0 + 50)
-    assert (task.state, task.attempts, task.available_at) == (TaskState.READY, 0, T0 + 50)
+    assert (task.state, task.attempts, task.available_at) == (TaskState.READY, 0, T0)  # as put
     assert s.tasks["1"].state is TaskState.READY
     assert dead(s) == []
     assert s.dead_total == 1  # a counter of events, not of current dead letters
@@ -1256,6 +1256,34 @@ def test_a_task_given_back_while_the_clock_is_behind_stays_available(reload: boo
     now = T0 - 2 * BACK
     assert (stats(s, now=now).ready, stats(s, now=now).delayed) == (2, 0)
     assert _drain(s, now=now) == ["1", "2"]
+
+
+@pytest.mark.parametrize("reload", [False, True], ids=["indexed", "reloaded"])
+@pytest.mark.parametrize("give_back", ["nack", "requeue", "reap"])
+def test_a_task_given_back_without_a_delay_stays_available_when_the_clock_then_steps_back(give_back, reload):
+    """Given back at T0 + 50 without a delay (nack, requeue, an expired lease), then the clock steps back."""
+    s, _ = _leased_one(max_attempts=1 if give_back == "requeue" else 2)
+    if give_back == "reap":
+        assert reap(s, now=T0 + 50) == ["1"]
+    else:
+        nack(s, "1", "t1", now=T0 + 50)
+    if give_back == "requeue":
+        requeue(s, "1", now=T0 + 50)
+    if reload:
+        _fresh_index(s)
+    now = T0 + 50 - BACK
+    assert (stats(s, now=now).ready, stats(s, now=now).delayed) == (1, 0)
+    assert next_deadline(s, now=now) is None
+    assert _drain(s, now=now) == ["1"]
+
+
+def test_a_delayed_task_reclaimed_after_its_lease_is_available_when_the_clock_then_steps_back():
+    """Put with a delay, leased, its lease expired: it was available, so it is again, whatever the clock."""
+    s = QueueState()
+    put(s, "d", delay=5.0, now=T0)
+    assert _lease(s, "t1", now=T0 + 5.0) is not None
+    assert reap(s, now=T0 + 5.0 + LEASE) == ["1"]
+    assert _drain(s, now=T0 - BACK) == ["1"]
 
 
 def test_the_clock_stepping_back_through_apply_changes_only_what_it_should():

@@ -76,7 +76,7 @@ class StateMachine(RuleBasedStateMachine):
     def _model_reap(self) -> list[str]:
         expired = [t for t in self.model if t["state"] == LEASED and t["expires"] <= self.now]
         for t in expired:
-            self._give_back(t, t["available_at"])
+            self._give_back(t, t["enqueued_at"])
         return [t["id"] for t in expired]
 
     def _model_order(self) -> list[str]:
@@ -211,7 +211,7 @@ class StateMachine(RuleBasedStateMachine):
             self._refused(Nack(id=task_id, token=token, delay=delay), LeaseLost)
             return
         got = self._apply(Nack(id=task_id, token=token, delay=delay))
-        self._give_back(t, self.now + delay)
+        self._give_back(t, self.now + delay if delay else t["enqueued_at"])
         assert got is TaskState(t["state"])
 
     @rule(ref=leases, duration=durations)
@@ -246,7 +246,7 @@ class StateMachine(RuleBasedStateMachine):
             self._refused(Requeue(id=task_id), UnknownTask)
             return
         task = self._apply(Requeue(id=task_id))
-        t.update(state=READY, attempts=0, available_at=self.now)
+        t.update(state=READY, attempts=0, available_at=t["enqueued_at"])
         assert (task.id, task.state, task.attempts) == (task_id, TaskState.READY, 0)
 
     @rule()
