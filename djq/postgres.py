@@ -1,58 +1,48 @@
-"""``PostgresQueue``: the one client API on a PostgreSQL server, each operation one SQL statement.
+"""``PostgresQueue``: the one client API on PostgreSQL (psycopg 3), each operation one statement.
 
-``djq.open("postgresql://...", name="jobs")`` returns one (psycopg 3). It is an
-``api.BaseQueue`` whose ``_submit`` runs the operation as SQL in autocommit: no djq
-state machine runs here, the statements implement the contract of ``djq.state``
-(``tests/test_contract.py`` checks it) and the server applies them.
+``djq.open("postgresql://...", name="jobs")`` returns one. Its ``_submit`` runs the operation
+as one autocommit SQL statement that implements ``djq.state``'s rule (no state machine runs
+here; ``tests/test_contract.py`` is the contract).
 
-Data layout (created on first use, in the first schema of the ``search_path``, under
-``pg_advisory_xact_lock`` so that racing clients create it once):
-
-- ``djq_task``: one row per live task of every queue, keyed by ``id`` (an identity: the
-  task id is its decimal, so ids are unique across queues and rise in put order) with
-  ``queue`` (the name), ``payload`` (the JSON text as put), ``priority``, ``state``
-  (ready, leased, dead), ``attempts``, ``max_attempts``, epoch-second times
-  ``enqueued_at``, ``available_at``, ``lease_expires_at``, and ``owner``/``token``.
-  An acked task is deleted. Partial indexes serve the claim (ready and leased rows, in
-  delivery order) and the expiry scan.
-- ``djq_count``: ``put_total``, ``acked_total``, ``dead_total`` per queue in a few
-  shards (``pg_backend_pid() % 16``), summed by ``stats``, so that counting does not
-  make one hot row every put and ack would queue behind.
+Data layout (``_SCHEMA``), made on first use in the ``search_path``'s first schema, under
+``pg_advisory_xact_lock`` so racing clients make it once. ``djq_task``: one row per live
+task of every queue; ``id`` an identity (the task id is its decimal: unique across queues,
+rising in put order), ``queue`` the name, ``payload`` the JSON text, ``state`` ready,
+leased or dead, times in epoch seconds; an acked task is deleted. ``djq_count``: each
+queue's totals in 16 shards (``pg_backend_pid() % 16``), summed by ``stats``, so that no
+one hot row serializes every put and ack.
 
 A claim is one statement: it locks the first ready (or expired, not used up) rows in
-delivery order, priority DESC then id, ``FOR UPDATE SKIP LOCKED`` (``claim="skip_locked"``,
-the default) or ``FOR UPDATE`` (``claim="for_update"``: it waits behind row locks and may
-come back short, PostgreSQL's lesson), leases them (``attempts + 1``, token, owner,
-expiry), and reclaims every other expired lease exactly as ``state.reap`` does (to ready,
-or to the dead letters after ``max_attempts``), committed at once. No transaction is held
-while a task is worked on. ``ack``, ``nack`` and ``extend`` match ``id``, ``state='leased'``
-and ``token``: no row is ``LeaseLost``.
+delivery order (priority DESC, id) ``FOR UPDATE SKIP LOCKED`` (``claim="skip_locked"``) or
+``FOR UPDATE`` (``"for_update"``: it waits behind others' row locks, and may come back
+short), leases them, reclaims every other expired lease as ``state.reap`` does (to ready,
+or dead after ``max_attempts``) and commits: no transaction is held while a task is
+worked on. ``ack``, ``nack``, ``extend`` match id, ``state='leased'`` and token, or raise
+``LeaseLost``.
 
-A waiting get tries once; then it LISTENs on channel ``djq_<name>`` on a connection of its
-own, claims again, and waits with ``Connection.notifies(timeout=...)`` until a
-notification (put, nack and requeue NOTIFY), the next delayed task or lease expiry the
-table names, or its timeout; it claims again after each. It holds no transaction.
+A waiting get claims once; then it LISTENs on channel ``djq_<name>`` on a connection of
+its own (pooled), claims again, and sleeps in ``Connection.notifies(timeout=...)`` until
+a notification (put, nack and requeue NOTIFY), the next delayed task or lease expiry the
+table names, or its timeout, claiming again after each. It holds no transaction.
 
-Time: with ``clock=None`` every "now" is the server's (``now()`` as epoch seconds), so
-clients with skewed clocks agree; a ``clock`` callable's value is passed to every
-statement instead (tests, simulations). Durability: ``fsync`` sets
-``synchronous_commit`` (on: a put returns once its commit is flushed to the WAL).
-
-A lost connection raises ``BrokerUnavailable`` naming the server (no password); the next
-call connects afresh; nothing is replayed. Calls are safe from several threads (one
-connection, guarded by a lock; each waiting get has its own listening connection).
+Time: with ``clock=None`` every "now" is the server's (``now()``, epoch seconds), so clients
+with skewed clocks agree; else ``clock()`` is passed to every statement. Durability:
+``fsync`` sets ``synchronous_commit`` (on: a put returns once its commit is in the WAL on
+disk). A lost connection raises ``BrokerUnavailable`` naming the server (no password); the
+next call connects afresh, nothing is replayed. Thread-safe (one connection, one lock).
 Imports from djq: ``api``, ``errors``, ``model``, ``ops``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import re
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Final, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -64,19 +54,17 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from . import ops
 from .api import BaseQueue
 from .errors import BrokerError, BrokerUnavailable, ConfigError, LeaseLost, UnknownTask
-from .model import QueueConfig, QueueStats, Task, TaskState
+from .model import CONFIG_FIELDS, QueueConfig, QueueStats, Task, TaskState
 
-__all__ = ["CLAIMS", "CONNECT_TIMEOUT", "PostgresQueue"]
+__all__ = ["CLAIMS", "CONNECT_TIMEOUT", "FILE_ONLY", "SERVER_OPTIONS", "PostgresQueue"]
 
 logger = logging.getLogger(__name__)
 R = TypeVar("R")
 Row = tuple[Any, ...]
 CONNECT_TIMEOUT: Final = 10  #: seconds libpq may take to connect (unless the URL sets connect_timeout)
 CLAIMS: Final = {"skip_locked": "FOR UPDATE OF d SKIP LOCKED", "for_update": "FOR UPDATE OF d"}
-FILE_ONLY: Final = (
-    "path", "lock", "storage", "wait", "lock_timeout", "poll_interval", "max_file_bytes",
-    "compact_bytes", "file_mode",
-)  # fmt: skip
+SERVER_OPTIONS: Final = ("lease", "max_attempts", "max_payload_bytes", "fsync")  #: of QueueConfig's fields
+FILE_ONLY: Final = tuple(f for f in CONFIG_FIELDS if f not in SERVER_OPTIONS)  #: refused here
 _NAME: Final = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,47}")  #: a queue name (channel djq_<name> < 64)
 _MIN_PAUSE: Final = 0.002  #: seconds a waiting get pauses when work is due but another claimer holds it
 _SAFETY: Final = 30.0  #: seconds a waiting get sleeps at most without looking at the table
@@ -84,116 +72,92 @@ _SCHEMA_LOCK: Final = 0x646A7120  #: pg_advisory_xact_lock key of the schema's c
 
 _SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS djq_task (
-    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    queue text NOT NULL,
-    payload text NOT NULL,
-    priority bigint NOT NULL,
-    state text NOT NULL CHECK (state IN ('ready', 'leased', 'dead')),
-    attempts bigint NOT NULL,
-    max_attempts bigint NOT NULL,
-    enqueued_at float8 NOT NULL,
-    available_at float8 NOT NULL,
-    owner text,
-    token text,
-    lease_expires_at float8,
-    CHECK ((state = 'leased') = (token IS NOT NULL AND owner IS NOT NULL AND lease_expires_at IS NOT NULL))
-);
+    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, queue text NOT NULL, payload text NOT NULL,
+    priority bigint NOT NULL, state text NOT NULL CHECK (state IN ('ready', 'leased', 'dead')),
+    attempts bigint NOT NULL, max_attempts bigint NOT NULL, enqueued_at float8 NOT NULL,
+    available_at float8 NOT NULL, owner text, token text, lease_expires_at float8,
+    CHECK ((state = 'leased') = (token IS NOT NULL AND owner IS NOT NULL AND lease_expires_at IS NOT NULL)));
 CREATE INDEX IF NOT EXISTS djq_task_ready ON djq_task (queue, priority DESC, id) WHERE state = 'ready';
 CREATE INDEX IF NOT EXISTS djq_task_leased ON djq_task (queue, priority DESC, id) WHERE state = 'leased';
 CREATE INDEX IF NOT EXISTS djq_task_expiry ON djq_task (queue, lease_expires_at) WHERE state = 'leased';
-CREATE TABLE IF NOT EXISTS djq_count (
-    queue text NOT NULL,
-    shard int NOT NULL,
-    put_total bigint NOT NULL DEFAULT 0,
-    acked_total bigint NOT NULL DEFAULT 0,
-    dead_total bigint NOT NULL DEFAULT 0,
-    PRIMARY KEY (queue, shard)
-);
+CREATE TABLE IF NOT EXISTS djq_count (queue text NOT NULL, shard int NOT NULL,
+    put_total bigint NOT NULL DEFAULT 0, acked_total bigint NOT NULL DEFAULT 0,
+    dead_total bigint NOT NULL DEFAULT 0, PRIMARY KEY (queue, shard));
 """
-
-# Fragments of the statements. Every statement starts with ``t``: the one "now" it uses.
-_NOW: Final = "t AS (SELECT coalesce(%(now)s::float8, extract(epoch FROM now())::float8) AS now)"
-_AVAILABLE: Final = "(d.available_at <= t.now OR d.available_at <= d.enqueued_at)"  # as index.available
 _FIELDS: Final = (
     "id", "payload", "priority", "state", "attempts", "max_attempts", "enqueued_at", "available_at",
     "owner", "token", "lease_expires_at",
 )  # fmt: skip
-_COLUMNS: Final = ", ".join(f"d.{name}" for name in _FIELDS)  #: a task's row, as ``_task`` reads it
-_RETIRE: Final = """state = CASE WHEN d.attempts >= d.max_attempts THEN 'dead' ELSE 'ready' END,
-    owner = NULL, token = NULL, lease_expires_at = NULL"""  # state._retire
-
-
-def _count(put: str = "0", acked: str = "0", dead: str = "0") -> str:
-    """A CTE adding to this backend's shard of the queue's counters (when something is added)."""
-    return f"""c AS (INSERT INTO djq_count AS c (queue, shard, put_total, acked_total, dead_total)
-    SELECT %(q)s, pg_backend_pid() %% 16, n.put, n.acked, n.dead
-    FROM (SELECT {put} AS put, {acked} AS acked, {dead} AS dead) AS n WHERE n.put + n.acked + n.dead > 0
-    ON CONFLICT (queue, shard) DO UPDATE SET put_total = c.put_total + excluded.put_total,
-        acked_total = c.acked_total + excluded.acked_total, dead_total = c.dead_total + excluded.dead_total)"""
-
-
-def _reap(lock: str, chosen: str) -> str:
-    """CTEs ``gone``/``reaped``: every expired lease (but the ``chosen`` ids) to ready or dead."""
-    return f"""gone AS (SELECT d.id FROM djq_task d, t WHERE d.queue = %(q)s AND d.state = 'leased'
-        AND d.lease_expires_at <= t.now AND d.id NOT IN ({chosen}) {lock}),
-    reaped AS (UPDATE djq_task d SET {_RETIRE} FROM gone WHERE d.id = gone.id RETURNING d.id, d.state)"""
-
-
-_DEAD: Final = "(SELECT count(*) FROM reaped WHERE reaped.state = 'dead')"
-
-
-def _claim(lock: str) -> str:
-    """The claim: lease up to ``n`` tasks in delivery order and reclaim the other expired leases."""
-    first = "FROM djq_task d, t WHERE d.queue = %(q)s AND {} ORDER BY d.priority DESC, d.id LIMIT %(n)s"
-    return f"""WITH {_NOW},
-    r AS (SELECT d.id, d.priority {first.format("d.state = 'ready' AND " + _AVAILABLE)} {lock}),
-    x AS (SELECT d.id, d.priority {first.format(
-        "d.state = 'leased' AND d.lease_expires_at <= t.now AND d.attempts < d.max_attempts AND "
-        + _AVAILABLE)} {lock}),
+# The statements' shared parts, by the names the templates use. ``t`` is the statement's one
+# "now"; ``count`` adds the CTE ``n``'s numbers to this backend's shard of the counters;
+# ``reaped`` retires the rows of the CTE ``gone`` (as state._retire); ``lock`` is the claim's.
+_PARTS: Final = {
+    "now": "t AS (SELECT coalesce(%(now)s::float8, extract(epoch FROM now())::float8) AS now)",
+    "available": "(d.available_at <= t.now OR d.available_at <= d.enqueued_at)",  # index.available
+    "columns": ", ".join(f"d.{name}" for name in _FIELDS),
+    "retire": """state = CASE WHEN d.attempts >= d.max_attempts THEN 'dead' ELSE 'ready' END,
+        owner = NULL, token = NULL, lease_expires_at = NULL""",
+    "dead": "(SELECT count(*) FROM reaped WHERE reaped.state = 'dead')",
+    "count": """c AS (INSERT INTO djq_count AS c (queue, shard, put_total, acked_total, dead_total)
+        SELECT %(q)s, pg_backend_pid() %% 16, n.put, n.acked, n.dead FROM n
+        WHERE n.put + n.acked + n.dead > 0
+        ON CONFLICT (queue, shard) DO UPDATE SET put_total = c.put_total + excluded.put_total,
+        acked_total = c.acked_total + excluded.acked_total,
+        dead_total = c.dead_total + excluded.dead_total)""",
+    "expired": "d.queue = %(q)s AND d.state = 'leased' AND d.lease_expires_at <= t.now",
+    "reaped": """reaped AS (UPDATE djq_task d SET state = CASE WHEN d.attempts >= d.max_attempts THEN 'dead'
+        ELSE 'ready' END, owner = NULL, token = NULL, lease_expires_at = NULL FROM gone
+        WHERE d.id = gone.id RETURNING d.id, d.state)""",  # as "retire"
+}
+_TEMPLATES: Final = {
+    "claim": """WITH {now},
+    r AS (SELECT d.id, d.priority FROM djq_task d, t WHERE d.queue = %(q)s AND d.state = 'ready'
+        AND {available} ORDER BY d.priority DESC, d.id LIMIT %(n)s {lock}),
+    x AS (SELECT d.id, d.priority FROM djq_task d, t WHERE {expired} AND d.attempts < d.max_attempts
+        AND {available} ORDER BY d.priority DESC, d.id LIMIT %(n)s {lock}),
     chosen AS (SELECT u.id, row_number() OVER (ORDER BY u.priority DESC, u.id) AS k
         FROM (SELECT * FROM r UNION ALL SELECT * FROM x) AS u ORDER BY u.priority DESC, u.id LIMIT %(n)s),
-    {_reap(lock, "SELECT id FROM chosen")},
+    gone AS (SELECT d.id FROM djq_task d, t WHERE {expired} AND d.id NOT IN (SELECT id FROM chosen) {lock}),
+    {reaped},
     leased AS (UPDATE djq_task d SET state = 'leased', attempts = d.attempts + 1, owner = %(owner)s,
         token = (%(tokens)s::text[])[chosen.k], lease_expires_at = t.now + %(duration)s
-        FROM chosen, t WHERE d.id = chosen.id RETURNING {_COLUMNS}),
-    {_count(dead=_DEAD)}
-    SELECT * FROM leased ORDER BY priority DESC, id"""  # fmt: skip
-
-
-_SQL: Final = {
-    "put": f"""WITH {_NOW},
+        FROM chosen, t WHERE d.id = chosen.id RETURNING {columns}),
+    n AS (SELECT 0 AS put, 0 AS acked, {dead} AS dead), {count}
+    SELECT * FROM leased ORDER BY priority DESC, id""",
+    "put": """WITH {now},
     ins AS (INSERT INTO djq_task AS d (queue, payload, priority, state, attempts, max_attempts,
             enqueued_at, available_at)
         SELECT %(q)s, u.p, %(priority)s, 'ready', 0, %(max_attempts)s, t.now, t.now + %(delay)s
         FROM t, unnest(%(payloads)s::text[]) WITH ORDINALITY AS u(p, k) ORDER BY u.k RETURNING d.id),
-    {_count(put="(SELECT count(*) FROM ins)")}
+    n AS (SELECT (SELECT count(*) FROM ins) AS put, 0 AS acked, 0 AS dead), {count}
     SELECT array_agg(id ORDER BY id), pg_notify(%(channel)s, '') FROM ins""",
-    "ack": f"""WITH l AS (SELECT * FROM unnest(%(ids)s::bigint[], %(tokens)s::text[]) AS l(id, token)),
+    "ack": """WITH l AS (SELECT * FROM unnest(%(ids)s::bigint[], %(tokens)s::text[]) AS l(id, token)),
     a AS (DELETE FROM djq_task d USING l WHERE d.queue = %(q)s AND d.id = l.id AND d.state = 'leased'
         AND d.token = l.token RETURNING d.id, d.token),
-    {_count(acked="(SELECT count(*) FROM a)")}
+    n AS (SELECT 0 AS put, (SELECT count(*) FROM a) AS acked, 0 AS dead), {count}
     SELECT id, token FROM a""",
-    "nack": f"""WITH {_NOW},
-    reaped AS (UPDATE djq_task d SET {_RETIRE}, available_at = CASE WHEN d.attempts >= d.max_attempts
+    "nack": """WITH {now},
+    reaped AS (UPDATE djq_task d SET {retire}, available_at = CASE WHEN d.attempts >= d.max_attempts
             THEN d.available_at ELSE t.now + %(delay)s END
         FROM t WHERE d.queue = %(q)s AND d.id = %(id)s AND d.state = 'leased' AND d.token = %(token)s
         RETURNING d.state),
-    {_count(dead=_DEAD)}
+    n AS (SELECT 0 AS put, 0 AS acked, {dead} AS dead), {count}
     SELECT state, pg_notify(%(channel)s, '') FROM reaped""",
-    "extend": f"""WITH {_NOW} UPDATE djq_task d SET lease_expires_at = t.now + %(duration)s FROM t
+    "extend": """WITH {now} UPDATE djq_task d SET lease_expires_at = t.now + %(duration)s FROM t
     WHERE d.queue = %(q)s AND d.id = %(id)s AND d.state = 'leased' AND d.token = %(token)s
-    RETURNING {_COLUMNS}""",
-    "requeue": f"""WITH {_NOW},
+    RETURNING {columns}""",
+    "requeue": """WITH {now},
     back AS (UPDATE djq_task d SET state = 'ready', attempts = 0, available_at = t.now FROM t
-        WHERE d.queue = %(q)s AND d.id = %(id)s AND d.state = 'dead' RETURNING {_COLUMNS})
+        WHERE d.queue = %(q)s AND d.id = %(id)s AND d.state = 'dead' RETURNING {columns})
     SELECT *, pg_notify(%(channel)s, '') FROM back""",
     "purge": """WITH gone AS (DELETE FROM djq_task WHERE queue = %(q)s
         AND (%(states)s::text[] IS NULL OR state = ANY(%(states)s::text[])) RETURNING 1)
     SELECT count(*) FROM gone""",
-    "reap": f"""WITH {_NOW}, {_reap(CLAIMS["skip_locked"], "0")}, {_count(dead=_DEAD)} SELECT id FROM reaped ORDER BY id""",
-    "stats": f"""WITH {_NOW} SELECT
-        count(*) FILTER (WHERE d.state = 'ready' AND {_AVAILABLE}),
-        count(*) FILTER (WHERE d.state = 'ready' AND NOT {_AVAILABLE}),
+    "reap": """WITH {now}, gone AS (SELECT d.id FROM djq_task d, t WHERE {expired} {lock}), {reaped},
+    n AS (SELECT 0 AS put, 0 AS acked, {dead} AS dead), {count} SELECT id FROM reaped ORDER BY id""",
+    "stats": """WITH {now} SELECT
+        count(*) FILTER (WHERE d.state = 'ready' AND {available}),
+        count(*) FILTER (WHERE d.state = 'ready' AND NOT {available}),
         count(*) FILTER (WHERE d.state = 'leased' AND d.lease_expires_at > t.now),
         count(*) FILTER (WHERE d.state = 'leased' AND d.lease_expires_at <= t.now),
         count(*) FILTER (WHERE d.state = 'dead'),
@@ -201,18 +165,24 @@ _SQL: Final = {
             coalesce(sum(dead_total), 0)] FROM djq_count WHERE queue = %(q)s),
         pg_total_relation_size('djq_task')
     FROM t LEFT JOIN djq_task d ON d.queue = %(q)s""",
-    "peek": f"""WITH {_NOW} SELECT {_COLUMNS} FROM djq_task d, t WHERE d.queue = %(q)s AND d.state = 'ready'
-    ORDER BY {_AVAILABLE} DESC, CASE WHEN {_AVAILABLE} THEN 0 ELSE d.available_at END, d.priority DESC, d.id
+    "peek": """WITH {now} SELECT {columns} FROM djq_task d, t WHERE d.queue = %(q)s AND d.state = 'ready'
+    ORDER BY {available} DESC, CASE WHEN {available} THEN 0 ELSE d.available_at END, d.priority DESC, d.id
     LIMIT %(limit)s""",
-    "dead": f"SELECT {_COLUMNS} FROM djq_task d WHERE d.queue = %(q)s AND d.state = 'dead' ORDER BY d.id",
-    "due": f"""WITH {_NOW} SELECT least(
-        (SELECT min(CASE WHEN {_AVAILABLE} THEN t.now ELSE d.available_at END) FROM djq_task d
+    "dead": "SELECT {columns} FROM djq_task d WHERE d.queue = %(q)s AND d.state = 'dead' ORDER BY d.id",
+    "due": """WITH {now} SELECT least(
+        (SELECT min(CASE WHEN {available} THEN t.now ELSE d.available_at END) FROM djq_task d
             WHERE d.queue = %(q)s AND d.state = 'ready'),
         (SELECT min(d.lease_expires_at) FROM djq_task d WHERE d.queue = %(q)s AND d.state = 'leased')
     ) - t.now FROM t""",
-    "check": "SELECT to_regclass('djq_task') IS NOT NULL, to_regclass('djq_count') IS NOT NULL",
+    "check": "SELECT t FROM unnest(ARRAY['djq_task', 'djq_count']) AS t WHERE to_regclass(t) IS NULL",
 }
-_CLAIM: Final = {kind: _claim(lock) for kind, lock in CLAIMS.items()}
+
+
+#: every statement by claim kind, its parts filled in (constants here: values travel as parameters)
+_STATEMENTS: Final = {
+    claim: {key: template.format(lock=lock, **_PARTS) for key, template in _TEMPLATES.items()}
+    for claim, lock in CLAIMS.items()
+}
 
 
 class PostgresQueue(BaseQueue):
@@ -221,13 +191,11 @@ class PostgresQueue(BaseQueue):
     Args:
         url: a libpq URL or conninfo (``postgresql://user@host/db``); its password is never shown.
         name: the queue inside the database: 1 to 48 of ``A-Z a-z 0-9 _ . -``.
-        clock: None (the server's clock decides every lease, delay and expiry) or a
-            callable returning epoch seconds, passed to every statement instead.
+        clock: None (the server's clock decides every lease, delay, expiry) or epoch seconds.
         claim: ``"skip_locked"`` (claimers pass each other's locked rows) or
             ``"for_update"`` (they wait behind them).
-        options: ``lease``, ``max_attempts``, ``max_payload_bytes``, ``fsync``. The file
-            queue's options (``lock``, ``storage``, ...) are refused. ``config.path`` is a
-            placeholder, ``Path(name)``: there is no file.
+        options: ``SERVER_OPTIONS`` (``lease``, ``max_attempts``, ``max_payload_bytes``,
+            ``fsync``); the file queue's are refused. ``config.path`` is ``Path(name)``, a placeholder.
 
     Raises:
         ConfigError: a bad name, claim, clock, option or malformed URL (before any I/O).
@@ -247,7 +215,7 @@ class PostgresQueue(BaseQueue):
         self._config = QueueConfig.from_options(path=Path(name), **options)
         self._conninfo = _conninfo(url, name)
         self._shown = _shown(url)
-        self._name, self._clock, self._claim = name, clock, _CLAIM[claim]
+        self._name, self._clock, self._statements = name, clock, _STATEMENTS[claim]
         self._channel = f"djq_{name}"
         self._mutex = threading.Lock()  # guards the one statement connection
         self._conn: psycopg.Connection[Row] | None = None
@@ -259,11 +227,6 @@ class PostgresQueue(BaseQueue):
     def config(self) -> QueueConfig:
         """The validated configuration (``path`` is the placeholder ``Path(name)``)."""
         return self._config
-
-    @property
-    def name(self) -> str:
-        """The queue's name inside the database."""
-        return self._name
 
     def close(self) -> None:
         """Close the connections (idempotent); a waiting get returns None; a later call reconnects."""
@@ -287,10 +250,10 @@ class PostgresQueue(BaseQueue):
         return self._wait_for(op, wait)
 
     def _rows(self, key: str, **params: Any) -> list[Row]:
-        """Run the statement ``_SQL[key]`` (or a claim) with ``params``; return its rows."""
+        """Run the statement ``key`` of ``_TEMPLATES`` with ``params``; return its rows."""
         params.setdefault("q", self._name)
         params["now"] = None if self._clock is None else float(self._clock())
-        query = self._claim if key == "claim" else _SQL[key]
+        query = self._statements[key]
         with self._mutex:
             conn = self._connection()
             with self._errors(conn):
@@ -312,12 +275,20 @@ class PostgresQueue(BaseQueue):
         except psycopg.Error as exc:
             raise self._unavailable(exc) from exc
 
-    def _errors(self, conn: psycopg.Connection[Row]) -> _Translate:
-        return _Translate(self, conn)
+    @contextlib.contextmanager
+    def _errors(self, conn: psycopg.Connection[Row]) -> Iterator[None]:
+        """Psycopg's errors as djq's; a lost connection is closed, for the next call to replace."""
+        try:
+            yield
+        except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+            self._conn = None if self._conn is conn else self._conn
+            _quietly(conn.close)
+            raise self._unavailable(exc) from exc
+        except psycopg.Error as exc:
+            raise BrokerError(f"the PostgreSQL server at {self._shown} refused: {_first(exc)}") from exc
 
     def _unavailable(self, exc: BaseException) -> BrokerUnavailable:
-        first = str(exc).strip().splitlines()[:1] or [type(exc).__name__]
-        return BrokerUnavailable(f"the PostgreSQL server at {self._shown} is unavailable: {first[0]}")
+        return BrokerUnavailable(f"the PostgreSQL server at {self._shown} is unavailable: {_first(exc)}")
 
     def _wait_for(self, op: ops.Op[R], wait: float | None) -> R:
         """LISTEN, then claim after every notification or due time until a task comes or time is up."""
@@ -370,27 +341,6 @@ class PostgresQueue(BaseQueue):
         _quietly(conn.close)
 
 
-class _Translate:
-    """Context manager: psycopg's errors as djq's; a lost connection is dropped for the next call."""
-
-    def __init__(self, queue: PostgresQueue, conn: psycopg.Connection[Row]) -> None:
-        self.queue, self.conn = queue, conn
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
-        if exc is None or not isinstance(exc, psycopg.Error):
-            return
-        if isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError) or self.conn.broken:
-            if self.queue._conn is self.conn:
-                self.queue._conn = None
-            _quietly(self.conn.close)
-            raise self.queue._unavailable(exc) from exc
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise BrokerError(f"the PostgreSQL server at {self.queue._shown} refused: {first}") from exc
-
-
 def _prepare(conn: psycopg.Connection[Row], *, fsync: bool) -> None:
     """Set ``synchronous_commit`` from ``fsync``; create the schema unless it exists (one client only)."""
     row = conn.execute(
@@ -407,11 +357,8 @@ def _prepare(conn: psycopg.Connection[Row], *, fsync: bool) -> None:
 def _put(queue: PostgresQueue, op: ops.Put | ops.PutMany) -> list[str]:
     payloads = op.payloads if isinstance(op, ops.PutMany) else (op.payload,)
     texts = [json.dumps(p, ensure_ascii=False, separators=(",", ":")) for p in payloads]
-    ids = queue._rows(
-        "put", payloads=texts, priority=op.priority, delay=op.delay,
-        max_attempts=op.max_attempts, channel=queue._channel,
-    )[0][0]  # fmt: skip
-    return [str(i) for i in ids]
+    params = {"priority": op.priority, "delay": op.delay, "max_attempts": op.max_attempts}
+    return [str(i) for i in queue._rows("put", payloads=texts, channel=queue._channel, **params)[0][0]]
 
 
 def _lease(queue: PostgresQueue, op: ops.LeaseNext | ops.LeaseMany) -> Any:
@@ -439,18 +386,12 @@ def _ack(queue: PostgresQueue, op: ops.Ack) -> None:
         raise LeaseLost(task_id=op.id, token=op.token)
 
 
-def _nack(queue: PostgresQueue, op: ops.Nack) -> TaskState:
-    rows = queue._rows("nack", id=_seq(op.id), token=op.token, delay=op.delay, channel=queue._channel)
+def _held(queue: PostgresQueue, key: str, op: ops.Nack | ops.Extend, **params: Any) -> Row:
+    """The row of statement ``key`` on the task ``op`` holds; ``LeaseLost`` when there is none."""
+    rows = queue._rows(key, id=_seq(op.id), token=op.token, channel=queue._channel, **params)
     if not rows:
         raise LeaseLost(task_id=op.id, token=op.token)
-    return TaskState(rows[0][0])
-
-
-def _extend(queue: PostgresQueue, op: ops.Extend) -> Task:
-    rows = queue._rows("extend", id=_seq(op.id), token=op.token, duration=op.duration)
-    if not rows:
-        raise LeaseLost(task_id=op.id, token=op.token)
-    return _task(rows[0])
+    return rows[0]
 
 
 def _requeue(queue: PostgresQueue, op: ops.Requeue) -> Task:
@@ -474,12 +415,6 @@ def _stats(queue: PostgresQueue, op: ops.Stats) -> QueueStats:
     )  # fmt: skip
 
 
-def _check(queue: PostgresQueue, op: ops.Check) -> list[str]:
-    """The schema's tables are there (its CHECK constraints keep every row consistent); nothing to fix."""
-    task, count = queue._rows("check")[0]
-    return [f"table {t} is missing" for t, ok in (("djq_task", task), ("djq_count", count)) if not ok]
-
-
 _RUN: Final[dict[type[ops.Op[Any]], Callable[[PostgresQueue, Any], Any]]] = {
     ops.Put: _put,
     ops.PutMany: _put,
@@ -487,20 +422,21 @@ _RUN: Final[dict[type[ops.Op[Any]], Callable[[PostgresQueue, Any], Any]]] = {
     ops.LeaseMany: _lease,
     ops.Ack: _ack,
     ops.AckMany: lambda q, op: _ack_many(q, op.leases),
-    ops.Nack: _nack,
-    ops.Extend: _extend,
+    ops.Nack: lambda q, op: TaskState(_held(q, "nack", op, delay=op.delay)[0]),
+    ops.Extend: lambda q, op: _task(_held(q, "extend", op, duration=op.duration)),
     ops.Requeue: _requeue,
     ops.Purge: _purge,
     ops.Reap: lambda q, op: [str(row[0]) for row in q._rows("reap")],
     ops.Stats: _stats,
     ops.Peek: lambda q, op: [_task(row) for row in q._rows("peek", limit=op.limit)],
     ops.Dead: lambda q, op: [_task(row) for row in q._rows("dead")],
-    ops.Check: _check,
+    # the schema's CHECK constraints keep every row consistent: check() looks for the tables only
+    ops.Check: lambda q, op: [f"table {row[0]} is missing" for row in q._rows("check")],
 }
 
 
 def _task(row: Row) -> Task:
-    """The ``Task`` of a row that starts with ``_COLUMNS``."""
+    """The ``Task`` of a row that starts with the ``columns`` of ``_PARTS``."""
     fields = dict(zip(_FIELDS, row, strict=False))
     fields.update(id=str(row[0]), payload=json.loads(row[1]), state=TaskState(row[3]))
     return Task(**fields)
@@ -521,15 +457,12 @@ def _check_arguments(name: object, clock: object, claim: object, options: dict[s
             field="name",
         )
     if clock is not None and not callable(clock):
-        raise ConfigError(f"clock must be None or a callable returning epoch seconds, not {clock!r:.80}",
-                          field="clock")  # fmt: skip
+        raise ConfigError(f"clock must be None or a callable, not {clock!r:.80}", field="clock")
     if claim not in CLAIMS:
-        raise ConfigError(f"claim must be one of {', '.join(map(repr, CLAIMS))}, not {claim!r:.80}",
-                          field="claim")  # fmt: skip
+        raise ConfigError(f"claim must be 'skip_locked' or 'for_update', not {claim!r:.80}", field="claim")
     for field in FILE_ONLY:
         if field in options:
-            raise ConfigError(f"{field} is an option of the file queue, not of a PostgreSQL queue",
-                              field=field)  # fmt: skip
+            raise ConfigError(f"{field} is an option of the file queue, not of PostgreSQL's", field=field)
 
 
 def _conninfo(url: str, name: str) -> str:
@@ -537,11 +470,10 @@ def _conninfo(url: str, name: str) -> str:
     try:
         params = conninfo_to_dict(url)
     except psycopg.Error as exc:
-        first = (str(exc).strip().splitlines() or ["malformed"])[0]
-        raise ConfigError(f"not a PostgreSQL URL: {_shown(url)} ({first})", field="url") from None
+        raise ConfigError(f"not a PostgreSQL URL: {_shown(url)} ({_first(exc)})", field="url") from None
     params.setdefault("connect_timeout", CONNECT_TIMEOUT)
     params.setdefault("application_name", f"djq/{name}")
-    return make_conninfo(**params)
+    return make_conninfo("", **params)
 
 
 def _shown(url: str) -> str:
@@ -549,12 +481,15 @@ def _shown(url: str) -> str:
     if "://" not in url:
         return " ".join(p for p in url.split() if not p.startswith("password="))
     parts = urlsplit(url)
-    netloc = parts.netloc
-    if "@" in netloc:
-        user, host = netloc.rsplit("@", 1)
-        netloc = f"{user.split(':', 1)[0]}@{host}"
+    user, at, host = parts.netloc.rpartition("@")
+    netloc = f"{user.split(':', 1)[0]}{at}{host}"
     query = urlencode([(k, v) for k, v in parse_qsl(parts.query) if k != "password"], safe="/")
     return urlunsplit(parts._replace(netloc=netloc, query=query))
+
+
+def _first(exc: BaseException) -> str:
+    """The first line of an error's message (libpq's run to several)."""
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
 def _quietly(action: Callable[[], object]) -> None:
