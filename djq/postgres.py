@@ -36,6 +36,7 @@ Imports from djq: ``api``, ``errors``, ``model``, ``ops``.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -84,6 +85,7 @@ CREATE TABLE IF NOT EXISTS djq_count (queue text NOT NULL, shard int NOT NULL,
     put_total bigint NOT NULL DEFAULT 0, acked_total bigint NOT NULL DEFAULT 0,
     dead_total bigint NOT NULL DEFAULT 0, PRIMARY KEY (queue, shard));
 """
+_STATS: Final = tuple(f.name for f in dataclasses.fields(QueueStats))  #: the order "stats" selects
 _FIELDS: Final = (
     "id", "payload", "priority", "state", "attempts", "max_attempts", "enqueued_at", "available_at",
     "owner", "token", "lease_expires_at",
@@ -161,9 +163,10 @@ _TEMPLATES: Final = {
         count(*) FILTER (WHERE d.state = 'leased' AND d.lease_expires_at > t.now),
         count(*) FILTER (WHERE d.state = 'leased' AND d.lease_expires_at <= t.now),
         count(*) FILTER (WHERE d.state = 'dead'),
-        (SELECT ARRAY[coalesce(sum(put_total), 0), coalesce(sum(acked_total), 0),
-            coalesce(sum(dead_total), 0)] FROM djq_count WHERE queue = %(q)s),
-        pg_total_relation_size('djq_task')
+        (SELECT coalesce(sum(put_total), 0)::bigint FROM djq_count WHERE queue = %(q)s),
+        (SELECT coalesce(sum(acked_total), 0)::bigint FROM djq_count WHERE queue = %(q)s),
+        (SELECT coalesce(sum(dead_total), 0)::bigint FROM djq_count WHERE queue = %(q)s),
+        pg_total_relation_size('djq_task') -- file_bytes: of the table all queues share
     FROM t LEFT JOIN djq_task d ON d.queue = %(q)s""",
     "peek": """WITH {now} SELECT {columns} FROM djq_task d, t WHERE d.queue = %(q)s AND d.state = 'ready'
     ORDER BY {available} DESC, CASE WHEN {available} THEN 0 ELSE d.available_at END, d.priority DESC, d.id
@@ -319,10 +322,16 @@ class PostgresQueue(BaseQueue):
         return left if due is None else max(min(left, due), _MIN_PAUSE)
 
     def _listener(self) -> psycopg.Connection[Row]:
-        """A connection LISTENing on the queue's channel (pooled between waiting gets)."""
+        """A connection LISTENing on the queue's channel: a pooled one if it still works, else a new one."""
         with self._mutex:
-            conn = self._idle.pop() if self._idle else None
-        conn = conn if conn is not None and not conn.closed else self._connect()
+            pooled = self._idle.pop() if self._idle else None
+        if pooled is not None:
+            with contextlib.suppress(BrokerError):  # a pooled one may have died with a server restart
+                return self._listen(pooled)
+            _quietly(pooled.close)
+        return self._listen(self._connect())
+
+    def _listen(self, conn: psycopg.Connection[Row]) -> psycopg.Connection[Row]:
         with self._errors(conn):
             conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self._channel)))
         return conn
@@ -401,20 +410,6 @@ def _requeue(queue: PostgresQueue, op: ops.Requeue) -> Task:
     return _task(rows[0])
 
 
-def _purge(queue: PostgresQueue, op: ops.Purge) -> int:
-    states = None if op.states is None else sorted(s.value for s in op.states)
-    return int(queue._rows("purge", states=states)[0][0])
-
-
-def _stats(queue: PostgresQueue, op: ops.Stats) -> QueueStats:
-    ready, delayed, leased, expired, dead, totals, size = queue._rows("stats")[0]
-    put_total, acked_total, dead_total = (int(n) for n in totals)
-    return QueueStats(
-        ready=ready, delayed=delayed, leased=leased, expired=expired, dead=dead, put_total=put_total,
-        acked_total=acked_total, dead_total=dead_total, file_bytes=size,  # the shared table's bytes
-    )  # fmt: skip
-
-
 _RUN: Final[dict[type[ops.Op[Any]], Callable[[PostgresQueue, Any], Any]]] = {
     ops.Put: _put,
     ops.PutMany: _put,
@@ -425,9 +420,9 @@ _RUN: Final[dict[type[ops.Op[Any]], Callable[[PostgresQueue, Any], Any]]] = {
     ops.Nack: lambda q, op: TaskState(_held(q, "nack", op, delay=op.delay)[0]),
     ops.Extend: lambda q, op: _task(_held(q, "extend", op, duration=op.duration)),
     ops.Requeue: _requeue,
-    ops.Purge: _purge,
+    ops.Purge: lambda q, op: q._rows("purge", states=_values(op.states))[0][0],
     ops.Reap: lambda q, op: [str(row[0]) for row in q._rows("reap")],
-    ops.Stats: _stats,
+    ops.Stats: lambda q, op: QueueStats(**dict(zip(_STATS, q._rows("stats")[0], strict=True))),
     ops.Peek: lambda q, op: [_task(row) for row in q._rows("peek", limit=op.limit)],
     ops.Dead: lambda q, op: [_task(row) for row in q._rows("dead")],
     # the schema's CHECK constraints keep every row consistent: check() looks for the tables only
@@ -440,6 +435,10 @@ def _task(row: Row) -> Task:
     fields = dict(zip(_FIELDS, row, strict=False))
     fields.update(id=str(row[0]), payload=json.loads(row[1]), state=TaskState(row[3]))
     return Task(**fields)
+
+
+def _values(states: frozenset[TaskState] | None) -> list[str] | None:
+    return None if states is None else [state.value for state in states]
 
 
 def _seq(task_id: str) -> int:
