@@ -46,7 +46,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Final, TypeVar
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 import psycopg
 from psycopg import sql
@@ -481,8 +481,8 @@ def _shown(url: str) -> str:
         return " ".join(p for p in url.split() if not p.startswith("password="))
     parts = urlsplit(url)
     user, at, host = parts.netloc.rpartition("@")
-    netloc = f"{user.split(':', 1)[0]}{at}{host}"
-    query = urlencode([(k, v) for k, v in parse_qsl(parts.query) if k != "password"], safe="/")
+    pairs = [(k, v) for k, v in parse_qsl(parts.query) if k != "password"]
+    netloc, query = f"{user.split(':', 1)[0]}{at}{host}", urlencode(pairs, safe="/", quote_via=quote)
     return urlunsplit(parts._replace(netloc=netloc, query=query))
 
 
