@@ -20,10 +20,9 @@ or dead after ``max_attempts``) and commits: no transaction is held while a task
 worked on. ``ack``, ``nack``, ``extend`` match id, ``state='leased'`` and token, or raise
 ``LeaseLost``.
 
-A waiting get claims once; then it LISTENs on channel ``djq_<name>`` on a connection of
-its own (pooled), claims again, and sleeps in ``Connection.notifies(timeout=...)`` until
-a notification (put, nack and requeue NOTIFY), the next delayed task or lease expiry the
-table names, or its timeout, claiming again after each. It holds no transaction.
+A waiting get LISTENs on ``djq_<name>`` on a pooled connection of its own and sleeps in
+``Connection.notifies(timeout=...)`` until a NOTIFY (put, nack, requeue), the next delay or
+lease expiry in the table, or its timeout, claiming after each; it holds no transaction.
 
 Time: with ``clock=None`` every "now" is the server's (``now()``, epoch seconds), so clients
 with skewed clocks agree; else ``clock()`` is passed to every statement. Durability:
@@ -267,9 +266,10 @@ class PostgresQueue(BaseQueue):
         if self._pid != os.getpid():  # a forked child must never use the parent's sockets
             self._conn, self._idle, self._pid = None, [], os.getpid()
         if self._conn is None or self._conn.closed:
-            self._conn = self._connect()
-            with self._errors(self._conn):
-                _prepare(self._conn, fsync=self._config.fsync)
+            conn = self._connect()
+            with self._errors(conn):
+                _prepare(conn, fsync=self._config.fsync)
+            self._conn = conn
         return self._conn
 
     def _connect(self) -> psycopg.Connection[Row]:
@@ -288,6 +288,8 @@ class PostgresQueue(BaseQueue):
             _quietly(conn.close)
             raise self._unavailable(exc) from exc
         except psycopg.Error as exc:
+            if conn is not self._conn:  # being prepared, or a listener: never reused after an error
+                _quietly(conn.close)
             raise BrokerError(f"the PostgreSQL server at {self._shown} refused: {_first(exc)}") from exc
 
     def _unavailable(self, exc: BaseException) -> BrokerUnavailable:
@@ -305,8 +307,7 @@ class PostgresQueue(BaseQueue):
                 if pause is None:
                     break
                 with self._errors(listener):
-                    for _ in listener.notifies(timeout=pause, stop_after=1):
-                        pass
+                    list(listener.notifies(timeout=pause, stop_after=1))  # one notification, or the time
                 if generation == self._generation:  # close() woke us: never reconnect for it
                     result = _RUN[type(op)](self, op)
             return result
@@ -328,7 +329,6 @@ class PostgresQueue(BaseQueue):
         if pooled is not None:
             with contextlib.suppress(BrokerError):  # a pooled one may have died with a server restart
                 return self._listen(pooled)
-            _quietly(pooled.close)
         return self._listen(self._connect())
 
     def _listen(self, conn: psycopg.Connection[Row]) -> psycopg.Connection[Row]:
