@@ -377,6 +377,7 @@ class RedisQueue(BaseQueue):
                     f"{field} is an option of the file queue, not of a Redis queue", field=field
                 )
         self._config = QueueConfig.from_options(path=Path(f"djq:{{{name}}}"), **options)
+        url = _normal(url)
         self._url, self._shown, self._clock = url, _shown(url), clock
         self._keys = [f"djq:{{{name}}}:{key}" for key in KEYS]
         self._redis = _client(url)
@@ -473,9 +474,6 @@ def _check_name(name: object) -> None:
 
 def _client(url: str) -> redis.Redis:
     """A client with its own pool; connect and reply timeouts; no retries (never a replayed write)."""
-    scheme, _, rest = url.partition(":")
-    if not rest.startswith("//"):  # "unix:/path", as urlunsplit writes "unix:///path" (djq.open does)
-        url = f"{scheme}://{rest}"
     try:
         return redis.Redis.from_url(
             url, socket_connect_timeout=CONNECT_TIMEOUT, socket_timeout=REPLY_TIMEOUT,
@@ -483,6 +481,12 @@ def _client(url: str) -> redis.Redis:
         )  # fmt: skip
     except (ValueError, TypeError) as exc:
         raise ConfigError(f"not a Redis URL: {_shown(url)!r:.200} ({exc})", field="url") from None
+
+
+def _normal(url: str) -> str:
+    """``unix:/path`` (how ``urlunsplit``, so ``djq.open``, writes ``unix:///path``) as ``unix:///path``."""
+    scheme, _, rest = url.partition(":")
+    return url if rest.startswith("//") else f"{scheme}://{rest}"
 
 
 def _shown(url: str) -> str:
