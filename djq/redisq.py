@@ -16,11 +16,10 @@ lives in one cluster slot and each script declares every key it touches (``KEYS`
 - ``dead``    ZSET scored by ``seq``: the dead letters, in put order;
 - ``wake``    LIST: wake-up tokens for waiting gets (at most ``WAKE_CAP``, expiring).
 
-Every index member is ``rank`` (20 digits: ``2**63 - 1 - priority``, so a 64-bit priority
-that no double could hold sorts exactly) followed by ``seq`` (16 digits; the id is ``seq``
-without its zeros). Members of equal score sort by their bytes: the first member of
-``ready`` is the highest priority, oldest task, and ``delayed``/``leases`` ties sort the
-same way. Times are seconds (doubles, written with 17 digits: exact).
+Every index member is ``rank`` (20 digits: ``2**63 - 1 - priority``: 64-bit priorities no
+double could hold sort exactly) then ``seq`` (16 digits; the id is ``seq`` without its
+zeros). Members of equal score sort by their bytes: the first of ``ready`` is the highest
+priority, oldest task. Times are seconds (doubles, written with 17 digits: exact).
 
 A claim (``get``/``get_many``) is one script: reclaim every lease expired by now (back to
 ready, or to the dead letters when its attempts are used up), move the delayed tasks
@@ -29,21 +28,20 @@ index at a time, and a script runs alone on the server: two clients never lease 
 
 A waiting get blocks in the server: when its claim finds nothing, it pops the queue's
 ``wake`` list (BLPOP) for at most the time until the next delayed task or lease comes due
-(the claim script returns it, measured on the statement's clock), then claims again. A
-script pushes a token when work is ready after it ran (a put, a nack, a claim that left
-tasks behind: the woken waiter passes the baton on) or when it moved the queue's next
-due time earlier (a new lease, a delayed put). The list is trimmed to ``WAKE_CAP`` tokens
-and expires ``WAKE_TTL_MS`` after its last push: a put nobody waits for leaves no garbage.
+(the claim returns it, on the statement's clock), then claims again. A script pushes a
+token when work is ready after it (a put, a nack, a claim that left tasks: the baton
+passes on) or when it moved the next due time earlier (a new lease, a delayed put). The
+list keeps ``WAKE_CAP`` tokens and expires ``WAKE_TTL_MS`` after its last push.
 
 Clock: with ``clock=None`` the script reads the server's ``TIME``, so every lease, delay
 and expiry follows one clock whatever the clients' clocks say; with ``clock=`` each
-statement gets ``clock()`` as its "now" instead (tests, simulations with a fake clock).
+statement gets ``clock()`` as its "now" (tests, simulations with a fake clock).
 
 Durability is the server's: ``fsync=True`` (the default) needs ``appendonly yes`` and
-``appendfsync always`` (then a put's reply comes after its fsync) and is refused with a
-``ConfigError`` otherwise, or when ``CONFIG GET`` is refused (unknown). A lost server
-raises ``BrokerUnavailable``; redis-py never retries a command (a write that may have
-committed is not replayed), and the next call connects afresh.
+``appendfsync always`` (a put's reply comes after its fsync), else (or when ``CONFIG GET``
+is refused: unknown) it is a ``ConfigError``. A lost server raises ``BrokerUnavailable``;
+redis-py never retries (no replayed write that may have committed); the next call
+connects afresh.
 Imports from djq: ``api``, ``errors``, ``model``, ``ops``.
 """
 
@@ -267,25 +265,18 @@ def _put(op: ops.Put | ops.PutMany) -> list[Any]:
     return ["put", _rank(op.priority), str(op.priority), op.delay, op.max_attempts, *map(_json, payloads)]
 
 
-def _text(value: bytes) -> str | None:
-    return value.decode() if value else None
-
-
 def _task(f: list[bytes]) -> Task:
     """One task from its ``_FIELDS`` values in a script's reply."""
     return Task(
         id=f[0].decode(), payload=json.loads(f[1]), priority=int(f[2]), state=TaskState(f[3].decode()),
         attempts=int(f[4]), max_attempts=int(f[5]), enqueued_at=float(f[6]), available_at=float(f[7]),
-        owner=_text(f[8]), token=_text(f[9]), lease_expires_at=float(f[10]) if f[10] else None,
+        owner=f[8].decode() or None, token=f[9].decode() or None,
+        lease_expires_at=float(f[10]) if f[10] else None,
     )  # fmt: skip
 
 
 def _tasks(values: list[bytes]) -> list[Task]:
     return [_task(values[i : i + _FIELDS]) for i in range(0, len(values), _FIELDS)]
-
-
-def _strings(values: list[bytes]) -> list[str]:
-    return [value.decode() for value in values]
 
 
 def _held(op: Any, found: Any) -> Any:
@@ -301,47 +292,39 @@ def _dead_task(op: ops.Requeue, reply: list[bytes]) -> Task:
     return _task(reply)
 
 
+def _ids(op: Any, reply: list[bytes]) -> list[str]:
+    return [value.decode() for value in reply]
+
+
+def _stats(op: Any, reply: list[int]) -> QueueStats:
+    return QueueStats(**dict(zip(_STATS, map(int, reply), strict=True)))
+
+
 _Args = Callable[[Any], list[Any]]
 _Result = Callable[[Any, Any], Any]
 #: Each operation: its script arguments (its Lua name first), and its result from the reply.
+# fmt: off
 _CODEC: Final[dict[type[ops.Op[Any]], tuple[_Args, _Result]]] = {
-    ops.Put: (_put, lambda op, reply: _strings(reply)),
-    ops.PutMany: (_put, lambda op, reply: _strings(reply)),
-    ops.LeaseNext: (
-        lambda op: ["lease", op.duration, op.owner, op.token],
-        lambda op, reply: next(iter(_tasks(reply[1:])), None),
-    ),
-    ops.LeaseMany: (
-        lambda op: ["lease", op.duration, op.owner, *op.tokens],
-        lambda op, reply: _tasks(reply[1:]),
-    ),
+    ops.Put: (_put, _ids),
+    ops.PutMany: (_put, _ids),
+    ops.LeaseNext: (lambda op: ["lease", op.duration, op.owner, op.token],
+                    lambda op, reply: next(iter(_tasks(reply[1:])), None)),
+    ops.LeaseMany: (lambda op: ["lease", op.duration, op.owner, *op.tokens], lambda op, r: _tasks(r[1:])),
     ops.Ack: (lambda op: ["ack", op.id, op.token], lambda op, reply: _held(op, reply) and None),
-    ops.AckMany: (
-        lambda op: ["ack_many", *(part for pair in op.leases for part in pair)],
-        lambda op, reply: _strings(reply),
-    ),
-    ops.Nack: (
-        lambda op: ["nack", op.id, op.token, op.delay],
-        lambda op, reply: TaskState(_held(op, reply).decode()),
-    ),
-    ops.Extend: (
-        lambda op: ["extend", op.id, op.token, op.duration],
-        lambda op, reply: _task(_held(op, reply)),
-    ),
+    ops.AckMany: (lambda op: ["ack_many", *(part for pair in op.leases for part in pair)], _ids),
+    ops.Nack: (lambda op: ["nack", op.id, op.token, op.delay],
+               lambda op, reply: TaskState(_held(op, reply).decode())),
+    ops.Extend: (lambda op: ["extend", op.id, op.token, op.duration], lambda op, r: _task(_held(op, r))),
     ops.Requeue: (lambda op: ["requeue", op.id], _dead_task),
-    ops.Purge: (
-        lambda op: ["purge", "all"] if op.states is None else ["purge", "some", *sorted(op.states)],
-        lambda op, reply: int(reply),
-    ),
-    ops.Reap: (lambda op: ["reap"], lambda op, reply: _strings(reply)),
-    ops.Stats: (
-        lambda op: ["stats"],
-        lambda op, reply: QueueStats(**dict(zip(_STATS, map(int, reply), strict=True))),
-    ),
+    ops.Purge: (lambda op: ["purge", "all"] if op.states is None else ["purge", "some", *sorted(op.states)],
+                lambda op, reply: int(reply)),
+    ops.Reap: (lambda op: ["reap"], _ids),
+    ops.Stats: (lambda op: ["stats"], _stats),
     ops.Peek: (lambda op: ["peek", op.limit], lambda op, reply: _tasks(reply)),
     ops.Dead: (lambda op: ["dead"], lambda op, reply: _tasks(reply)),
-    ops.Check: (lambda op: ["check"], lambda op, reply: _strings(reply)),
+    ops.Check: (lambda op: ["check"], _ids),
 }
+# fmt: on
 
 
 class RedisQueue(BaseQueue):
@@ -378,7 +361,7 @@ class RedisQueue(BaseQueue):
                 )
         self._config = QueueConfig.from_options(path=Path(f"djq:{{{name}}}"), **options)
         url = _normal(url)
-        self._url, self._shown, self._clock = url, _shown(url), clock
+        self._name, self._shown, self._clock, self._closes = name, _shown(url), clock, 0
         self._keys = [f"djq:{{{name}}}:{key}" for key in KEYS]
         self._redis = _client(url)
         self._script = self._redis.register_script(SCRIPT)
@@ -394,10 +377,14 @@ class RedisQueue(BaseQueue):
     @property
     def name(self) -> str:
         """The queue's name inside the server."""
-        return self._config.path.name[5:-1]
+        return self._name
 
     def close(self) -> None:
-        """Close this client's connections (idempotent; a later call connects again)."""
+        """Close this client's connections (idempotent; a later call connects again).
+
+        A ``get`` waiting in another thread returns None (``get_many``: []) at once.
+        """
+        self._closes += 1
         self._redis.close()
 
     def __repr__(self) -> str:
@@ -416,8 +403,13 @@ class RedisQueue(BaseQueue):
             left = math.inf if deadline is None else deadline - time.monotonic()
             if left <= 0:
                 return result
-            due = float(reply[0]) if reply[0] else math.inf
-            self._block(min(left, due, BLOCK_CHUNK))
+            due, closes = float(reply[0]) if reply[0] else math.inf, self._closes
+            try:
+                self._block(min(left, due, BLOCK_CHUNK))
+            except BrokerUnavailable:
+                if self._closes == closes:
+                    raise
+                return result  # closed while it waited
 
     def _run(self, args: list[Any]) -> Any:
         """Run the script once: the operation's name, now ("": the server's TIME), its arguments."""

@@ -294,11 +294,20 @@ def test_a_bad_name_is_refused(url, bad):
     assert info.value.field == "name"
 
 
-def test_close_is_idempotent(make):
-    """close() twice is fine."""
+def test_close_is_idempotent_and_ends_a_waiting_get(make, raw):
+    """close() twice is fine; a get waiting in another thread then returns None; a later call reconnects."""
     q = make()
-    q.close()
-    q.close()
+    got: list[object] = []
+    thread = threading.Thread(target=lambda: got.append(q.get(timeout=30.0)))
+    thread.start()
+    try:
+        _wait_until_blocked(raw, time.monotonic() + 10.0)
+    finally:
+        q.close()
+        q.close()
+        thread.join(30)
+    assert got == [None]
+    assert q.stats().total == 0
 
 
 _HOLDER = """
