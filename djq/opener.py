@@ -16,7 +16,7 @@ from __future__ import annotations
 import importlib
 import os
 from typing import Any, Final
-from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit
 
 from .api import BaseQueue
 from .errors import ConfigError
@@ -72,13 +72,21 @@ def open_queue(target: str | os.PathLike[str], *, name: str | None = None, **opt
     url, query_name = _without_name(target)
     if query_name is not None and name is not None and query_name != name:
         raise ConfigError(f"the queue is named twice: name={name!r} and ?name={query_name!r}", field="name")
-    return getattr(module, class_name)(url, name=name or query_name or "default", **options)
+    if name is None:
+        name = "default" if query_name is None else query_name
+    queue: BaseQueue = getattr(module, class_name)(url, name=name, **options)
+    return queue
 
 
 def _without_name(url: str) -> tuple[str, str | None]:
-    """``url`` without its ``name`` query parameter (the server's client would refuse it), and that name."""
-    parts = urlsplit(url)
-    pairs = parse_qsl(parts.query, keep_blank_values=True)
+    """``url`` without its ``name`` query parameter (the server's client would refuse it), and that name.
+
+    A URL without one comes back unchanged (``unix:///path`` must keep its three slashes).
+    """
+    base, _, query = url.partition("?")
+    pairs = parse_qsl(query, keep_blank_values=True)
     names = [value for key, value in pairs if key == "name"]
-    rest = urlencode([(key, value) for key, value in pairs if key != "name"], safe="/")
-    return urlunsplit(parts._replace(query=rest)), names[-1] if names else None
+    if not names:
+        return url, None
+    rest = urlencode([(key, value) for key, value in pairs if key != "name"], quote_via=quote, safe="/")
+    return (f"{base}?{rest}" if rest else base), names[-1]

@@ -14,11 +14,10 @@ one hot row serializes every put and ack.
 
 A claim is one statement: it locks the first ready (or expired, not used up) rows in
 delivery order (priority DESC, id) ``FOR UPDATE SKIP LOCKED`` (``claim="skip_locked"``) or
-``FOR UPDATE`` (``"for_update"``: it waits behind others' row locks, and may come back
-short), leases them, reclaims every other expired lease as ``state.reap`` does (to ready,
-or dead after ``max_attempts``) and commits: no transaction is held while a task is
-worked on. ``ack``, ``nack``, ``extend`` match id, ``state='leased'`` and token, or raise
-``LeaseLost``.
+``FOR UPDATE`` (``"for_update"``: waits behind others' row locks, may come back short),
+leases them, reclaims every other expired lease as ``state.reap`` does and commits: no
+transaction is held while a task is worked on. ``ack``, ``nack``, ``extend`` match id,
+``state='leased'`` and token, or raise ``LeaseLost``.
 
 A waiting get LISTENs on ``djq_<name>`` on a pooled connection of its own and sleeps in
 ``Connection.notifies(timeout=...)`` until a NOTIFY (put, nack, requeue), the next delay or
@@ -107,7 +106,9 @@ _PARTS: Final = {
         dead_total = c.dead_total + excluded.dead_total)""",
     "expired": "d.queue = %(q)s AND d.state = 'leased' AND d.lease_expires_at <= t.now",
     "reaped": """reaped AS (UPDATE djq_task d SET state = CASE WHEN d.attempts >= d.max_attempts THEN 'dead'
-        ELSE 'ready' END, owner = NULL, token = NULL, lease_expires_at = NULL FROM gone
+        ELSE 'ready' END, owner = NULL, token = NULL, lease_expires_at = NULL,
+        available_at = CASE WHEN d.attempts >= d.max_attempts THEN d.available_at ELSE d.enqueued_at END
+        FROM gone
         WHERE d.id = gone.id RETURNING d.id, d.state)""",  # as "retire"
 }
 _TEMPLATES: Final = {
@@ -115,13 +116,14 @@ _TEMPLATES: Final = {
     r AS (SELECT d.id, d.priority FROM djq_task d, t WHERE d.queue = %(q)s AND d.state = 'ready'
         AND {available} ORDER BY d.priority DESC, d.id LIMIT %(n)s {lock}),
     x AS (SELECT d.id, d.priority FROM djq_task d, t WHERE {expired} AND d.attempts < d.max_attempts
-        AND {available} ORDER BY d.priority DESC, d.id LIMIT %(n)s {lock}),
+        ORDER BY d.priority DESC, d.id LIMIT %(n)s {lock}),
     chosen AS (SELECT u.id, row_number() OVER (ORDER BY u.priority DESC, u.id) AS k
         FROM (SELECT * FROM r UNION ALL SELECT * FROM x) AS u ORDER BY u.priority DESC, u.id LIMIT %(n)s),
     gone AS (SELECT d.id FROM djq_task d, t WHERE {expired} AND d.id NOT IN (SELECT id FROM chosen) {lock}),
     {reaped},
     leased AS (UPDATE djq_task d SET state = 'leased', attempts = d.attempts + 1, owner = %(owner)s,
-        token = (%(tokens)s::text[])[chosen.k], lease_expires_at = t.now + %(duration)s
+        token = (%(tokens)s::text[])[chosen.k], lease_expires_at = t.now + %(duration)s,
+        available_at = CASE WHEN d.state = 'leased' THEN d.enqueued_at ELSE d.available_at END
         FROM chosen, t WHERE d.id = chosen.id RETURNING {columns}),
     n AS (SELECT 0 AS put, 0 AS acked, {dead} AS dead), {count}
     SELECT * FROM leased ORDER BY priority DESC, id""",
@@ -139,7 +141,7 @@ _TEMPLATES: Final = {
     SELECT id, token FROM a""",
     "nack": """WITH {now},
     reaped AS (UPDATE djq_task d SET {retire}, available_at = CASE WHEN d.attempts >= d.max_attempts
-            THEN d.available_at ELSE t.now + %(delay)s END
+            THEN d.available_at WHEN %(delay)s > 0 THEN t.now + %(delay)s ELSE d.enqueued_at END
         FROM t WHERE d.queue = %(q)s AND d.id = %(id)s AND d.state = 'leased' AND d.token = %(token)s
         RETURNING d.state),
     n AS (SELECT 0 AS put, 0 AS acked, {dead} AS dead), {count}
@@ -148,7 +150,7 @@ _TEMPLATES: Final = {
     WHERE d.queue = %(q)s AND d.id = %(id)s AND d.state = 'leased' AND d.token = %(token)s
     RETURNING {columns}""",
     "requeue": """WITH {now},
-    back AS (UPDATE djq_task d SET state = 'ready', attempts = 0, available_at = t.now FROM t
+    back AS (UPDATE djq_task d SET state = 'ready', attempts = 0, available_at = d.enqueued_at FROM t
         WHERE d.queue = %(q)s AND d.id = %(id)s AND d.state = 'dead' RETURNING {columns})
     SELECT *, pg_notify(%(channel)s, '') FROM back""",
     "purge": """WITH gone AS (DELETE FROM djq_task WHERE queue = %(q)s
@@ -162,11 +164,10 @@ _TEMPLATES: Final = {
         count(*) FILTER (WHERE d.state = 'leased' AND d.lease_expires_at > t.now),
         count(*) FILTER (WHERE d.state = 'leased' AND d.lease_expires_at <= t.now),
         count(*) FILTER (WHERE d.state = 'dead'),
-        (SELECT coalesce(sum(put_total), 0)::bigint FROM djq_count WHERE queue = %(q)s),
-        (SELECT coalesce(sum(acked_total), 0)::bigint FROM djq_count WHERE queue = %(q)s),
-        (SELECT coalesce(sum(dead_total), 0)::bigint FROM djq_count WHERE queue = %(q)s),
-        pg_total_relation_size('djq_task') -- file_bytes: of the table all queues share
-    FROM t LEFT JOIN djq_task d ON d.queue = %(q)s""",
+        s.p, s.a, s.d, pg_total_relation_size('djq_task') -- file_bytes: of the table all queues share
+    FROM t CROSS JOIN (SELECT coalesce(sum(put_total), 0)::bigint, coalesce(sum(acked_total), 0)::bigint,
+        coalesce(sum(dead_total), 0)::bigint FROM djq_count WHERE queue = %(q)s) AS s(p, a, d)
+    LEFT JOIN djq_task d ON d.queue = %(q)s GROUP BY s.p, s.a, s.d""",
     "peek": """WITH {now} SELECT {columns} FROM djq_task d, t WHERE d.queue = %(q)s AND d.state = 'ready'
     ORDER BY {available} DESC, CASE WHEN {available} THEN 0 ELSE d.available_at END, d.priority DESC, d.id
     LIMIT %(limit)s""",

@@ -132,7 +132,7 @@ end
 local function reap()
   local ms, ids = call('ZRANGEBYSCORE', LEASES, '-inf', NOW), {}
   table.sort(ms, function(a, b) return tonumber(string.sub(a, 21)) < tonumber(string.sub(b, 21)) end)
-  for i, m in ipairs(ms) do local r = load(id_of(m)); retire(r, r.v); ids[i] = r.id end
+  for i, m in ipairs(ms) do local r = load(id_of(m)); retire(r, r.e); ids[i] = r.id end  -- available again
   return ids
 end
 local function lease(token, owner, expires)
@@ -187,7 +187,8 @@ end
 function OPS.nack()  -- id, token, delay
   local r, before = held(ARGV[3], ARGV[4]), earliest()
   if not r then return '' end
-  retire(r, now + tonumber(ARGV[5])); signal(before)
+  local delay = tonumber(ARGV[5])
+  retire(r, delay > 0 and now + delay or r.e); signal(before)  -- no delay: available whatever the clock
   return r.st
 end
 function OPS.extend()  -- id, token, duration
@@ -200,7 +201,7 @@ end
 function OPS.requeue()  -- id
   local r, before = load(ARGV[3]), earliest()
   if not r or r.st ~= 'dead' then return {} end
-  r.a = 0; call('ZREM', DEAD, r.m); make_ready(r, now); save(r); signal(before)
+  r.a = 0; call('ZREM', DEAD, r.m); make_ready(r, r.e); save(r); signal(before)
   return out(r, {})
 end
 function OPS.purge()  -- 'all', or 'some' and task states...
@@ -360,7 +361,6 @@ class RedisQueue(BaseQueue):
                     f"{field} is an option of the file queue, not of a Redis queue", field=field
                 )
         self._config = QueueConfig.from_options(path=Path(f"djq:{{{name}}}"), **options)
-        url = _normal(url)
         self._name, self._shown, self._clock, self._closes = name, _shown(url), clock, 0
         self._keys = [f"djq:{{{name}}}:{key}" for key in KEYS]
         self._redis = _client(url)
@@ -473,12 +473,6 @@ def _client(url: str) -> redis.Redis:
         )  # fmt: skip
     except (ValueError, TypeError) as exc:
         raise ConfigError(f"not a Redis URL: {_shown(url)!r:.200} ({exc})", field="url") from None
-
-
-def _normal(url: str) -> str:
-    """``unix:/path`` (how ``urlunsplit``, so ``djq.open``, writes ``unix:///path``) as ``unix:///path``."""
-    scheme, _, rest = url.partition(":")
-    return url if rest.startswith("//") else f"{scheme}://{rest}"
 
 
 def _shown(url: str) -> str:

@@ -89,12 +89,16 @@ class Scratch:
         return self
 
     def stop(self, *, kill: bool = False) -> None:
-        """Stop the server by its pid: SIGTERM (SIGKILL with ``kill``, or after ``STOP_TIMEOUT`` s)."""
+        """Stop the server by its pid: a fast shutdown (a crash with ``kill``), SIGKILL if it hangs."""
         process, self._process = self._process, None
         if process is None:
             return
+        # PostgreSQL: SIGINT is its fast shutdown (SIGTERM waits for every client to leave),
+        # SIGQUIT its immediate one (a SIGKILLed postmaster can leave backends behind)
+        postgres = self.kind == "postgres"
+        polite, rude = (signal.SIGINT, signal.SIGQUIT) if postgres else (signal.SIGTERM, signal.SIGKILL)
         with contextlib.suppress(ProcessLookupError):
-            os.kill(process.pid, signal.SIGKILL if kill else signal.SIGTERM)
+            os.kill(process.pid, rude if kill else polite)
         try:
             process.wait(STOP_TIMEOUT)
         except subprocess.TimeoutExpired:

@@ -11,7 +11,8 @@ scan are ``index.Index`` (built on first use, kept in ``QueueState.index``).
 Order: among ready tasks that are available (``available_at <= now``, or put without a
 delay: ``available_at <= enqueued_at``, so a wall clock stepped back never holds back a
 task nobody delayed; a task given back without a delay, by nack, requeue or an expired
-lease, gets ``available_at = enqueued_at`` again), the highest ``priority`` first, FIFO (by ``seq``) within a priority.
+lease, gets ``available_at = enqueued_at`` again), the highest ``priority`` first, FIFO
+(by ``seq``) within a priority.
 ``attempts`` counts deliveries: every lease raises it, and a task whose lease expires or
 is nacked after ``max_attempts`` deliveries goes to the dead letters instead of back to
 ready (the SQS receive-count rule).
