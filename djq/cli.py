@@ -30,20 +30,21 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 import orjson
 
 from . import __version__, cli_sim
+from .api import BaseQueue
 from .broker import Broker
 from .cli_flags import GLOBAL_FIELDS, OTHER_FIELDS, add_queue_flags, refuse_options
 from .cli_flags import queue_options as _queue_options  # the name tests read
 from .errors import ConfigError, DjqError, PayloadError
 from .manager import BrokerManager
 from .model import CONFIG_FIELDS, DEFAULT_QUEUE_PATH, Lease, QueueConfig, Task
+from .opener import open_queue
 from .queue import Queue
-from .remote import BrokerClient, connect
+from .remote import connect
 
 __all__ = ["main"]
 
@@ -113,7 +114,7 @@ def _parser() -> argparse.ArgumentParser:
         name: str, run: Callable[[argparse.Namespace], int | None], help: str
     ) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help, description=help, parents=[shared])
-        p.set_defaults(run=run)
+        p.set_defaults(run=run, command=name)
         return p
 
     _queue_commands(command)
@@ -135,8 +136,9 @@ def _global_options(*, top: bool) -> argparse.ArgumentParser:
         return value if top else argparse.SUPPRESS
 
     group.add_argument(
-        "--queue", type=Path, default=default(DEFAULT_QUEUE_PATH), metavar="PATH",
-        help=f"the queue file (default: {DEFAULT_QUEUE_PATH})",
+        "--queue", default=default(str(DEFAULT_QUEUE_PATH)), metavar="PATH|URL",
+        help=f"the queue file (default: {DEFAULT_QUEUE_PATH}), or a server's queue: "
+        "postgresql://..., redis://... or unix:///path/redis.sock (?name=QUEUE picks one queue)",
     )  # fmt: skip
     add_queue_flags(group, GLOBAL_FIELDS)
     group.add_argument(
@@ -225,11 +227,22 @@ def _measuring_commands(command: Command) -> None:
 # The queue's options
 
 
+def _is_url(target: str) -> bool:
+    return "://" in target
+
+
 def _queue_config(args: argparse.Namespace) -> QueueConfig:
+    if _is_url(args.queue):
+        scheme = args.queue.split(":")[0]
+        raise ConfigError(f"{args.command} works on a queue file, not on a {scheme}:// queue", field="queue")
     return QueueConfig.from_options(path=args.queue, **_queue_options(args))
 
 
-def _queue(args: argparse.Namespace) -> Queue | BrokerClient:
+def _queue(args: argparse.Namespace) -> BaseQueue:
+    if _is_url(args.queue):
+        if args.broker:
+            raise ConfigError("--broker serves a queue file; a server URL needs none", field="broker")
+        return open_queue(args.queue, **_queue_options(args))  # the server's queue refuses file options
     if not args.broker:
         return Queue.from_config(_queue_config(args))
     refuse_options(args, "with --broker the broker's own queue options apply")

@@ -4,23 +4,16 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 
 import pytest
+from conftest import run_djq
 
 import djq
 from djq import cli, cli_sim
 
 
 def run(*args: str, cwd) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "djq", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=180,
-        check=False,
-    )
+    return run_djq(*args, cwd=cwd, timeout=180)
 
 
 @pytest.mark.timeout(200)

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
 import pytest
-from conftest import ROOT, server_url
+from conftest import ROOT, run_djq, server_url
 
 import djq
 from djq import opener
@@ -75,3 +76,37 @@ def test_import_djq_imports_no_server_client_library():
         [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60, check=True
     )
     assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("kind", ["postgres", "redis"])
+def test_the_cli_takes_a_server_url_as_queue(kind, tmp_path):
+    """djq --queue URL put/get/ack/stats work on the server's queue; file-only commands are one line."""
+    url = server_url(kind)
+    queue = f"{url}{'&' if '?' in url else '?'}name=cli-{kind}"
+    put = run_djq("--queue", queue, "--no-fsync", "put", '{"n": 1}', cwd=tmp_path)
+    assert put.returncode == 0, put.stderr
+    got = run_djq("get", "--queue", queue, "--no-fsync", "--json", cwd=tmp_path)
+    task = json.loads(got.stdout)
+    assert task["payload"] == {"n": 1}
+    acked = run_djq("--queue", queue, "--no-fsync", "ack", task["id"], task["token"], cwd=tmp_path)
+    assert acked.returncode == 0, acked.stderr
+    stats = json.loads(run_djq("--queue", queue, "--no-fsync", "stats", "--json", cwd=tmp_path).stdout)
+    assert (stats["put_total"], stats["acked_total"], stats["total"]) == (1, 1, 0)
+    for args, says in (
+        (["compact"], "compact works on a queue file"),
+        (["--lock", "soft", "stats"], "lock is an option of the file queue"),
+        (["--broker", "stats"], "--broker serves a queue file"),
+    ):
+        refused = run_djq("--queue", queue, "--no-fsync", *args, cwd=tmp_path)
+        assert refused.returncode == 2
+        assert says in refused.stderr
+        assert len(refused.stderr.strip().splitlines()) == 1, refused.stderr
+    assert not list(tmp_path.iterdir())  # no queue file was made on the way
+
+
+def test_the_cli_names_an_unreachable_server_in_one_line(tmp_path):
+    """A server that is not there: exit 1, one line naming it, no traceback."""
+    result = run_djq("--queue", f"postgresql://nobody@/x?host={tmp_path}", "stats", cwd=tmp_path)
+    assert result.returncode == 1
+    assert "is unavailable" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
