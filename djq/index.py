@@ -10,6 +10,7 @@ fields of ``state.Record`` it needs, so this module does not import ``state``.
 from __future__ import annotations
 
 import heapq
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
@@ -66,6 +67,7 @@ class Index:
     due: list[tuple[int, int, str]] = field(default_factory=list)
     later: list[tuple[float, int, str]] = field(default_factory=list)
     expiry: list[tuple[float, int, str, str]] = field(default_factory=list)
+    latest: float = -math.inf  #: no lease indexed expires later than this (an upper bound)
 
     @classmethod
     def build(cls, records: Iterable[Entry]) -> Index:
@@ -78,6 +80,7 @@ class Index:
                 index.due.append((-r.priority, r.seq, r.id))
             elif r.state is TaskState.LEASED and r.lease_expires_at is not None and r.token is not None:
                 index.expiry.append((r.lease_expires_at, r.seq, r.id, r.token))
+                index.latest = max(index.latest, r.lease_expires_at)
         heapq.heapify(index.due)
         heapq.heapify(index.later)
         heapq.heapify(index.expiry)
@@ -93,6 +96,23 @@ class Index:
     def leased(self, record: Entry, expires_at: float, token: str) -> None:
         """Index a lease (new or renewed) that expires at ``expires_at``."""
         heapq.heappush(self.expiry, (expires_at, record.seq, record.id, token))
+        if expires_at > self.latest:
+            self.latest = expires_at
+
+    def beyond(self, tasks: Mapping[str, E], limit: float) -> list[E]:
+        """The leased tasks whose lease expires after ``limit``, in seq order (a scan, only when some may)."""
+        if self.latest <= limit:
+            return []
+        found, latest = [], -math.inf
+        for r in tasks.values():
+            at = r.lease_expires_at
+            if r.state is TaskState.LEASED and at is not None and r.token is not None:
+                if at > limit:
+                    found.append(r)
+                elif at > latest:
+                    latest = at
+        self.latest = limit if found else latest
+        return sorted(found, key=lambda r: r.seq)
 
     def promote(self, tasks: Mapping[str, Entry], now: float) -> None:
         """Move ready tasks whose time has come from ``later`` to ``due``; drop stale entries."""

@@ -38,7 +38,7 @@ from typing import Any, Final
 from . import ops
 from .errors import LeaseLost, UnknownTask
 from .index import Index, available
-from .model import DEFAULT_MAX_ATTEMPTS, JSON, QueueStats, Task, TaskState
+from .model import DEFAULT_MAX_ATTEMPTS, JSON, MAX_LEASE_DURATION, QueueStats, Task, TaskState
 
 __all__ = [
     "RULES",
@@ -200,11 +200,22 @@ def _retire(state: QueueState, record: Record, *, available_at: float) -> None:
 
 
 def reap(state: QueueState, *, now: float) -> list[str]:
-    """Reclaim every lease that expired at or before ``now``; return the reclaimed ids."""
-    expired = _indexed(state).expired(state.tasks, now)
+    """Reclaim every lease that expired at or before ``now``; return the reclaimed ids.
+
+    A lease that expires more than ``MAX_LEASE_DURATION`` after ``now`` (the wall clock
+    stepped back since it was granted) is first clamped to ``now + MAX_LEASE_DURATION``: a
+    clock stepped back makes a lease last longer, but never longer than the longest lease.
+    """
+    index = _indexed(state)
+    limit = now + MAX_LEASE_DURATION
+    clamped = index.beyond(state.tasks, limit)
+    for record in clamped:  # each holds a token (``beyond`` says so)
+        record.lease_expires_at = limit
+        index.leased(record, limit, str(record.token))
+    expired = index.expired(state.tasks, now)
     for record in expired:
         _retire(state, record, available_at=record.enqueued_at)  # it was available: it is again
-    if expired:
+    if expired or clamped:
         state.revision += 1
     return [r.id for r in expired]
 

@@ -10,7 +10,7 @@ import pytest
 
 from djq import ops, state
 from djq.errors import ConfigError, LeaseLost, UnknownTask
-from djq.model import DEFAULT_MAX_ATTEMPTS, MAX_DELAY, QueueStats, Task, TaskState
+from djq.model import DEFAULT_MAX_ATTEMPTS, MAX_DELAY, MAX_LEASE_DURATION, QueueStats, Task, TaskState
 from djq.ops import (
     Ack,
     AckMany,
@@ -1284,6 +1284,43 @@ def test_a_delayed_task_reclaimed_after_its_lease_is_available_when_the_clock_th
     assert _lease(s, "t1", now=T0 + 5.0) is not None
     assert reap(s, now=T0 + 5.0 + LEASE) == ["1"]
     assert _drain(s, now=T0 - BACK) == ["1"]
+
+
+@pytest.mark.parametrize("reload", [False, True], ids=["indexed", "reloaded"])
+def test_a_lease_outliving_the_longest_lease_after_the_clock_steps_back_is_clamped(reload):
+    """RELIABILITY row 17: the clock steps back 30 days; the lease ends MAX_LEASE_DURATION on."""
+    s, first = _leased_one(max_attempts=3)
+    back = T0 - 30 * 86400.0
+    if reload:
+        _fresh_index(s)
+    assert _lease(s, "t2", now=back) is None  # the lease is still held: clamped, not reclaimed
+    assert s.tasks["1"].lease_expires_at == back + MAX_LEASE_DURATION
+    assert next_deadline(s, now=back) == back + MAX_LEASE_DURATION
+    assert _lease(s, "t3", now=back + MAX_LEASE_DURATION - 1) is None
+    again = _lease(s, "t4", now=back + MAX_LEASE_DURATION)
+    assert again is not None
+    assert (again.id, again.attempts) == ("1", 2)
+    with pytest.raises(LeaseLost):
+        ack(s, "1", first.token, now=back + MAX_LEASE_DURATION)  # the first holder's ack changes nothing
+    ack(s, "1", "t4", now=back + MAX_LEASE_DURATION)
+    assert (len(s.tasks), s.acked_total) == (0, 1)
+
+
+def test_a_clamped_lease_can_still_be_acked_by_its_holder():
+    """Clamping shortens a lease; its token still holds the task until then."""
+    s, first = _leased_one()
+    back = T0 - 30 * 86400.0
+    assert reap(s, now=back) == []
+    ack(s, "1", first.token, now=back + 1.0)
+    assert s.acked_total == 1
+
+
+def test_leases_within_the_longest_lease_are_never_touched_by_the_clamp():
+    """Without a step back beyond MAX_LEASE_DURATION, reap changes nothing that has not expired."""
+    s, _ = _leased_one()
+    revision = s.revision
+    assert reap(s, now=T0 - 3600.0) == []
+    assert (s.tasks["1"].lease_expires_at, s.revision) == (T0 + LEASE, revision)
 
 
 def test_the_clock_stepping_back_through_apply_changes_only_what_it_should():
