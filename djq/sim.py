@@ -18,6 +18,7 @@ Example::
 
 from __future__ import annotations
 
+import inspect
 import itertools
 import math
 import os
@@ -329,3 +330,13 @@ def sweep(
             bar.close()
     frame = pd.DataFrame(rows)
     return frame.loc[:, ~frame.columns.duplicated()]
+
+
+def _sweep_signature() -> inspect.Signature:
+    """The parameters of sweep: its own, then simulate's run options (what Shift-Tab shows)."""
+    own = list(inspect.signature(sweep).parameters.values())[:3]  # grid, repeats, progress
+    runs = [p for name, p in inspect.signature(simulate).parameters.items() if name != "progress"]
+    return inspect.Signature([*own, *runs], return_annotation=pd.DataFrame)
+
+
+sweep.__signature__ = _sweep_signature()  # type: ignore[attr-defined]
