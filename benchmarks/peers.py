@@ -40,12 +40,21 @@ djq runs as ``djq-<storage>-<lock>-<direct|broker>``: every storage mode this dj
 every call, so its N is capped (``--rewrite-n``) and it skips depths above 10,000.
 Peers that are not installed are skipped with a note.
 
+Server systems (``servers.py``), only with ``--servers`` or when ``--systems`` names them:
+djq's PostgreSQL queue (``djq-postgres``, ``djq-postgres-for_update``) and Redis queue
+(``djq-redis``) beside pgqueuer and the bare floors ``pg-floor`` (SKIP LOCKED
+claim-and-delete) and ``redis-floor`` (BLMOVE + LREM), on scratch servers the run starts
+(or DJQ_POSTGRES_URL / DJQ_REDIS_URL). They get phases 1 and 2 and a table of their own
+(ratios to the floor and to pgqueuer); djq's server queues get phase 3 up to depth 10,000.
+A system whose library or server is missing gets a row of dashes and a one-line note.
+
 How to run, from the repository root (the default set takes several minutes on 2 cores)::
 
     python3 -m pip install -e '.[bench]'    # the peers
     python3 benchmarks/peers.py
     python3 benchmarks/peers.py --quick --systems 'djq-*-flock-direct,diskcache'
     python3 benchmarks/peers.py --full --n 20000 --dir /var/tmp
+    python3 benchmarks/peers.py --systems 'djq-postgres*,djq-redis,pgqueuer,pg-floor,redis-floor' --n 4000
     python3 benchmarks/peers.py --help
 
 The tables go to stdout, one progress line per measurement to stderr.
@@ -75,6 +84,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import servers
 from throughput import file_system, load_average, version_of
 
 import djq
@@ -122,12 +132,14 @@ class System:
     """One thing measured: a djq configuration or a peer library."""
 
     name: str
-    storage: str | None = None  #: djq only
-    lock: str | None = None  #: djq only
+    storage: str | None = None  #: djq's file queue only
+    lock: str | None = None  #: djq's file queue only
     broker: bool = False
+    server: str | None = None  #: "postgres" or "redis": a system of servers.py
 
     @property
     def is_djq(self) -> bool:
+        """djq's file queue (direct or broker); djq's server queues are server systems."""
         return self.storage is not None
 
 
@@ -138,7 +150,11 @@ def all_systems() -> list[System]:
         for lock in LOCKS
         for access in ACCESS
     ]
-    return ours + [System(name) for name in PEERS]
+    return (
+        ours
+        + [System(name) for name in PEERS]
+        + [System(name, server=servers.kind_of(name)) for name in servers.SYSTEMS]
+    )
 
 
 # The stores: one interface over djq and the peers
@@ -340,6 +356,8 @@ def _sqlite_default_synchronous() -> str:
 
 
 def open_store(system: System, folder: Path, fsync: bool) -> Store:
+    if system.server is not None:
+        return servers.open_store(system.name, folder, fsync)  # type: ignore[no-any-return] (duck-typed Store)
     if system.is_djq:
         return DjqStore(system, folder / "Queue.json", fsync)
     kinds = {"diskcache": DiskcacheStore, "litequeue": LitequeueStore, "persist-queue": PersistQueueStore}
@@ -415,7 +433,9 @@ def single_process(system: System, folder: Path, fsync: bool, n: int, batch: int
             result.put_per_s = put / (clock() - started)
             got = 0
             started = clock()
-            while got < put:
+            if hasattr(store, "drain"):  # pgqueuer: a drain-mode QueueManager run
+                got = len(store.drain(batch))
+            while got < put and not hasattr(store, "drain"):
                 if batch == 1:
                     one = store.get(wait=False)
                     if one is None:
@@ -481,6 +501,8 @@ def _worker(spec: dict[str, Any], barrier: Any, shared: Shared) -> None:
         started = True
         if spec["role"] == "producer":
             _produce(store, spec, record)
+        elif hasattr(store, "consume"):  # pgqueuer: its QueueManager pushes the jobs
+            _consume_pushed(store, spec, record, shared)
         else:
             _consume(store, spec, record, shared)
     except Exception as exc:  # recorded, so the parent can report it
@@ -549,6 +571,24 @@ def _consume(store: Store, spec: dict[str, Any], record: dict[str, Any], shared:
         record["last_ns"] = time.monotonic_ns()
         with shared.acked.get_lock():
             shared.acked.value += len(got)
+
+
+def _consume_pushed(store: Any, spec: dict[str, Any], record: dict[str, Any], shared: Shared) -> None:
+    """A consumer whose library calls back per item; it stops on the same conditions as ``_consume``."""
+    last = [time.monotonic()]
+
+    def handle(item: Item) -> None:
+        record["got"].append([item["p"], item["n"]])
+        record["last_ns"] = time.monotonic_ns()
+        last[0] = time.monotonic()
+        with shared.acked.get_lock():
+            shared.acked.value += 1
+
+    def stop() -> bool:
+        idle = shared.producers_done.is_set() and time.monotonic() - last[0] > IDLE_STOP
+        return shared.acked.value >= shared.target.value or time.time() > spec["deadline"] or idle
+
+    store.consume(handle, stop, spec["batch"])
 
 
 def producers_and_consumers(
@@ -630,6 +670,11 @@ def _drain(system: System, folder: Path, fsync: bool, put: list[tuple[int, int]]
         return 0
     found = 0
     store = open_store(system, folder, fsync)
+    if hasattr(store, "drain"):  # pgqueuer: what a drain-mode QueueManager still finds
+        try:
+            return len(missing & {(item["p"], item["n"]) for item in store.drain(1)})
+        finally:
+            store.close()
     try:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
@@ -756,10 +801,10 @@ class Progress:
         self.total -= steps
 
 
-def run(args: argparse.Namespace, systems: Sequence[System], parent: Path) -> list[Row]:
+def run(args: argparse.Namespace, systems: Sequence[System], parent: Path, on: servers.Servers) -> list[Row]:
     rows = [Row(s, fsync, _n_for(s, args)) for s in systems for fsync in args.fsync]
-    deep = {r.system.name: _depths_for(r.system, args.depths) for r in rows if r.system.is_djq}
-    steps = len(rows) * 2 + sum(len(deep[r.system.name]) for r in rows if r.system.is_djq)
+    deep = {r.system.name: _depths_for(r.system, args.depths) for r in rows}
+    steps = len(rows) * 2 + sum(len(deep[r.system.name]) for r in rows)
     progress = Progress(steps)
     folders = iter(range(1_000_000))
 
@@ -769,7 +814,16 @@ def run(args: argparse.Namespace, systems: Sequence[System], parent: Path) -> li
         return folder
 
     for row in rows:
-        measure_row(row, args, deep.get(row.system.name, []), fresh, progress)
+        why = "" if row.system.server is None else on.why_not(row.system.name, row.fsync)
+        if why:
+            row.single.note = f"skipped: {why}"
+            progress.skip(2 + len(deep[row.system.name]))
+            print(f"skipped: {row.system.name} fsync={'on' if row.fsync else 'off'}: {why}", file=sys.stderr)
+            continue
+        place = (
+            fresh if row.system.server is None else lambda r=row: on.place(fresh(), r.system.name, r.fsync)
+        )
+        measure_row(row, args, deep[row.system.name], place, progress)
         for folder in parent.iterdir():
             shutil.rmtree(folder, ignore_errors=True)
     return rows
@@ -824,18 +878,22 @@ def _n_for(system: System, args: argparse.Namespace) -> int:
 
 
 def _depths_for(system: System, depths: Sequence[int]) -> list[int]:
+    if system.server is not None:
+        return servers.depths_for(system.name, depths)
+    if not system.is_djq:
+        return []
     return [d for d in depths if system.storage != "rewrite" or d <= REWRITE_MAX_DEPTH]
 
 
 def add_ratios(rows: Sequence[Row]) -> None:
     """Each row against the best peer of its durability class (and diskcache for 2P+2C)."""
     for fsync in (True, False):
-        peers = [r for r in rows if r.fsync == fsync and not r.system.is_djq]
+        peers = [r for r in rows if r.fsync == fsync and not r.system.is_djq and r.system.server is None]
         best_put = max((r.single.put_per_s for r in peers if r.single.put_per_s > 0), default=math.nan)
         best_get = max((r.single.get_per_s for r in peers if r.single.get_per_s > 0), default=math.nan)
         ref = next((r.multi.items_per_s for r in peers if r.system.name == REFERENCE), math.nan)
         for r in rows:
-            if r.fsync == fsync:
+            if r.fsync == fsync and r.system.server is None:
                 r.ratios = {
                     "put": r.single.put_per_s / best_put,
                     "get": r.single.get_per_s / best_get,
@@ -860,7 +918,8 @@ def print_header(args: argparse.Namespace, parent: str, skipped: dict[str, str])
     python = f"{platform.python_implementation()} {platform.python_version()}"
     print(f"python:    {python}, SQLite {sqlite3.sqlite_version}")
     print(f"load:      {load_average()} at the start (other processes on the machine add noise)")
-    peers = ", ".join(f"{name} {version_of(name)}" for name in PEERS)
+    names = [*PEERS] + (["pgqueuer", "psycopg", "redis"] if any(s.server for s in args.chosen) else [])
+    peers = ", ".join(f"{name} {version_of(name)}" for name in names)
     print(f"versions:  djq {djq.__version__} (storage modes: {', '.join(storage_modes())}), {peers}")
     print(f"folders:   a fresh folder per measurement under {parent}, on {fs}")
     if fs.startswith("tmpfs"):
@@ -877,7 +936,8 @@ def print_header(args: argparse.Namespace, parent: str, skipped: dict[str, str])
             else "single get/ack (this djq has no get_many/ack_many)"
         )
         print(
-            f"batch:     djq puts {args.batch} at a time with put_many, gets with {how}; peers one at a time"
+            f"batch:     djq puts {args.batch} at a time with put_many, gets with {how}; file peers one at a "
+            f"time; server systems in batches of {args.batch} (pgqueuer: enqueue lists, qm.run(batch_size=))"
         )
     for name, why in skipped.items():
         print(f"skipped:   {name}: {why}")
@@ -896,7 +956,7 @@ def print_main(rows: Sequence[Row]) -> None:
     )
     print(MAIN_TITLE)
     for fsync in (True, False):
-        for r in (r for r in rows if r.fsync == fsync):
+        for r in (r for r in rows if r.fsync == fsync and r.system.server is None):
             s, m, q = r.single, r.multi, r.ratios
             print(
                 f"{r.system.name:<26} {'on' if r.fsync else 'off':<5} {s.durability:<13} {r.n:>6} "
@@ -911,6 +971,7 @@ def print_main(rows: Sequence[Row]) -> None:
     notes = [
         f"  {r.system.name} fsync={'on' if r.fsync else 'off'}: {note}"
         for r in rows
+        if r.system.server is None
         for note in dict.fromkeys((r.single.note, r.multi.note))
         if note
     ]
@@ -921,7 +982,7 @@ def print_main(rows: Sequence[Row]) -> None:
 
 
 def print_depths(rows: Sequence[Row], depths: Sequence[int]) -> None:
-    ours = [r for r in rows if r.system.is_djq and r.depths]
+    ours = [r for r in rows if r.depths]  # djq's file queues, and its server queues up to servers.MAX_DEPTH
     if not ours:
         return
     base = depths[0]
@@ -1009,7 +1070,9 @@ def build_parser() -> argparse.ArgumentParser:
         "every system with fsync on and off.",
         epilog="Systems: djq-<storage>-<lock>-<direct|broker> (storage: "
         + ", ".join(storage_modes())
-        + "; lock: flock, filelock), diskcache, litequeue, persist-queue. "
+        + "; lock: flock, filelock), diskcache, litequeue, persist-queue; with servers: "
+        + ", ".join(servers.SYSTEMS)
+        + ". "
         "Example: python3 benchmarks/peers.py --systems 'djq-*-flock-direct,diskcache' --fsync off",
     )
     add = parser.add_argument
@@ -1031,7 +1094,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="comma-separated names or shell patterns, e.g. 'djq-*-flock-direct,diskcache' "
         "(default: djq with flock, and every peer)",
     )
-    add("--full", action="store_true", help="every system: djq with both lock kinds, and every peer")
+    add("--full", action="store_true", help="every file system: djq with both lock kinds, and every peer")
+    add(
+        "--servers",
+        action="store_true",
+        help="add the server systems (" + ", ".join(servers.SYSTEMS) + ") to the default or --full set; "
+        "they start scratch servers (or use DJQ_POSTGRES_URL, DJQ_REDIS_URL)",
+    )
     add("--fsync", choices=("both", "on", "off"), default="both", help="durability classes (default: both)")
     add(
         "--batch",
@@ -1099,9 +1168,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                 )
         args.chosen = [s for s in everything if any(fnmatch.fnmatchcase(s.name, p) for p in patterns)]
     elif args.full:
-        args.chosen = everything
+        args.chosen = [s for s in everything if s.server is None or args.servers]
     else:
-        args.chosen = [s for s in everything if not s.is_djq or s.lock == "flock"]
+        args.chosen = [
+            s for s in everything if (s.server is None and (not s.is_djq or s.lock == "flock")) or
+            (s.server is not None and args.servers)
+        ]  # fmt: skip
     return args
 
 
@@ -1116,18 +1188,27 @@ def _missing(module: str) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    skipped = {s.name: why for s in args.chosen if not s.is_djq and (why := _missing(PEERS[s.name]))}
+    skipped = {s.name: why for s in args.chosen if s.name in PEERS and (why := _missing(PEERS[s.name]))}
     systems = [s for s in args.chosen if s.name not in skipped]
     parent = args.dir or tempfile.gettempdir()
     started = time.perf_counter()
     print_header(args, parent, skipped)
     sys.stdout.flush()
-    with tempfile.TemporaryDirectory(prefix="djq-peers-", dir=parent) as folder:
-        rows = run(args, systems, Path(folder))
+    with (
+        servers.Servers() as on,
+        tempfile.TemporaryDirectory(prefix="djq-peers-", dir=parent) as folder,
+    ):
+        rows = run(args, systems, Path(folder), on)
     add_ratios(rows)
-    print_main(rows)
+    served = [r for r in rows if r.system.server is not None]
+    files = len(served) < len(rows) or not served
+    if files:
+        print_main(rows)
+    if served:
+        servers.print_table(served, on)
     print_depths(rows, args.depths)
-    print_legend()
+    if files:
+        print_legend()
     print(f"load:      {load_average()} at the end (1, 5 and 15 minute averages)")
     print(f"wall time: {time.perf_counter() - started:.1f} s")
     return 0

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import cannot_run
 
 import djq.model
 
@@ -79,3 +80,83 @@ def test_a_peer_that_cannot_be_imported_is_skipped_with_a_note(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert "skipped:   diskcache: not installed" in result.stdout
     assert table(result.stdout) == []
+
+
+SERVER_SYSTEMS = ("djq-redis", "redis-floor", "pg-floor")
+DURABILITY = {
+    ("djq-redis", "on"): "aof=always", ("djq-redis", "off"): "aof=no",
+    ("redis-floor", "on"): "aof=always", ("redis-floor", "off"): "aof=no",
+    ("pg-floor", "on"): "commit=on", ("pg-floor", "off"): "commit=off",
+}  # fmt: skip
+
+
+def server_notes(out: str) -> list[str]:
+    """The notes under the server table."""
+    lines = out.split("server queues:", 1)[1].splitlines()
+    start = next((i for i, line in enumerate(lines) if line == "notes:"), None)
+    if start is None:
+        return []
+    notes = []
+    for line in lines[start + 1 :]:
+        if not line.strip():
+            break
+        notes.append(line.strip())
+    return notes
+
+
+@pytest.mark.timeout(150)
+def test_a_quick_server_run_prints_the_server_table_and_loses_nothing(tmp_path):
+    """djq-redis, redis-floor and pg-floor on scratch servers: numbers, ratios, nothing lost or doubled."""
+    result = peers("--systems", ",".join(SERVER_SYSTEMS), "--n", "100", "--depths", "100", tmp_path=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = result.stdout
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    skipped = [note for note in server_notes(out) if "skipped:" in note]
+    if skipped:
+        cannot_run("peers.py's server systems", skipped[0])
+    rows = table(out.split("server queues:", 1)[1])
+    assert sorted((r["system"], r["fsync"]) for r in rows) == sorted(
+        (s, f) for s in SERVER_SYSTEMS for f in ("on", "off")
+    ), out
+    for row in rows:
+        assert (row["lost"], row["dup"], row["left"], row["err"]) == ("0", "0", "0", "0"), (row, out)
+        assert row["durability"] == DURABILITY[(row["system"], row["fsync"])], row
+        for column in ("put/s", "get+ack/s", "1P/s", "2P2C/s"):
+            assert float(row[column].replace(",", "")) > 0, (column, row)
+        has_floor = row["system"] == "djq-redis"
+        assert (row["2P2C:floor"] != "-") == has_floor, row
+        assert row["2P2C:lib"] == "-", row  # pgqueuer did not run
+    assert server_notes(out) == [], out
+    assert "djq-redis" in out.split("microseconds per op", 1)[1]  # djq's server queue in the depth table
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.timeout(60)
+def test_a_server_system_whose_library_is_missing_says_why_in_its_row(tmp_path):
+    """redis-py missing: the redis-floor row is dashes and one note naming it; no traceback."""
+    shim = tmp_path / "shim"
+    shim.mkdir()
+    (shim / "redis.py").write_text("raise ImportError('not here')\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(shim), str(ROOT)])}
+    out_dir = tmp_path / "queues"
+    out_dir.mkdir()
+    result = peers("--systems", "redis-floor", "--fsync", "off", tmp_path=out_dir, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    rows = table(result.stdout.split("server queues:", 1)[1])
+    assert [(r["system"], r["put/s"], r["lost"]) for r in rows] == [("redis-floor", "-", "-")], result.stdout
+    [note] = server_notes(result.stdout)
+    assert note.startswith("redis-floor fsync=off: skipped: redis not installed"), note
+
+
+def test_the_default_set_has_no_servers_and_servers_adds_them(monkeypatch):
+    """Without --servers or a --systems pattern naming them, no server system is chosen."""
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import peers as bench
+
+    assert all(s.server is None for s in bench.parse_args([]).chosen)
+    assert all(s.server is None for s in bench.parse_args(["--full"]).chosen)
+    added = {s.name for s in bench.parse_args(["--servers"]).chosen if s.server}
+    assert added == set(bench.servers.SYSTEMS)
+    chosen = bench.parse_args(["--systems", "djq-postgres*,pg-floor"]).chosen
+    assert [s.name for s in chosen] == ["djq-postgres", "djq-postgres-for_update", "pg-floor"]
