@@ -51,10 +51,11 @@ ALLOWED = {  # djq modules each module may import: each layer only from those be
     "redisq": {"api", "errors", "model", "ops"},  # the operations as Lua scripts (redis-py)
     "opener": {"api", "errors", "queue"},  # djq.open(target); imports the server modules only when asked
     "scratch": {"errors"},  # throwaway PostgreSQL and Redis servers from the local binaries
-    "workers": {"errors", "model", "metrics", "queue", "remote"},
+    "workers": {"api", "errors", "model", "metrics", "opener", "queue", "remote"},
     "frames": {"model", "metrics", "workers"},
-    "runs": {"errors", "model", "workers", "frames"},
-    "sim": CORE | {"workers", "frames", "manager", "remote", "runs"},
+    "runs": {"errors", "model", "opener", "workers", "frames"},
+    "probes": {"errors", "runs"},  # the servers' own view; psycopg / redis imported only when sampling
+    "sim": CORE | {"workers", "frames", "manager", "opener", "probes", "remote", "runs"},
     "theory": {"errors"},
     "plot": {"model", "frames"},
     "session": {"sim", "model", "errors"},
@@ -75,6 +76,7 @@ THIRD_PARTY = {  # third-party packages each module may import
     "postgres": {"psycopg"},
     "redisq": {"redis"},
     "workers": {"orjson"},
+    "probes": {"psycopg", "redis"},  # inside the probes' constructors, never at import time
     "frames": {"pandas", "numpy"},
     "runs": {"pandas", "orjson"},
     "sim": {"pandas", "tqdm"},
