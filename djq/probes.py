@@ -30,7 +30,9 @@ if TYPE_CHECKING:
 
 __all__ = ["SAMPLE_INTERVAL", "PostgresProbe", "Probe", "RedisProbe", "open_probe"]
 
-SAMPLE_INTERVAL: Final = 0.01  #: seconds; the probe samples at most this often (the runner may look more often)
+SAMPLE_INTERVAL: Final = (
+    0.01  #: seconds; the probe samples at most this often (the runner may look more often)
+)
 CONNECT_TIMEOUT: Final = 10  #: seconds to connect to the server
 Row = tuple[int, str, str, float]
 

@@ -58,9 +58,9 @@ ALLOWED = {  # djq modules each module may import: each layer only from those be
     "sim": CORE | {"workers", "frames", "manager", "opener", "probes", "remote", "runs"},
     "theory": {"errors"},
     "plot": {"model", "frames"},
-    "session": {"sim", "model", "errors"},
+    "session": {"sim", "model", "errors", "runs"},
     "figures": {"plot", "session"},  # the panel's tables and pictures as notebook outputs
-    "widgets": {"sim", "session", "figures", "model", "errors", "queue"},
+    "widgets": {"sim", "session", "figures", "model", "errors", "queue", "api", "opener"},
     "cli_flags": {"errors", "model"},  # CLI flags derived from QueueConfig's fields
     "cli_sim": {"errors", "model", "plot", "queue", "sim"},
 }
