@@ -305,7 +305,7 @@ def server_summary(backend: str, server: pd.DataFrame, duration: float) -> dict[
     out["server_samples"] = samples
     if backend == "postgres" and samples:
         active = server[server["metric"] == "active"]
-        kinds = active.groupby(active["key"].str.partition("/")[0])["value"].sum()
+        kinds = active.groupby(active["key"].map(lambda key: str(key).partition("/")[0]))["value"].sum()
         busy = float(kinds.sum())
         for name, kind in (("lock_wait", "Lock"), ("lwlock", "LWLock"), ("io", "IO"), ("cpu", "CPU")):
             out[f"server_{name}_share"] = float(kinds.get(kind, 0.0)) / busy if busy else math.nan
