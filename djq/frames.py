@@ -287,6 +287,9 @@ def server_summary(backend: str, server: pd.DataFrame, duration: float) -> dict[
       lock is ``Lock/tuple`` or ``Lock/transactionid``). NaN for Redis: one thread runs
       every command to its end, so no command ever waits on a lock the server could report;
       its clients wait in the socket's queue instead (see ``server_busy_share``).
+    - ``server_row_lock_share``: the same share for row locks only (``Lock/tuple`` and
+      ``Lock/transactionid``: a claim waiting behind another's locked row). The rest of
+      ``Lock`` is mostly ``Lock/object``: NOTIFY's queue lock, taken by every put.
     - ``server_lwlock_share``, ``server_io_share``, ``server_cpu_share``: the same share for
       ``LWLock`` (the server's internal locks), ``IO`` and no wait event (running).
     - ``server_active_mean``, ``server_locks_waiting_mean``: backends in a statement, and
@@ -297,8 +300,8 @@ def server_summary(backend: str, server: pd.DataFrame, duration: float) -> dict[
       clients blocked in ``BLPOP`` (idle consumers) per sample.
     """
     out = dict.fromkeys(
-        ("server_lock_wait_share", "server_lwlock_share", "server_io_share", "server_cpu_share",
-         "server_active_mean", "server_locks_waiting_mean", "server_busy_share",
+        ("server_lock_wait_share", "server_row_lock_share", "server_lwlock_share", "server_io_share",
+         "server_cpu_share", "server_active_mean", "server_locks_waiting_mean", "server_busy_share",
          "server_script_us_per_call", "server_blocked_clients_mean"), math.nan,
     )  # fmt: skip
     samples = server["time_s"].nunique() if len(server) else 0
@@ -309,6 +312,8 @@ def server_summary(backend: str, server: pd.DataFrame, duration: float) -> dict[
         busy = float(kinds.sum())
         for name, kind in (("lock_wait", "Lock"), ("lwlock", "LWLock"), ("io", "IO"), ("cpu", "CPU")):
             out[f"server_{name}_share"] = float(kinds.get(kind, 0.0)) / busy if busy else math.nan
+        rows = active.loc[active["key"].isin(["Lock/tuple", "Lock/transactionid"]), "value"].sum()
+        out["server_row_lock_share"] = float(rows) / busy if busy else math.nan
         out["server_active_mean"] = busy / samples
         out["server_locks_waiting_mean"] = float(
             server.loc[server["metric"] == "locks_waiting", "value"].mean()
