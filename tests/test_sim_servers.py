@@ -35,7 +35,8 @@ def test_a_server_run_is_complete_and_passes_the_oracle(server_run):
     assert run.locks.empty  # a server takes no file lock: the server frame is its view
     assert list(run.ops.columns) == frames.OP_COLUMNS
     assert set(run.ops["op"]) == {"put", "get", "ack"}
-    assert not run.depth.empty and list(run.depth.columns) == frames.DEPTH_COLUMNS
+    assert not run.depth.empty
+    assert list(run.depth.columns) == frames.DEPTH_COLUMNS
 
 
 def test_the_server_frame_has_the_documented_columns_and_metrics(server_run):
@@ -73,7 +74,8 @@ def test_the_metadata_names_the_server_its_version_and_durability(server_run):
         assert s["appendonly"] in ("yes", "no")
         assert s["appendfsync"] in ("always", "everysec", "no")
         assert s["claim"] is None
-    assert s["lock"] is None and s["storage"] is None  # no file, no lock
+    assert s["lock"] is None
+    assert s["storage"] is None
 
 
 def test_a_server_run_saves_and_loads_with_its_server_frame(server_run, tmp_path):
@@ -99,9 +101,11 @@ def test_the_run_leaves_an_empty_queue_and_a_named_queue_must_start_empty(tmp_pa
         assert caught.value.field == "name"
         queue.purge()
         run = sim.simulate(**TINY, queue=url, name=name, path=tmp_path / "ran")
-        assert run.summary["completed"] and run.summary["queue_name"] == name
+        assert run.summary["completed"]
+        assert run.summary["queue_name"] == name
         again = sim.simulate(**TINY, queue=url, name=name, path=tmp_path / "again")  # counters carry on
-        assert again.summary["completed"] and again.summary["acked"] == TINY["tasks"]
+        assert again.summary["completed"]
+        assert again.summary["acked"] == TINY["tasks"]
         assert queue.stats().total == 0
     finally:
         queue.close()
@@ -121,7 +125,7 @@ def test_the_run_leaves_an_empty_queue_and_a_named_queue_must_start_empty(tmp_pa
     ],
 )
 def test_bad_server_options_are_refused_before_any_process_starts(options, field, monkeypatch, tmp_path):
-    """ConfigError naming the option, from simulate and sweep, with no worker started and no server reached."""
+    """ConfigError naming the option, from simulate and sweep: no worker started, no server reached."""
 
     def no_crew(*args, **kwargs):
         raise AssertionError("a worker was started")
@@ -154,10 +158,13 @@ def test_the_file_queue_is_unchanged_and_a_path_target_works(tmp_path):
     target = tmp_path / "mine" / "Queue.json"
     target.parent.mkdir()
     mine = sim.simulate(**TINY, queue=target, path=tmp_path / "run")
-    assert target.exists() and not (tmp_path / "run" / "Queue.json").exists()
+    assert target.exists()
+    assert not (tmp_path / "run" / "Queue.json").exists()
     for run in (default, mine):
-        assert run.summary["completed"] and run.summary["backend"] == "file"
-        assert run.server.empty and list(run.server.columns) == frames.SERVER_COLUMNS
+        assert run.summary["completed"]
+        assert run.summary["backend"] == "file"
+        assert run.server.empty
+        assert list(run.server.columns) == frames.SERVER_COLUMNS
         assert not run.locks.empty
 
 
@@ -172,7 +179,8 @@ def test_the_lab_panel_runs_on_a_server_url(tmp_path):
     panel = Lab(root=tmp_path, time_limit=60, queue=server_url("postgres"), claim="for_update")
     kept = panel.run(producers=1, consumers=1, tasks=20, work="0")
     assert kept is not None, panel.error
-    assert kept.run.summary["backend"] == "postgres" and kept.run.config.claim == "for_update"
+    assert kept.run.summary["backend"] == "postgres"
+    assert kept.run.config.claim == "for_update"
     assert "postgres(for_update)" in kept.label
     assert not kept.run.server.empty
     assert panel.summary_table()["backend"].tolist() == ["postgres(for_update)"]

@@ -316,7 +316,9 @@ def test_the_notebook_facing_signatures_are_the_configs_fields():
     from djq.widgets import PANEL_DEFAULTS, QUEUE_DEFAULTS
 
     fields = [
-        "queue" if f.name == "target" else f.name for f in dataclasses.fields(sim.SimConfig) if f.name != "queue"
+        "queue" if f.name == "target" else f.name
+        for f in dataclasses.fields(sim.SimConfig)
+        if f.name != "queue"
     ] + list(sim.QUEUE_OPTIONS)  # SimConfig's target is simulate's queue=
     simulate = inspect.signature(sim.simulate).parameters
     assert list(simulate) == fields
