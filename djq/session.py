@@ -142,12 +142,12 @@ def describe(config: sim.SimConfig) -> str:
     """A short label naming what sets this run apart: ``2P/2C filelock(5 ms) broker fsync, 500 tasks``.
 
     Options at their defaults (direct mode, ``model.DEFAULT_STORAGE``, no fsync, no work,
-    batch 1) are left out.
+    batch 1) are left out. A server queue is named by its backend (and PostgreSQL's claim)
+    instead of the lock.
 
     Example:
         >>> describe(sim.SimConfig(producers=1, consumers=3, tasks=50, lock="soft", poll_interval=0.005))
         '1P/3C soft(5 ms), 50 tasks'
-    A server queue is named by its backend (and PostgreSQL's claim) instead of the lock.
     """
     if config.backend != "file":
         return _describe_server(config)
