@@ -326,7 +326,7 @@ def test_options_not_given_are_left_to_the_defaults():
     """No flag: no queue option (the component's default applies), and the global defaults."""
     args = _parse("stats")
     assert djq_cli._queue_options(args) == {}
-    assert (args.json, args.queue, args.broker, args.verbose) == (False, DEFAULT_QUEUE_PATH, False, False)
+    assert (args.json, args.queue, args.broker, args.verbose) == (False, str(DEFAULT_QUEUE_PATH), False, False)
     assert djq_cli._queue_config(args) == djq.QueueConfig()
 
 
