@@ -18,6 +18,13 @@ Frames:
   acquired_s, released_s (its file lock), events, wait_s, hold_s, apply_s, write_s, wrote.
 * ``depth``: the queue file sampled over time by the runner: time_s, ready, delayed,
   leased, depth (all tasks in the file).
+* ``server``: the server's own view, sampled by the runner (``djq.probes``; empty for a
+  file queue): time_s, metric, key, value. PostgreSQL: ``active`` (the run's backends in a
+  statement, by ``key`` = wait_event_type/wait_event, ``CPU/running`` when none), ``idle``
+  (the others, e.g. ``Client/ClientRead``: waiting for their client), ``locks_waiting``
+  (ungranted ``pg_locks`` of the whole server). Redis: ``calls`` and ``usec`` per
+  command (``key``) since the previous sample, ``cpu_s`` (the main thread's CPU seconds
+  since then: the time its one thread was busy), ``blocked_clients``, ``connected_clients``.
 """
 
 from __future__ import annotations
@@ -35,6 +42,7 @@ __all__ = [
     "DEPTH_COLUMNS",
     "LOCK_COLUMNS",
     "OP_COLUMNS",
+    "SERVER_COLUMNS",
     "TASK_COLUMNS",
     "batch_frame",
     "broker_record",
@@ -43,6 +51,8 @@ __all__ = [
     "lock_frame",
     "op_frame",
     "raw_ops",
+    "server_frame",
+    "server_summary",
     "summarize",
     "task_frame",
 ]
@@ -60,6 +70,7 @@ DEPTH_COLUMNS: Final = ["time_s", "ready", "delayed", "leased", "depth"]
 BATCH_COLUMNS: Final = [
     "requested_s", "acquired_s", "released_s", "events", "wait_s", "hold_s", "apply_s", "write_s", "wrote",
 ]  # fmt: skip
+SERVER_COLUMNS: Final = ["time_s", "metric", "key", "value"]
 _NS: Final = 1e9
 
 
@@ -258,3 +269,63 @@ def summarize(
     }
     summary.update(_littles_law(tasks, depth, duration))
     return summary
+
+
+def server_frame(rows: list[tuple[int, str, str, float]], t0_ns: int) -> pd.DataFrame:
+    """The probe's samples, (t_ns, metric, key, value), as the ``server`` frame."""
+    raw = pd.DataFrame(rows, columns=["t_ns", "metric", "key", "value"])
+    raw["time_s"] = (raw["t_ns"] - t0_ns) / _NS
+    raw["value"] = raw["value"].astype(float)
+    return raw[SERVER_COLUMNS].reset_index(drop=True)
+
+
+def server_summary(backend: str, server: pd.DataFrame, duration: float) -> dict[str, float]:
+    """What the server saw of the run, only where it can tell (NaN elsewhere and for files).
+
+    - ``server_lock_wait_share``: PostgreSQL: of the samples of the run's backends busy in
+      a statement, the share waiting on a heavyweight lock (wait_event_type ``Lock``: a row
+      lock is ``Lock/tuple`` or ``Lock/transactionid``). NaN for Redis: one thread runs
+      every command to its end, so no command ever waits on a lock the server could report;
+      its clients wait in the socket's queue instead (see ``server_busy_share``).
+    - ``server_row_lock_share``: the same share for row locks only (``Lock/tuple`` and
+      ``Lock/transactionid``: a claim waiting behind another's locked row). The rest of
+      ``Lock`` is mostly ``Lock/object``: NOTIFY's queue lock, taken by every put.
+    - ``server_lwlock_share``, ``server_io_share``, ``server_cpu_share``: the same share for
+      ``LWLock`` (the server's internal locks), ``IO`` and no wait event (running).
+    - ``server_active_mean``, ``server_locks_waiting_mean``: backends in a statement, and
+      ungranted ``pg_locks``, per sample.
+    - ``server_busy_share``: Redis: the main thread's CPU time over the run's duration, how
+      much of the run its one big lock was held; ``server_script_us_per_call``: mean
+      microseconds per ``evalsha`` (one djq operation); ``server_blocked_clients_mean``:
+      clients blocked in ``BLPOP`` (idle consumers) per sample.
+    """
+    out = dict.fromkeys(
+        ("server_lock_wait_share", "server_row_lock_share", "server_lwlock_share", "server_io_share",
+         "server_cpu_share", "server_active_mean", "server_locks_waiting_mean", "server_busy_share",
+         "server_script_us_per_call", "server_blocked_clients_mean"), math.nan,
+    )  # fmt: skip
+    samples = server["time_s"].nunique() if len(server) else 0
+    out["server_samples"] = samples
+    if backend == "postgres" and samples:
+        active = server[server["metric"] == "active"]
+        kinds = active.groupby(active["key"].map(lambda key: str(key).partition("/")[0]))["value"].sum()
+        busy = float(kinds.sum())
+        for name, kind in (("lock_wait", "Lock"), ("lwlock", "LWLock"), ("io", "IO"), ("cpu", "CPU")):
+            out[f"server_{name}_share"] = float(kinds.get(kind, 0.0)) / busy if busy else math.nan
+        rows = active.loc[active["key"].isin(["Lock/tuple", "Lock/transactionid"]), "value"].sum()
+        out["server_row_lock_share"] = float(rows) / busy if busy else math.nan
+        out["server_active_mean"] = busy / samples
+        out["server_locks_waiting_mean"] = float(
+            server.loc[server["metric"] == "locks_waiting", "value"].mean()
+        )
+    elif backend == "redis" and samples:
+        per = server.groupby(["metric", "key"])["value"].sum()
+        if duration > 0:
+            out["server_busy_share"] = float(per.get(("cpu_s", ""), math.nan)) / duration
+        calls = float(per.get(("calls", "evalsha"), 0.0))
+        out["server_script_us_per_call"] = (
+            float(per.get(("usec", "evalsha"), 0.0)) / calls if calls else math.nan
+        )
+        blocked = server.loc[server["metric"] == "blocked_clients", "value"]
+        out["server_blocked_clients_mean"] = float(blocked.mean()) if len(blocked) else math.nan
+    return out

@@ -22,7 +22,7 @@ from .api import BaseQueue
 from .errors import ConfigError
 from .queue import Queue
 
-__all__ = ["SCHEMES", "open_queue"]
+__all__ = ["SCHEMES", "open_queue", "split_name"]
 
 #: URL scheme -> (module, class, extra) of its backend
 SCHEMES: Final = {
@@ -76,6 +76,11 @@ def open_queue(target: str | os.PathLike[str], *, name: str | None = None, **opt
         name = "default" if query_name is None else query_name
     queue: BaseQueue = getattr(module, class_name)(url, name=name, **options)
     return queue
+
+
+def split_name(url: str) -> tuple[str, str | None]:
+    """A server URL without its ``?name=`` (the queue's name), and that name (None when absent)."""
+    return _without_name(url)
 
 
 def _without_name(url: str) -> tuple[str, str | None]:

@@ -4,7 +4,8 @@
 field but ``path``) and checks them all before a process starts; ``Run`` holds the tidy
 frames of one run (``djq.frames``) and its summary, and saves, loads and exports them.
 ``djq.sim`` runs simulations and re-exports these names. Imports from djq: the core
-(``errors``, ``model``), ``workers`` (``Dist``) and ``frames``.
+(``errors``, ``model``), ``opener`` (its schemes, never a server library), ``workers``
+(``Dist``) and ``frames``.
 """
 
 from __future__ import annotations
@@ -24,12 +25,23 @@ import pandas as pd
 from . import frames
 from .errors import ConfigError
 from .model import CONFIG_FIELDS, MAX_DELAY, LockKind, QueueConfig, check_seconds
+from .opener import SCHEMES
 from .workers import Dist
 
-__all__ = ["QUEUE_OPTIONS", "SIM_QUEUE", "Run", "SimConfig", "load"]
+__all__ = [
+    "BACKENDS",
+    "CLAIMS",
+    "QUEUE_OPTIONS",
+    "SERVER_OPTIONS",
+    "SIM_QUEUE",
+    "Run",
+    "SimConfig",
+    "backend_of",
+    "load",
+]
 
 _MODES: Final = ("direct", "broker")
-_FRAMES: Final = ("tasks", "locks", "ops", "depth", "workers", "batches")
+_FRAMES: Final = ("tasks", "locks", "ops", "depth", "workers", "batches", "server")
 _START_METHODS: Final = ("spawn", "forkserver", "fork")
 _MAX_SEED: Final = (1 << 48) - 1  #: seed * 7919 + i (a worker's seed) stays below 2**63
 
@@ -54,6 +66,28 @@ QUEUE_OPTIONS: Final = tuple(name for name in CONFIG_FIELDS if name != "path")
 #: The queue a simulation opens when told nothing: ``QueueConfig``'s defaults, fsync off.
 SIM_QUEUE: Final = QueueConfig(path=Path("Queue.json"), fsync=False)
 _NO_TIME: Final = Dist()  #: no work, no think time
+#: What a simulation's queue target names: "file" (None or a path), or a server's kind.
+BACKENDS: Final = ("file", "postgres", "redis")
+#: The queue options a server takes (``djq.postgres.SERVER_OPTIONS``; the rest are the file's).
+SERVER_OPTIONS: Final = ("lease", "max_attempts", "max_payload_bytes", "fsync")
+CLAIMS: Final = ("skip_locked", "for_update")  #: PostgreSQL's claims (``djq.postgres.CLAIMS``)
+
+
+def backend_of(target: str | None) -> str:
+    """The backend a simulation's ``queue`` names: "file" (None or a path), "postgres" or "redis".
+
+    Raises:
+        ConfigError: a URL of a scheme ``djq.open`` does not know.
+    """
+    if target is None or ("://" not in target and not target.startswith("file:")):
+        return "file"
+    scheme = target.partition(":")[0].lower()
+    if scheme == "file":
+        return "file"
+    if scheme not in SCHEMES:
+        known = ", ".join(sorted({*SCHEMES, "file"}))
+        raise ConfigError(f"unknown queue URL scheme {scheme!r}; the schemes are: {known}", field="queue")
+    return "postgres" if SCHEMES[scheme][0] == "postgres" else "redis"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True, init=False)
@@ -66,6 +100,12 @@ class SimConfig:
     before, ``config.lock``. Times are in seconds. ``fsync`` is off by default: the
     simulation studies the lock and the file, and fsync is a variable of its own (turn it
     on to see its cost).
+
+    The queue itself is ``target``, also given as ``queue=`` (what ``simulate`` calls it):
+    None (a fresh ``Queue.json`` in the run's folder), the path of a queue file, or a
+    server URL (``postgresql://``, ``redis://``, ``unix://``; see ``djq.open``). On a
+    server only ``SERVER_OPTIONS`` may differ from ``SIM_QUEUE``'s defaults, the mode is
+    "direct", and ``claim`` is PostgreSQL's.
 
     Raises:
         ConfigError: an unknown or invalid option, naming it.
@@ -83,13 +123,25 @@ class SimConfig:
     start_method: str = "spawn"  #: "spawn" works everywhere, notebooks included
     seed: int = 0
     path: Path | None = None  #: folder of the run; a fresh temporary folder when None
+    target: str | None = None  #: the queue (``simulate(queue=...)``): None, a file's path or a server URL
+    name: str | None = None  #: the queue's name in the server; None: a fresh one per run
+    claim: str | None = None  #: PostgreSQL only: "skip_locked" (None: its default) or "for_update"
     progress: bool = False
     time_limit: float = 300.0
     sample_interval: float = 0.01  #: seconds between the runner's looks at the queue file
     queue: QueueConfig = SIM_QUEUE  #: the queue every worker opens (its path: the run's Queue.json)
 
-    def __init__(self, *, queue: QueueConfig = SIM_QUEUE, **options: Any) -> None:
-        """Split ``options`` into the simulation's and the queue's; validate both."""
+    def __init__(
+        self, *, queue: QueueConfig | str | os.PathLike[str] | None = SIM_QUEUE, **options: Any
+    ) -> None:
+        """Split ``options`` into the simulation's and the queue's; validate both.
+
+        ``queue`` is the workers' ``QueueConfig``, or the queue's target (as ``target=``).
+        """
+        if not isinstance(queue, QueueConfig):
+            if "target" in options:
+                raise ConfigError("the queue is given twice: queue= and target=", field="queue")
+            options["target"], queue = queue, SIM_QUEUE
         given = {name: options.pop(name) for name in QUEUE_OPTIONS if name in options}
         for f in dataclasses.fields(self):
             if f.name != "queue":
@@ -146,6 +198,45 @@ class SimConfig:
             raise ConfigError(
                 "flock does not poll: poll_interval is for 'filelock' and 'soft'", field="poll_interval"
             )
+        self._check_target()
+
+    def _check_target(self) -> None:
+        """The queue's target, name and claim, and the options that backend takes."""
+        target = self.target
+        if target is not None and not isinstance(target, str | os.PathLike):
+            raise ConfigError(f"queue must be None, a path or a URL, not {target!r:.80}", field="queue")
+        if target is not None:
+            object.__setattr__(self, "target", os.fspath(target))
+        backend = backend_of(self.target)
+        if self.claim is not None and self.claim not in CLAIMS:
+            raise ConfigError(f"claim must be one of {CLAIMS} or None, not {self.claim!r:.80}", field="claim")
+        if self.claim is not None and backend != "postgres":
+            raise ConfigError(f"claim is PostgreSQL's option, not the {backend} queue's", field="claim")
+        if self.name is not None and (backend == "file" or type(self.name) is not str):
+            raise ConfigError(
+                "name= picks a queue inside a server (a string); a file queue is named by its path",
+                field="name",
+            )
+        if backend == "file":
+            return
+        if self.mode != "direct":
+            raise ConfigError(f"mode {self.mode!r} is for a queue file; a {backend} queue is its own broker",
+                              field="mode")  # fmt: skip
+        for name in QUEUE_OPTIONS:
+            if name not in SERVER_OPTIONS and getattr(self.queue, name) != getattr(SIM_QUEUE, name):
+                raise ConfigError(
+                    f"{name} is an option of the file queue, not of a {backend} queue", field=name
+                )
+
+    @property
+    def backend(self) -> str:
+        """The backend ``target`` names: "file", "postgres" or "redis"."""
+        return backend_of(self.target)
+
+    def server_options(self) -> dict[str, Any]:
+        """The options a server queue is opened with: ``SERVER_OPTIONS``, and ``claim`` if given."""
+        options = {name: getattr(self.queue, name) for name in SERVER_OPTIONS}
+        return options if self.claim is None else {**options, "claim": self.claim}
 
     def queue_config(self, path: Path) -> QueueConfig:
         """The queue every worker opens, at ``path``."""
@@ -167,6 +258,8 @@ class SimConfig:
 class Run:
     """One simulation's results: tidy frames (see ``djq.frames``) and a summary.
 
+    ``server`` is the server's own view, sampled during the run (empty for a file queue).
+
     ``summary["lost"]`` and ``summary["acked_twice"]`` are the correctness oracle: both
     are 0 on every completed run.
     """
@@ -179,6 +272,7 @@ class Run:
     workers: pd.DataFrame
     summary: pd.Series
     batches: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=frames.BATCH_COLUMNS))
+    server: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=frames.SERVER_COLUMNS))
     path: Path | None = None
 
     def save(self, folder: str | os.PathLike[str]) -> Path:
@@ -214,9 +308,12 @@ class Run:
         return path
 
     def __repr__(self) -> str:
-        s = self.summary
+        s, c = self.summary, self.config
+        queue = f"lock={c.queue.lock.value}" if c.backend == "file" else f"queue={c.backend}"
+        if c.claim is not None:
+            queue += f"({c.claim})"
         return (
-            f"<Run {self.config.producers}P/{self.config.consumers}C lock={self.config.queue.lock.value} "
+            f"<Run {c.producers}P/{c.consumers}C {queue} "
             f"acked={s['acked']}/{s['tasks']} throughput={s['throughput_per_s']:.0f}/s "
             f"lost={s['lost']} acked_twice={s['acked_twice']}>"
         )
@@ -231,7 +328,9 @@ def load(folder: str | os.PathLike[str]) -> Run:
     src = Path(folder)
     config = orjson.loads((src / "config.json").read_bytes())
     frames_ = {
-        name: pd.read_csv(src / f"{name}.csv", dtype={"task_id": str})
+        name: pd.read_csv(
+            src / f"{name}.csv", dtype={"task_id": str, "key": str}, keep_default_na=name != "server"
+        )
         for name in _FRAMES
         if (src / f"{name}.csv").exists()
     }

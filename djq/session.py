@@ -22,6 +22,7 @@ from djq: ``sim``, ``model``, ``errors``; third-party: pandas. ::
 from __future__ import annotations
 
 import math
+import secrets
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -33,13 +34,17 @@ import pandas as pd
 from . import sim
 from .errors import DjqError
 from .model import DEFAULT_STORAGE
+from .runs import backend_of
 
-__all__ = ["Comparison", "LabRun", "Session", "Verdict", "describe", "failure", "verdict"]
+__all__ = ["Comparison", "LabRun", "Session", "Verdict", "describe", "failure", "panel_options", "verdict"]
 
-#: The options the tables show, in this order; ``poll_interval_s`` comes from the summary.
+#: The options the tables show, in this order; ``poll_interval_s`` comes from the summary;
+#: ``backend``: "file", "postgres(for_update)", "postgres(skip_locked)" or "redis".
 OPTION_COLUMNS: Final = (
-    "producers", "consumers", "tasks", "lock", "poll_interval_s", "mode", "storage", "fsync", "work", "batch",
+    "producers", "consumers", "tasks", "backend", "lock", "poll_interval_s", "mode", "storage", "fsync",
+    "work", "batch",
 )  # fmt: skip
+FILE_CONTROLS: Final = ("lock", "poll_interval", "storage")  #: the panel's controls a server ignores
 #: The summary fields the tables show, in this order.
 RESULT_COLUMNS: Final = (
     "completed", "acked", "lost", "acked_twice", "redelivered", "duration_s", "throughput_per_s",
@@ -137,12 +142,15 @@ def describe(config: sim.SimConfig) -> str:
     """A short label naming what sets this run apart: ``2P/2C filelock(5 ms) broker fsync, 500 tasks``.
 
     Options at their defaults (direct mode, ``model.DEFAULT_STORAGE``, no fsync, no work,
-    batch 1) are left out.
+    batch 1) are left out. A server queue is named by its backend (and PostgreSQL's claim)
+    instead of the lock.
 
     Example:
         >>> describe(sim.SimConfig(producers=1, consumers=3, tasks=50, lock="soft", poll_interval=0.005))
         '1P/3C soft(5 ms), 50 tasks'
     """
+    if config.backend != "file":
+        return _describe_server(config)
     parts = [f"{config.producers}P/{config.consumers}C {config.lock.value}"]
     if config.poll_interval is not None:
         parts[0] += f"({config.poll_interval * 1e3:g} ms)"
@@ -158,6 +166,49 @@ def describe(config: sim.SimConfig) -> str:
     if config.batch > 1:
         parts.append(f"batch={config.batch}")
     return " ".join(parts) + f", {config.tasks} tasks"
+
+
+def _describe_server(config: sim.SimConfig) -> str:
+    parts = [f"{config.producers}P/{config.consumers}C {_backend(config)}"]
+    if config.fsync:
+        parts.append("fsync")
+    if config.work.mean > 0:
+        parts.append(f"work={'exp:' if config.work.kind == 'exp' else ''}{config.work.mean * 1e3:g}ms")
+    if config.batch > 1:
+        parts.append(f"batch={config.batch}")
+    return " ".join(parts) + f", {config.tasks} tasks"
+
+
+def _backend(config: sim.SimConfig) -> str:
+    """``file``, ``postgres(skip_locked)``, ``postgres(for_update)`` or ``redis``."""
+    if config.backend == "postgres":
+        return f"postgres({config.claim or 'skip_locked'})"
+    return config.backend
+
+
+def panel_options(values: dict[str, Any]) -> dict[str, Any]:
+    """The panel's control values as ``sim.simulate`` options: ``queue`` text and ``claim`` resolved.
+
+    An empty ``queue`` is a fresh file per run (``claim`` dropped); a server URL drops the
+    file's controls (``FILE_CONTROLS``), keeps ``claim`` for PostgreSQL only, and names a
+    fresh queue (``lab-<hex>``) unless the URL has ``?name=``, so the panel can follow it.
+
+    Raises:
+        ConfigError: the URL's scheme is unknown.
+    """
+    options = dict(values)
+    target, claim = str(options.pop("queue", "")).strip(), options.pop("claim", None)
+    backend = backend_of(target or None)
+    if backend == "file":
+        return {**options, "queue": target or None}
+    for name in FILE_CONTROLS:
+        options.pop(name, None)
+    options["queue"] = target
+    if backend == "postgres":
+        options["claim"] = claim
+    if "name=" not in target.partition("?")[2]:
+        options["name"] = f"lab-{secrets.token_hex(4)}"
+    return options
 
 
 def verdict(kept: LabRun) -> Verdict:
@@ -202,6 +253,9 @@ def _options_row(run: sim.Run) -> dict[str, Any]:
     config = run.config
     row = {name: getattr(config, name) for name in _CONFIG_COLUMNS}
     row["lock"], row["storage"] = config.lock.value, config.storage.value
+    row["backend"] = _backend(config)
+    if config.backend != "file":
+        row["lock"] = row["storage"] = None
     row["work"] = f"{config.work.kind}:{config.work.mean:g}"
     row["poll_interval_s"] = run.summary.get("poll_interval_s")
     return row

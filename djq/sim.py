@@ -1,4 +1,4 @@
-"""Simulations: N producer and M consumer processes against one ``Queue.json``, measured.
+"""Simulations: N producer and M consumer processes against one queue, measured.
 
 ``simulate(...)`` spawns the workers (``djq.workers``, which import only the core), starts
 them together at a barrier, samples the queue file while they run, stops when every task
@@ -6,14 +6,24 @@ is acked (or at ``time_limit``, reported as such), and returns a ``Run`` of pand
 DataFrames (``djq.frames``). ``sweep(grid)`` runs a grid of simulations and returns one
 summary row per run. With ``mode="broker"`` a ``BrokerManager`` runs a broker for the run
 and the workers are its clients. ``SimConfig``, ``Run`` and ``load`` live in ``djq.runs``
-and are re-exported here. Imports from djq: the core, ``workers``, ``frames``, ``manager``,
-``remote``, ``runs``.
+and are re-exported here.
+
+``queue=`` picks the queue: None (a fresh ``Queue.json`` in the run's folder), the path
+of a queue file (it must hold no task), or a server URL (``postgresql://``, ``redis://``,
+``unix://``): the same workers open it with ``djq.open``, the runner samples its
+``stats()`` into ``depth`` and the server's own view into ``server`` (``djq.probes``).
+A server run uses a fresh queue name (``sim-<hex>``) unless ``name=`` is given; the
+queue must hold no task when the run starts, and the runner purges whatever the run left
+in it (nothing, when it completed; its counters stay). Imports from djq: the core,
+``opener``, ``workers``, ``frames``, ``manager``, ``probes``, ``remote``, ``runs``.
 
 Example::
 
     from djq import sim
     run = sim.simulate(producers=4, consumers=4, tasks=2_000, lock="filelock")
     run.summary["throughput_per_s"], run.summary["lock_wait_p99_s"]
+    pg = sim.simulate(queue="postgresql:///djq", claim="for_update", work="exp:0.002")
+    pg.summary["server_lock_wait_share"], pg.server   # the server's own view
 """
 
 from __future__ import annotations
@@ -23,6 +33,7 @@ import itertools
 import math
 import os
 import platform
+import secrets
 import sys
 import tempfile
 import time
@@ -30,13 +41,17 @@ from collections.abc import Mapping, Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Final
+from urllib.parse import urlsplit, urlunsplit
 
 import pandas as pd
 
 from . import frames
+from .api import BaseQueue
 from .errors import ConfigError
 from .manager import BrokerManager
 from .model import LockKind, StorageKind, WaitKind
+from .opener import open_queue, split_name
+from .probes import Probe, open_probe
 from .queue import Queue
 from .remote import connect
 from .runs import QUEUE_OPTIONS, SIM_QUEUE, Run, SimConfig, load
@@ -64,6 +79,9 @@ def simulate(
     start_method: str = "spawn",
     seed: int = 0,
     path: str | os.PathLike[str] | None = None,
+    queue: str | os.PathLike[str] | None = None,
+    name: str | None = None,
+    claim: str | None = None,
     progress: bool = False,
     time_limit: float = 300.0,
     sample_interval: float = 0.01,
@@ -80,7 +98,7 @@ def simulate(
     compact_bytes: int = _Q.compact_bytes,
     file_mode: int = _Q.file_mode,
 ) -> Run:
-    """Run N producers and M consumers against one queue file and measure everything.
+    """Run N producers and M consumers against one queue (a file or a server's) and measure everything.
 
     The parameters are the fields of ``SimConfig`` (its own, then the queue's options,
     ``QUEUE_OPTIONS``), with the same defaults; tests/test_widgets.py keeps them in step.
@@ -98,6 +116,10 @@ def simulate(
         start_method: "spawn" (works everywhere, notebooks included), "forkserver" or "fork".
         seed: the workers' random seed.
         path: folder of the run; a fresh temporary folder when None.
+        queue: None (a fresh ``Queue.json`` in the run's folder), a queue file's path, or a
+            server URL (``postgresql://...``, ``redis://...``, ``unix://...``).
+        name: the queue's name in the server; None: a fresh one per run.
+        claim: PostgreSQL only: "skip_locked" (None: the default) or "for_update".
         progress: show a progress bar.
         time_limit: seconds the run may last; then it stops, reported as incomplete.
         sample_interval: seconds between the runner's looks at the queue file.
@@ -115,12 +137,14 @@ def simulate(
         file_mode: permissions of the queue's files.
 
     Returns:
-        A ``Run`` with ``tasks``, ``locks``, ``ops``, ``depth``, ``workers``, ``batches`` frames and
-        a ``summary``.
+        A ``Run`` with ``tasks``, ``locks``, ``ops``, ``depth``, ``workers``, ``batches``,
+        ``server`` frames and a ``summary`` (``frames.summarize``, ``frames.server_summary``
+        and the run's metadata: backend, server version and durability, claim).
 
     Raises:
-        ConfigError: an option is invalid.
+        ConfigError: an option is invalid, or one the server refuses (before any process starts).
         SimulationError: the workers could not start.
+        BrokerUnavailable: the server cannot be reached.
     """
     return _Runner(SimConfig(**locals())).run()
 
@@ -130,43 +154,79 @@ class _Runner:
         self.config = config
         self.folder = Path(config.path) if config.path else Path(tempfile.mkdtemp(prefix="djq-sim-"))
         self.records = self.folder / "records"
-        self.queue_path = self.folder / "Queue.json"
+        self.server = config.backend != "file"
+        target = config.target
+        self.queue_path = self.folder / "Queue.json" if target is None or self.server else _file(target)
+        self.url, name = split_name(target) if self.server and target else ("", None)
+        if name is not None and config.name is not None and name != config.name:
+            raise ConfigError(
+                f"the queue is named twice: name={config.name!r} and ?name={name!r}", field="name"
+            )
+        self.name = config.name or name or f"sim-{secrets.token_hex(4)}"
         self.samples: list[tuple[int, int, int, int]] = []
+        self.acked_before = 0  # a named server queue keeps its counters from earlier runs
+        self.probe: Probe | None = None
 
     def _specs(self) -> list[WorkerSpec]:
         c = self.config
         queue = c.queue_config(self.queue_path)
+        server: dict[str, Any] = {"target": self.url, "name": self.name,
+                                  "options": tuple(c.server_options().items())}  # fmt: skip
+        where = server if self.server else {}
         shares = [c.tasks // c.producers + (i < c.tasks % c.producers) for i in range(c.producers)]
         producers = [
             WorkerSpec(role="producer", index=i, queue=queue, out=self.records / f"P{i}.json",
                        seed=c.seed * 7919 + i, tasks=n, payload_bytes=c.payload_bytes, batch=c.batch,
-                       think=c.think, rate=c.rate, lease=c.queue.lease, mode=c.mode)
+                       think=c.think, rate=c.rate, lease=c.queue.lease, mode=c.mode, **where)
             for i, n in enumerate(shares)
         ]  # fmt: skip
         consumers = [
             WorkerSpec(role="consumer", index=i, queue=queue, out=self.records / f"C{i}.json",
-                       seed=c.seed * 7919 + 1000 + i, tasks=c.tasks, work=c.work, lease=c.queue.lease,
-                       mode=c.mode, batch=c.batch)
+                       seed=c.seed * 7919 + 1000 + i, tasks=c.tasks + self.acked_before, work=c.work,
+                       lease=c.queue.lease, mode=c.mode, batch=c.batch, **where)
             for i in range(c.consumers)
         ]  # fmt: skip
         return producers + consumers
 
-    def _prepare(self) -> Queue:
+    def _prepare(self) -> BaseQueue:
+        """Open the runner's queue (the server refuses bad options here) and check it is empty."""
         self.records.mkdir(parents=True, exist_ok=True)
-        queue = Queue.from_config(self.config.queue_config(self.queue_path))
-        if queue.stats().total:
-            raise ConfigError(
-                f"{self.queue_path} is not empty; a simulation starts from an empty queue", field="path"
-            )
+        if not self.server:
+            queue: BaseQueue = Queue.from_config(self.config.queue_config(self.queue_path))
+            if queue.stats().total:
+                raise ConfigError(
+                    f"{self.queue_path} is not empty; a simulation starts from an empty queue", field="path"
+                )
+            return queue
+        queue = open_queue(
+            _runner_url(self.url, self.config.backend), name=self.name, **self.config.server_options()
+        )
+        try:
+            stats = queue.stats()
+            if stats.total:
+                raise ConfigError(f"the queue {self.name!r} at {queue!r} holds {stats.total} tasks; a "
+                                  "simulation starts from an empty queue", field="name")  # fmt: skip
+            self.acked_before = stats.acked_total
+            self.probe = open_probe(self.config, self.url, self.name)
+        except BaseException:
+            queue.close()
+            raise
         return queue
 
     def run(self) -> Run:
         queue = self._prepare()
-        if self.config.mode != "broker":
-            return self._run(queue)
-        options = {name: getattr(self.config.queue, name) for name in QUEUE_OPTIONS}
-        with BrokerManager(self.queue_path, **options):  # the broker gets the whole queue config
-            return self._run(queue)
+        try:
+            if self.config.mode != "broker":
+                return self._run(queue)
+            options = {name: getattr(self.config.queue, name) for name in QUEUE_OPTIONS}
+            with BrokerManager(self.queue_path, **options):  # the broker gets the whole queue config
+                return self._run(queue)
+        finally:
+            if self.server:
+                queue.purge()  # what an incomplete run left; it started empty, so nothing else
+            queue.close()
+            if self.probe is not None:
+                self.probe.close()
 
     def _broker_batches(self) -> list[list[Any]]:
         if self.config.mode != "broker":
@@ -174,13 +234,16 @@ class _Runner:
         with connect(self.queue_path) as client:
             return list(client.metrics(rows=True)["batches"])
 
-    def _run(self, queue: Queue) -> Run:
+    def _run(self, queue: BaseQueue) -> Run:
         with Crew(self._specs(), self.config.start_method) as crew:
             t0 = crew.start()
+            if self.probe is not None:
+                self.probe.sample(t0, force=True)  # the first look: Redis's counters' baseline
+                self.probe.rows.clear()
             limit_hit = self._watch(queue, crew, t0)
         return self._collect(crew, t0, limit_hit, self._broker_batches())
 
-    def _watch(self, queue: Queue, crew: Crew, t0: int) -> bool:
+    def _watch(self, queue: BaseQueue, crew: Crew, t0: int) -> bool:
         """Sample the file until every worker exits; stop them all at the time limit or a failure."""
         bar = _progress(self.config)
         until = t0 + int(self.config.time_limit * 1e9)
@@ -190,13 +253,14 @@ class _Runner:
             if bar is not None:
                 bar.close()
 
-    def _sample(self, queue: Queue, bar: Any) -> None:
+    def _sample(self, queue: BaseQueue, bar: Any) -> None:
         stats = queue.stats()
-        self.samples.append(
-            (time.perf_counter_ns(), stats.ready, stats.delayed, stats.leased + stats.expired)
-        )
+        now = time.perf_counter_ns()
+        self.samples.append((now, stats.ready, stats.delayed, stats.leased + stats.expired))
+        if self.probe is not None:
+            self.probe.sample(now)
         if bar is not None:
-            bar.update(stats.acked_total - bar.n)
+            bar.update(stats.acked_total - self.acked_before - bar.n)
 
     def _collect(self, crew: Crew, t0: int, limit_hit: bool, batches: list[list[Any]]) -> Run:
         records, rows = crew.outcomes()
@@ -206,7 +270,9 @@ class _Runner:
         locks = frames.lock_frame([*records, frames.broker_record(batches)] if batches else records, t0)
         batch = frames.batch_frame(batches, t0)
         depth = frames.depth_frame(self.samples, t0)
+        server = frames.server_frame(self.probe.rows if self.probe else [], t0)
         summary = frames.summarize(tasks, locks, depth, expected=self.config.tasks)
+        summary.update(frames.server_summary(self.config.backend, server, summary["duration_s"]))
         summary.update(
             completed=bool(workers["ok"].all()) and not limit_hit and summary["acked"] == self.config.tasks,
             time_limit_hit=limit_hit,
@@ -217,11 +283,33 @@ class _Runner:
             if batch["wrote"].any()
             else math.nan,
             **_metadata(self.config, self.folder),
+            **self._server_metadata(),
         )
         return Run(
             config=self.config, tasks=tasks, locks=locks, ops=frames.op_frame(ops), depth=depth,
-            workers=workers, batches=batch, summary=pd.Series(summary, dtype=object), path=self.folder,
+            workers=workers, batches=batch, server=server, summary=pd.Series(summary, dtype=object),
+            path=self.folder,
         )  # fmt: skip
+
+    def _server_metadata(self) -> dict[str, Any]:
+        """The server's version and durability, the queue's name and the probe's error ("" or why)."""
+        if self.probe is None:
+            return {}
+        return {"queue_name": self.name, "probe_error": self.probe.error, **self.probe.metadata()}
+
+
+def _file(target: str) -> Path:
+    """The path a file target names (a ``file:`` URL's path)."""
+    return Path(urlsplit(target).path) if target.startswith("file:") else Path(target)
+
+
+def _runner_url(url: str, backend: str) -> str:
+    """PostgreSQL: ``url`` with the runner's own ``application_name`` (the probe counts the workers')."""
+    if backend != "postgres":
+        return url
+    parts = urlsplit(url)
+    query = "&".join(filter(None, [parts.query, "application_name=djq-runner"]))
+    return urlunsplit(parts._replace(query=query))
 
 
 def _progress(config: SimConfig) -> Any:
@@ -229,9 +317,10 @@ def _progress(config: SimConfig) -> Any:
         return None
     from tqdm.auto import tqdm
 
+    what = config.queue.lock.value if config.backend == "file" else config.backend
     return tqdm(
         total=config.tasks,
-        desc=f"{config.producers}P/{config.consumers}C {config.queue.lock.value}",
+        desc=f"{config.producers}P/{config.consumers}C {what}",
         unit="task",
     )
 
@@ -259,18 +348,22 @@ def _version(package: str) -> str:
 
 
 def _metadata(config: SimConfig, folder: Path) -> dict[str, Any]:
-    queue = config.queue
+    queue, file = config.queue, config.backend == "file"
     poll = queue.poll_interval
     if poll is None and queue.lock is not LockKind.FLOCK:
         poll = FILELOCK_POLL_INTERVAL
     return {
         "producers": config.producers,
         "consumers": config.consumers,
-        "lock": queue.lock.value,
-        "poll_interval_s": poll,
+        "backend": config.backend,
+        "claim": ("skip_locked" if config.claim is None else config.claim)
+        if config.backend == "postgres"
+        else None,
+        "lock": queue.lock.value if file else None,  # a server takes no file lock
+        "poll_interval_s": poll if file else None,
         "mode": config.mode,
-        "storage": queue.storage.value,
-        "wait": queue.wait.value,
+        "storage": queue.storage.value if file else None,
+        "wait": queue.wait.value if file else None,
         "fsync": queue.fsync,
         "start_method": config.start_method,
         "python": platform.python_version(),

@@ -38,6 +38,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from . import sim
+from .api import BaseQueue
 from .errors import ConfigError, DjqError
 from .figures import (
     COMPARE,
@@ -52,9 +53,10 @@ from .figures import (
     table_output,
     text_output,
 )
-from .model import DEFAULT_LOCK, DEFAULT_STORAGE, LockKind, QueueConfig, StorageKind
+from .model import DEFAULT_LOCK, DEFAULT_STORAGE, LockKind, StorageKind
+from .opener import open_queue
 from .queue import Queue
-from .session import LabRun, Session, Verdict, describe, failure, verdict
+from .session import LabRun, Session, Verdict, describe, failure, panel_options, verdict
 
 __all__ = ["Lab", "LabRun", "describe"]
 
@@ -66,12 +68,14 @@ _WORK_CHOICES: Final = (  # suggestions; the field takes any seconds or "exp:MEA
 #: The panel's own first values: a run of a few seconds; fsync off (unlike ``model.DEFAULT_FSYNC``),
 #: as in ``sim.SimConfig``: fsync is a variable of its own, turned on to see its cost.
 PANEL_DEFAULTS: Final[Mapping[str, Any]] = {"producers": 2, "consumers": 2, "tasks": 500, "mode": "direct",
-                                            "fsync": False, "work": "0.001", "batch": 1}  # fmt: skip
+                                            "fsync": False, "work": "0.001", "batch": 1, "queue": "",
+                                            "claim": "skip_locked"}  # fmt: skip
 #: The queue options' first values: djq.model's defaults (poll interval None: the lock's own).
 QUEUE_DEFAULTS: Final[Mapping[str, Any]] = {"lock": DEFAULT_LOCK.value, "storage": DEFAULT_STORAGE.value,
                                             "poll_interval": None}  # fmt: skip
 _SLIDERS: Final = ("producers", "consumers", "tasks", "batch")
-_CHOICES: Final = ("lock", "mode", "storage")  # dropdowns whose value must be one of their options
+_CHOICES: Final = ("lock", "mode", "storage", "claim")  # dropdowns whose value must be one of their options
+_QUEUE_HINT: Final = "empty: a fresh file; or postgresql://... redis://..."
 _OUTPUTS: Final = ("summary", *PLOTS, "compare_table", *COMPARE)  #: every Output widget, by name
 _BAR_STYLES: Final = {"ok": "success", "warning": "warning", "error": "danger"}  #: verdict kind -> bar
 _LABEL_WIDTH: Final = "92px"  #: the controls' descriptions
@@ -104,10 +108,12 @@ class Lab:
         time_limit: seconds a run may last at most (``SimConfig.time_limit``).
         refresh: seconds between two looks at the queue for the progress bar.
         dpi: resolution of the pictures in the panel (100: axis text about 14 px high).
-        producers, consumers, tasks, batch, lock, poll_interval, mode, storage, work, fsync:
-            first values of the controls (``PANEL_DEFAULTS`` and ``QUEUE_DEFAULTS``);
-            ``poll_interval=None`` is the lock's own default, ``work`` takes seconds or
-            ``"exp:MEAN"``.
+        producers, consumers, tasks, batch, lock, poll_interval, mode, storage, work, fsync,
+            queue, claim: first values of the controls (``PANEL_DEFAULTS`` and
+            ``QUEUE_DEFAULTS``); ``poll_interval=None`` is the lock's own default, ``work``
+            takes seconds or ``"exp:MEAN"``; ``queue`` "" is a fresh file per run, or a
+            server URL (``postgresql://...``, ``redis://...``: the lock, poll interval and
+            storage are then unused); ``claim`` is PostgreSQL's ("skip_locked", "for_update").
 
     Attributes:
         session: the ``djq.session.Session`` that keeps the runs and builds the tables.
@@ -142,10 +148,12 @@ class Lab:
         storage: StorageKind | str = QUEUE_DEFAULTS["storage"],
         work: float | str = PANEL_DEFAULTS["work"],
         fsync: bool = PANEL_DEFAULTS["fsync"],
+        queue: str = PANEL_DEFAULTS["queue"],
+        claim: str = PANEL_DEFAULTS["claim"],
     ) -> None:
         values = {"producers": producers, "consumers": consumers, "tasks": tasks, "batch": batch,
                   "lock": lock, "poll_interval": poll_interval, "mode": mode, "storage": storage,
-                  "work": work, "fsync": fsync}  # fmt: skip
+                  "work": work, "fsync": fsync, "queue": queue, "claim": claim}  # fmt: skip
         self.session = Session(root=root)
         self.time_limit = time_limit
         self.refresh = refresh
@@ -209,6 +217,8 @@ class Lab:
             "storage": dropdown("storage", [StorageKind.JOURNAL.value, StorageKind.REWRITE.value]),
             "work": work,
             "fsync": w.Checkbox(description="fsync every change", indent=False, layout=layout()),
+            "queue": w.Text(description="queue", style=style, layout=layout(), placeholder=_QUEUE_HINT),
+            "claim": dropdown("claim (PG)", ["skip_locked", "for_update"]),
         }
         controls["lock"].observe(self._lock_changed, names="value")
         return controls
@@ -223,7 +233,7 @@ class Lab:
     def _layout(self) -> Any:
         c = self.controls
         order = ("producers", "consumers", "tasks", "batch", "lock", "poll_interval", "mode", "storage",
-                 "work", "fsync")  # fmt: skip
+                 "work", "fsync", "queue", "claim")  # fmt: skip
         # as many columns of at least _CONTROL_WIDTH as the width allows, 1 to 3 (no fixed widths)
         grid = w.GridBox([c[name] for name in order], layout=w.Layout(
             grid_template_columns=f"repeat(auto-fill, minmax({_CONTROL_WIDTH}, 1fr))",
@@ -237,7 +247,7 @@ class Lab:
         tabs = w.Tab(children=[w.VBox([o["summary"], plots]), w.VBox([o["compare_table"], compare])])
         tabs.set_title(0, "Last run")
         tabs.set_title(1, "Compare")
-        title = w.HTML("<b>djq lab</b>: producers and consumers sharing one queue file")
+        title = w.HTML("<b>djq lab</b>: producers and consumers sharing one queue (a file, or a server's)")
         return w.VBox([title, grid, buttons, self.status, tabs])
 
     def _repr_mimebundle_(self, **kwargs: Any) -> Any:
@@ -268,7 +278,7 @@ class Lab:
         control = self.controls[name]
         if name == "poll_interval":
             return self._poll_value(value)
-        if name == "work":
+        if name in ("work", "queue"):
             return str(value)
         if name in _CHOICES:
             value = getattr(value, "value", value)  # LockKind.FLOCK -> "flock"
@@ -293,11 +303,15 @@ class Lab:
         return float(value)
 
     def options(self) -> dict[str, Any]:
-        """The options of ``sim.simulate`` the controls hold now (without ``path``)."""
+        """The options of ``sim.simulate`` the controls hold now (without ``path``; see ``panel_options``).
+
+        Raises:
+            ConfigError: the queue URL's scheme is unknown.
+        """
         c = {name: control.value for name, control in self.controls.items()}
         c["poll_interval"] = None if c["poll_interval"] == POLL_DEFAULT else c["poll_interval"]
         c["work"] = c["work"].strip() or "0"
-        return {**c, "time_limit": self.time_limit}
+        return panel_options({**c, "time_limit": self.time_limit})
 
     # -- running ------------------------------------------------------------------------
 
@@ -366,7 +380,7 @@ class Lab:
             started = time.perf_counter()
             with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="djq-lab-sim") as pool:
                 future = pool.submit(sim.simulate, **options, path=folder)
-                self._follow(future, config.queue_config(folder / "Queue.json"))
+                self._follow(future, config, folder)
                 result = future.result()
             kept = self.session.keep(number, result, wall_s=time.perf_counter() - started)
             self._show(kept)
@@ -379,13 +393,21 @@ class Lab:
             self.run_button.disabled = self.clear_button.disabled = False
             self.run_button.description = "Run"
 
-    def _follow(self, future: concurrent.futures.Future[sim.Run], queue_config: QueueConfig) -> None:
+    def _follow(
+        self, future: concurrent.futures.Future[sim.Run], config: sim.SimConfig, folder: Path
+    ) -> None:
         """Move the bar to the queue's acked_total until the simulation is over."""
-        queue = Queue.from_config(queue_config)
+        if config.target is None:
+            queue: BaseQueue = Queue.from_config(config.queue_config(folder / "Queue.json"))
+        else:
+            queue = open_queue(config.target, name=config.name, **config.server_options())
+        before = None
         try:
             while not future.done():
                 with contextlib.suppress(DjqError, OSError):  # the file may not be there yet
-                    self.progress.value = min(queue.stats().acked_total, self.progress.max)
+                    acked = queue.stats().acked_total
+                    before = acked if before is None else before  # a named server queue counts on
+                    self.progress.value = min(acked - before, self.progress.max)
                 concurrent.futures.wait([future], timeout=self.refresh)
         finally:
             queue.close()

@@ -6,9 +6,11 @@ import. A worker opens its own queue, waits at a start barrier until every worke
 ready, keeps every timestamp in memory (``time.perf_counter_ns``: one CLOCK_MONOTONIC
 across processes on Linux), and writes its records once, at the end, as one JSON file.
 In broker mode a worker is a broker client and takes no lock: the broker's batches are
-the lock's only users. ``Crew`` is the parent's side of the same processes: it starts
+the lock's only users. On a server (``spec.target``, a URL) a worker opens its queue with
+``djq.open(target, name=..., **options)`` and records no lock: the server's view is the
+runner's to sample. ``Crew`` is the parent's side of the same processes: it starts
 them, releases them together, watches them, reaps them and reads back what they wrote.
-Imports from djq: ``errors``, ``model``, ``metrics``, ``queue``, ``remote``.
+Imports from djq: ``errors``, ``model``, ``metrics``, ``queue``, ``remote``, ``opener``.
 """
 
 from __future__ import annotations
@@ -26,9 +28,11 @@ from typing import Any, Final, Protocol
 
 import orjson
 
+from .api import BaseQueue
 from .errors import DjqError, LeaseLost, SimulationError
 from .metrics import LockRecorder
 from .model import QueueConfig
+from .opener import open_queue
 from .queue import Queue
 from .remote import BrokerClient, connect
 
@@ -72,6 +76,9 @@ class WorkerSpec:
     work: Dist = Dist()  #: consumer time spent on each task
     lease: float | None = None
     mode: str = "direct"  #: "direct" (take the file lock) or "broker" (ask the broker)
+    target: str | None = None  #: a server URL (then ``queue`` is unused); None: the file ``queue.path``
+    name: str | None = None  #: the queue's name in the server
+    options: tuple[tuple[str, Any], ...] = ()  #: the server queue's options (``djq.open``'s)
 
 
 class _Flag(Protocol):
@@ -87,7 +94,9 @@ def worker_name(role: str, index: int) -> str:
     return f"{role[0].upper()}{index}"
 
 
-def _open(spec: WorkerSpec, recorder: LockRecorder) -> Queue | BrokerClient:
+def _open(spec: WorkerSpec, recorder: LockRecorder) -> Queue | BrokerClient | BaseQueue:
+    if spec.target is not None:
+        return open_queue(spec.target, name=spec.name, **dict(spec.options))
     if spec.mode == "broker":
         return connect(spec.queue.path)
     return Queue.from_config(spec.queue, recorder=recorder)

@@ -326,8 +326,8 @@ def test_options_not_given_are_left_to_the_defaults():
     """No flag: no queue option (the component's default applies), and the global defaults."""
     args = _parse("stats")
     assert djq_cli._queue_options(args) == {}
-    assert (args.json, args.broker, args.verbose) == (False, False, False)
-    assert args.queue == str(DEFAULT_QUEUE_PATH)
+    default = str(DEFAULT_QUEUE_PATH)  # --queue is a string: a path or a server URL
+    assert (args.json, args.queue, args.broker, args.verbose) == (False, default, False, False)
     assert djq_cli._queue_config(args) == djq.QueueConfig()
 
 

@@ -51,15 +51,16 @@ ALLOWED = {  # djq modules each module may import: each layer only from those be
     "redisq": {"api", "errors", "model", "ops"},  # the operations as Lua scripts (redis-py)
     "opener": {"api", "errors", "queue"},  # djq.open(target); imports the server modules only when asked
     "scratch": {"errors"},  # throwaway PostgreSQL and Redis servers from the local binaries
-    "workers": {"errors", "model", "metrics", "queue", "remote"},
+    "workers": {"api", "errors", "model", "metrics", "opener", "queue", "remote"},
     "frames": {"model", "metrics", "workers"},
-    "runs": {"errors", "model", "workers", "frames"},
-    "sim": CORE | {"workers", "frames", "manager", "remote", "runs"},
+    "runs": {"errors", "model", "opener", "workers", "frames"},
+    "probes": {"errors", "runs"},  # the servers' own view; psycopg / redis imported only when sampling
+    "sim": CORE | {"workers", "frames", "manager", "opener", "probes", "remote", "runs"},
     "theory": {"errors"},
     "plot": {"model", "frames"},
-    "session": {"sim", "model", "errors"},
+    "session": {"sim", "model", "errors", "runs"},
     "figures": {"plot", "session"},  # the panel's tables and pictures as notebook outputs
-    "widgets": {"sim", "session", "figures", "model", "errors", "queue"},
+    "widgets": {"sim", "session", "figures", "model", "errors", "queue", "api", "opener"},
     "cli_flags": {"errors", "model"},  # CLI flags derived from QueueConfig's fields
     "cli_sim": {"errors", "model", "plot", "queue", "sim"},
 }
@@ -75,6 +76,7 @@ THIRD_PARTY = {  # third-party packages each module may import
     "postgres": {"psycopg"},
     "redisq": {"redis"},
     "workers": {"orjson"},
+    "probes": {"psycopg", "redis"},  # inside the probes' constructors, never at import time
     "frames": {"pandas", "numpy"},
     "runs": {"pandas", "orjson"},
     "sim": {"pandas", "tqdm"},

@@ -62,7 +62,7 @@ def test_the_panel_has_every_control_a_button_a_bar_and_tabs(tmp_path):
     inside = widgets_in(panel.widget)
     assert set(panel.controls) == {
         "producers", "consumers", "tasks", "batch", "lock", "poll_interval", "mode", "storage", "work",
-        "fsync",
+        "fsync", "queue", "claim",
     }  # fmt: skip
     assert all(control in inside for control in panel.controls.values())
     assert panel.run_button in inside
@@ -270,7 +270,7 @@ def test_the_compare_table_shows_what_differs_and_the_full_table_one_click_away(
         assert f">{column}<" in brief
     assert ">storage<" not in brief  # the same for both runs: only in the full table
     assert ">storage<" in full
-    assert "Full table (30 columns)" in full
+    assert "Full table (31 columns)" in full  # the backend column came with the server queues
 
 
 def test_the_poll_interval_is_offered_only_for_polling_locks(tmp_path):
@@ -315,19 +315,21 @@ def test_the_notebook_facing_signatures_are_the_configs_fields():
 
     from djq.widgets import PANEL_DEFAULTS, QUEUE_DEFAULTS
 
-    fields = [f.name for f in dataclasses.fields(sim.SimConfig) if f.name != "queue"] + list(
-        sim.QUEUE_OPTIONS
-    )
+    fields = [
+        "queue" if f.name == "target" else f.name
+        for f in dataclasses.fields(sim.SimConfig)
+        if f.name != "queue"
+    ] + list(sim.QUEUE_OPTIONS)  # SimConfig's target is simulate's queue=
     simulate = inspect.signature(sim.simulate).parameters
     assert list(simulate) == fields
     assert all(p.kind is inspect.Parameter.KEYWORD_ONLY for p in simulate.values())
     assert sim.SimConfig(**{n: p.default for n, p in simulate.items()}) == sim.SimConfig()
-    sweep = inspect.signature(sim.sweep).parameters
-    assert list(sweep) == ["grid", "repeats", "progress", *(n for n in fields if n != "progress")]
-    assert all(sweep[n].default == simulate[n].default for n in fields if n != "progress")
+    sweep = inspect.signature(sim.sweep).parameters  # the run options pass through, checked by SimConfig
+    assert list(sweep) == ["grid", "repeats", "progress", "options"]
+    assert sweep["options"].kind is inspect.Parameter.VAR_KEYWORD
     lab = inspect.signature(Lab).parameters
     controls = ("producers", "consumers", "tasks", "batch", "lock", "poll_interval", "mode", "storage",
-                "work", "fsync")  # fmt: skip
+                "work", "fsync", "queue", "claim")  # fmt: skip
     assert list(lab) == ["root", "time_limit", "refresh", "dpi", *controls]
     assert {n: lab[n].default for n in controls} == {**PANEL_DEFAULTS, **QUEUE_DEFAULTS}
     assert set(controls) <= set(simulate)  # every control is an option of a simulation
