@@ -365,18 +365,20 @@ def _outcome(call) -> str | None:
 
 
 def test_every_answered_put_survives_a_server_restart(own_server, opened, name):
-    """After a restart: every put that returned is there; the next call fails in one line or works."""
+    """After a restart: every put and ack that returned holds; the next call fails in one line or works."""
     q = opened(own_server.url, name, fsync=True)
     ids = [q.put({"n": n}) for n in range(20)] + q.put_many(["a", "b"])
+    q.ack_many([q.get(), q.get()])  # the first two, acked before the restart
     _restart(own_server)
     outcome = _outcome(q.stats)
     assert outcome is None or ("\n" not in outcome and own_server.url in outcome), outcome
-    assert [t.id for t in q.peek(100)] == ids
-    assert q.get(timeout=1.0).id == ids[0]  # the waiting path reconnects too
+    assert [t.id for t in q.peek(100)] == ids[2:]  # no answered put lost, no acked task back
+    assert (q.stats().put_total, q.stats().acked_total) == (22, 2)
+    assert q.get(timeout=1.0).id == ids[2]  # the waiting path reconnects too
     _restart(own_server)
     with contextlib.suppress(djq.BrokerUnavailable):
         q.get(timeout=0.5)
-    assert q.get(timeout=0.5).id == ids[1]
+    assert q.get(timeout=0.5).id == ids[3]
 
 
 def test_an_unreachable_server_is_one_broker_unavailable_line(tmp_path, opened, name):

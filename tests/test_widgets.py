@@ -324,9 +324,9 @@ def test_the_notebook_facing_signatures_are_the_configs_fields():
     assert list(simulate) == fields
     assert all(p.kind is inspect.Parameter.KEYWORD_ONLY for p in simulate.values())
     assert sim.SimConfig(**{n: p.default for n, p in simulate.items()}) == sim.SimConfig()
-    sweep = inspect.signature(sim.sweep).parameters  # the run options pass through, checked by SimConfig
-    assert list(sweep) == ["grid", "repeats", "progress", "options"]
-    assert sweep["options"].kind is inspect.Parameter.VAR_KEYWORD
+    sweep = inspect.signature(sim.sweep).parameters  # built from simulate's: every run option, once
+    assert list(sweep) == ["grid", "repeats", "progress", *(n for n in fields if n != "progress")]
+    assert all(sweep[n].default == simulate[n].default for n in fields if n != "progress")
     lab = inspect.signature(Lab).parameters
     controls = ("producers", "consumers", "tasks", "batch", "lock", "poll_interval", "mode", "storage",
                 "work", "fsync", "queue", "claim")  # fmt: skip
