@@ -968,16 +968,7 @@ def print_main(rows: Sequence[Row]) -> None:
                 )
                 + " ".join(_num(q.get(key, math.nan), 8, 2) for key in ("put", "get", "mp"))
             )
-    notes = [
-        f"  {r.system.name} fsync={'on' if r.fsync else 'off'}: {note}"
-        for r in rows
-        if r.system.server is None
-        for note in dict.fromkeys((r.single.note, r.multi.note))
-        if note
-    ]
-    if notes:
-        print("notes:")
-        print("\n".join(notes))
+    servers.print_notes([r for r in rows if r.system.server is None])
     print()
 
 

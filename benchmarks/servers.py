@@ -204,6 +204,19 @@ def open_store(name: str, folder: Path, fsync: bool) -> Any:
     return kinds[name](url, queue, fsync)
 
 
+def print_notes(rows: Sequence[Any]) -> None:
+    """Print each row's notes (of its one-process and its multi-process phase), if any (peers.py's too)."""
+    notes = [
+        f"  {r.system.name} fsync={_on(r.fsync)}: {note}"
+        for r in rows
+        for note in dict.fromkeys((r.single.note, r.multi.note))
+        if note
+    ]
+    if notes:
+        print("notes:")
+        print("\n".join(notes))
+
+
 def _on(flag: bool) -> str:
     return "on" if flag else "off"
 
@@ -515,15 +528,7 @@ def print_table(rows: Sequence[Any], servers: Servers) -> None:
                 f"{_num(s.get_per_s, 9)} {_num(one_process_rate(s), 7)} {_num(m.items_per_s, 7)} {counts} "
                 + " ".join(_num(x, w, 2) for x, w in zip(ratios, (8, 10, 6, 8), strict=True))
             )
-    notes = [
-        f"  {r.system.name} fsync={_on(r.fsync)}: {note}"
-        for r in rows
-        for note in dict.fromkeys((r.single.note, r.multi.note))
-        if note
-    ]
-    if notes:
-        print("notes:")
-        print("\n".join(notes))
+    print_notes(rows)
     print()
     print(LEGEND)
     print()

@@ -42,7 +42,7 @@ from .cli_flags import queue_options as _queue_options  # the name tests read
 from .errors import ConfigError, DjqError, PayloadError
 from .manager import BrokerManager
 from .model import CONFIG_FIELDS, DEFAULT_QUEUE_PATH, Lease, QueueConfig, Task
-from .opener import open_queue
+from .opener import backend_of, open_queue
 from .queue import Queue
 from .remote import connect
 
@@ -227,19 +227,15 @@ def _measuring_commands(command: Command) -> None:
 # The queue's options
 
 
-def _is_url(target: str) -> bool:
-    return "://" in target
-
-
 def _queue_config(args: argparse.Namespace) -> QueueConfig:
-    if _is_url(args.queue):
+    if backend_of(args.queue) != "file":
         scheme = args.queue.split(":")[0]
         raise ConfigError(f"{args.command} works on a queue file, not on a {scheme}:// queue", field="queue")
     return QueueConfig.from_options(path=args.queue, **_queue_options(args))
 
 
 def _queue(args: argparse.Namespace) -> BaseQueue:
-    if _is_url(args.queue):
+    if backend_of(args.queue) != "file":
         if args.broker:
             raise ConfigError("--broker serves a queue file; a server URL needs none", field="broker")
         return open_queue(args.queue, **_queue_options(args))  # the server's queue refuses file options

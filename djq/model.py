@@ -11,6 +11,7 @@ import dataclasses
 import enum
 import math
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, TypeAlias
@@ -18,6 +19,7 @@ from typing import Any, Final, TypeAlias
 from .errors import ConfigError
 
 __all__ = [
+    "CLAIMS",
     "CONFIG_FIELDS",
     "DEFAULT_COMPACT_BYTES",
     "DEFAULT_FSYNC",
@@ -34,6 +36,7 @@ __all__ = [
     "MAX_LEASE_DURATION",
     "MAX_TIMEOUT",
     "MIN_LEASE_DURATION",
+    "SERVER_FIELDS",
     "STORAGE_MODES",
     "Lease",
     "LockKind",
@@ -45,6 +48,7 @@ __all__ = [
     "WaitKind",
     "check_priority",
     "check_seconds",
+    "refuse_file_options",
 ]
 
 #: Any value orjson can write and read back unchanged: dict with str keys, list, str,
@@ -294,3 +298,13 @@ def _plain(value: object) -> JSON:
 
 #: The names of ``QueueConfig``'s fields, in order: derive flags and controls from these.
 CONFIG_FIELDS: Final = tuple(f.name for f in dataclasses.fields(QueueConfig))
+#: The fields a server queue (PostgreSQL, Redis) takes; the others are the file queue's.
+SERVER_FIELDS: Final = ("lease", "max_attempts", "max_payload_bytes", "fsync")
+CLAIMS: Final = ("skip_locked", "for_update")  #: how a PostgreSQL queue claims its rows
+
+
+def refuse_file_options(options: Mapping[str, object], server: str) -> None:
+    """Raise ``ConfigError`` naming the first file-queue option in ``options`` (``server``: who refuses)."""
+    for name in CONFIG_FIELDS:
+        if name in options and name not in SERVER_FIELDS:
+            raise ConfigError(f"{name} is an option of the file queue, not of {server}", field=name)

@@ -22,17 +22,41 @@ from .api import BaseQueue
 from .errors import ConfigError
 from .queue import Queue
 
-__all__ = ["SCHEMES", "open_queue", "split_name"]
+__all__ = ["SCHEMES", "backend_of", "open_queue", "split_name"]
 
-#: URL scheme -> (module, class, extra) of its backend
+#: URL scheme -> the backend it names
 SCHEMES: Final = {
-    "postgresql": ("postgres", "PostgresQueue", "postgres"),
-    "postgres": ("postgres", "PostgresQueue", "postgres"),
-    "redis": ("redisq", "RedisQueue", "redis"),
-    "rediss": ("redisq", "RedisQueue", "redis"),
-    "unix": ("redisq", "RedisQueue", "redis"),
+    "postgresql": "postgres",
+    "postgres": "postgres",
+    "redis": "redis",
+    "rediss": "redis",
+    "unix": "redis",
 }
-_LIBRARIES: Final = {"postgres": "psycopg", "redis": "redis"}
+#: backend -> (module, class, client library); its extra is djq[backend]
+_BACKENDS: Final = {
+    "postgres": ("postgres", "PostgresQueue", "psycopg"),
+    "redis": ("redisq", "RedisQueue", "redis"),
+}
+_NO_NAME: Final = "name= picks a queue inside a server; a file queue is named by its path"
+
+
+def backend_of(target: str | os.PathLike[str] | None) -> str:
+    """The backend ``target`` names: "file" (None, a path or a ``file:`` URL), "postgres" or "redis".
+
+    Raises:
+        ConfigError: a URL of a scheme no backend has.
+    """
+    if not isinstance(target, str) or ("://" not in target and not target.startswith("file:")):
+        return "file"
+    scheme = target.partition(":")[0].lower()
+    if scheme == "file":
+        return "file"
+    if scheme not in SCHEMES:
+        known = ", ".join(sorted({*SCHEMES, "file"}))
+        raise ConfigError(
+            f"unknown queue URL scheme {scheme!r} in {target!r:.120}; the schemes are: {known}", field="queue"
+        )
+    return SCHEMES[scheme]
 
 
 def open_queue(target: str | os.PathLike[str], *, name: str | None = None, **options: Any) -> BaseQueue:
@@ -42,34 +66,22 @@ def open_queue(target: str | os.PathLike[str], *, name: str | None = None, **opt
         ConfigError: the target is not a path or a URL of a known scheme, ``name`` is given
             for a file, or the backend's client library is not installed.
     """
-    if not isinstance(target, str) or ("://" not in target and not target.startswith("file:")):
-        if name is not None:
-            raise ConfigError(
-                "name= picks a queue inside a server; a file queue is named by its path", field="name"
-            )
+    backend = backend_of(target)
+    if backend == "file" and name is not None:
+        raise ConfigError(_NO_NAME, field="name")
+    if not isinstance(target, str):  # a path
         return Queue(target, **options)
-    scheme = urlsplit(target).scheme.lower()
-    if scheme == "file":
-        if name is not None:
-            raise ConfigError(
-                "name= picks a queue inside a server; a file queue is named by its path", field="name"
-            )
-        return Queue(unquote(urlsplit(target).path), **options)
-    if scheme not in SCHEMES:
-        known = ", ".join(sorted({*SCHEMES, "file"}))
-        raise ConfigError(
-            f"unknown queue URL scheme {scheme!r} in {target!r:.120}; the schemes are: {known}", field="queue"
-        )
-    module_name, class_name, extra = SCHEMES[scheme]
+    if backend == "file":
+        return Queue(unquote(urlsplit(target).path) if target.startswith("file:") else target, **options)
+    module_name, class_name, library = _BACKENDS[backend]
     try:
-        importlib.import_module(_LIBRARIES[extra])
+        importlib.import_module(library)
     except ImportError:
         raise ConfigError(
-            f"{target.split(':')[0]}:// queues need {_LIBRARIES[extra]}: pip install 'djq[{extra}]'",
-            field="queue",
+            f"{target.split(':')[0]}:// queues need {library}: pip install 'djq[{backend}]'", field="queue"
         ) from None
     module = importlib.import_module(f".{module_name}", __package__)
-    url, query_name = _without_name(target)
+    url, query_name = split_name(target)
     if query_name is not None and name is not None and query_name != name:
         raise ConfigError(f"the queue is named twice: name={name!r} and ?name={query_name!r}", field="name")
     if name is None:
@@ -79,11 +91,6 @@ def open_queue(target: str | os.PathLike[str], *, name: str | None = None, **opt
 
 
 def split_name(url: str) -> tuple[str, str | None]:
-    """A server URL without its ``?name=`` (the queue's name), and that name (None when absent)."""
-    return _without_name(url)
-
-
-def _without_name(url: str) -> tuple[str, str | None]:
     """``url`` without its ``name`` query parameter (the server's client would refuse it), and that name.
 
     A URL without one comes back unchanged (``unix:///path`` must keep its three slashes).

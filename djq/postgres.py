@@ -53,17 +53,18 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from . import ops
 from .api import BaseQueue
 from .errors import BrokerError, BrokerUnavailable, ConfigError, LeaseLost, UnknownTask
-from .model import CONFIG_FIELDS, QueueConfig, QueueStats, Task, TaskState
+from .model import CLAIMS, QueueConfig, QueueStats, Task, TaskState, refuse_file_options
 
-__all__ = ["CLAIMS", "CONNECT_TIMEOUT", "FILE_ONLY", "SERVER_OPTIONS", "PostgresQueue"]
+__all__ = ["CONNECT_TIMEOUT", "PostgresQueue"]
 
 logger = logging.getLogger(__name__)
 R = TypeVar("R")
 Row = tuple[Any, ...]
 CONNECT_TIMEOUT: Final = 10  #: seconds libpq may take to connect (unless the URL sets connect_timeout)
-CLAIMS: Final = {"skip_locked": "FOR UPDATE OF d SKIP LOCKED", "for_update": "FOR UPDATE OF d"}
-SERVER_OPTIONS: Final = ("lease", "max_attempts", "max_payload_bytes", "fsync")  #: of QueueConfig's fields
-FILE_ONLY: Final = tuple(f for f in CONFIG_FIELDS if f not in SERVER_OPTIONS)  #: refused here
+_LOCKING: Final = {
+    "skip_locked": "FOR UPDATE OF d SKIP LOCKED",
+    "for_update": "FOR UPDATE OF d",
+}  #: by CLAIMS
 _NAME: Final = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,47}")  #: a queue name (channel djq_<name> < 64)
 _MIN_PAUSE: Final = 0.002  #: seconds a waiting get pauses when work is due but another claimer holds it
 _SAFETY: Final = 30.0  #: seconds a waiting get sleeps at most without looking at the table
@@ -184,7 +185,7 @@ _TEMPLATES: Final = {
 #: every statement by claim kind, its parts filled in (constants here: values travel as parameters)
 _STATEMENTS: Final = {
     claim: {key: template.format(lock=lock, **_PARTS) for key, template in _TEMPLATES.items()}
-    for claim, lock in CLAIMS.items()
+    for claim, lock in _LOCKING.items()
 }
 
 
@@ -197,7 +198,7 @@ class PostgresQueue(BaseQueue):
         clock: None (the server's clock decides every lease, delay, expiry) or epoch seconds.
         claim: ``"skip_locked"`` (claimers pass each other's locked rows) or
             ``"for_update"`` (they wait behind them).
-        options: ``SERVER_OPTIONS`` (``lease``, ``max_attempts``, ``max_payload_bytes``,
+        options: ``model.SERVER_FIELDS`` (``lease``, ``max_attempts``, ``max_payload_bytes``,
             ``fsync``); the file queue's are refused. ``config.path`` is ``Path(name)``, a placeholder.
 
     Raises:
@@ -460,9 +461,7 @@ def _check_arguments(name: object, clock: object, claim: object, options: dict[s
         raise ConfigError(f"clock must be None or a callable, not {clock!r:.80}", field="clock")
     if claim not in CLAIMS:
         raise ConfigError(f"claim must be 'skip_locked' or 'for_update', not {claim!r:.80}", field="claim")
-    for field in FILE_ONLY:
-        if field in options:
-            raise ConfigError(f"{field} is an option of the file queue, not of PostgreSQL's", field=field)
+    refuse_file_options(options, "a PostgreSQL queue")
 
 
 def _conninfo(url: str, name: str) -> str:

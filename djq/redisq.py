@@ -63,9 +63,9 @@ from redis.retry import Retry
 from . import ops
 from .api import BaseQueue
 from .errors import BrokerUnavailable, ConfigError, LeaseLost, StorageError, UnknownTask
-from .model import QueueConfig, QueueStats, Task, TaskState
+from .model import QueueConfig, QueueStats, Task, TaskState, refuse_file_options
 
-__all__ = ["CONNECT_TIMEOUT", "FILE_ONLY_OPTIONS", "KEYS", "REPLY_TIMEOUT", "SCRIPT", "RedisQueue"]
+__all__ = ["CONNECT_TIMEOUT", "KEYS", "REPLY_TIMEOUT", "SCRIPT", "RedisQueue"]
 
 R = TypeVar("R")
 CONNECT_TIMEOUT: Final = 5.0  #: seconds to connect to the server
@@ -74,10 +74,6 @@ BLOCK_CHUNK: Final = 30.0  #: seconds; the longest single BLPOP of a waiting get
 WAKE_CAP: Final = 8  #: most wake-up tokens a queue's ``wake`` list keeps
 WAKE_TTL_MS: Final = 60_000  #: the ``wake`` list expires this long after its last push
 KEYS: Final = ("meta", "tasks", "ready", "delayed", "leases", "dead", "wake")  #: in ``SCRIPT``'s order
-FILE_ONLY_OPTIONS: Final = (
-    "path", "lock", "storage", "wait", "lock_timeout", "poll_interval", "max_file_bytes",
-    "compact_bytes", "file_mode",
-)  # fmt: skip
 _NAME: Final = re.compile(r"[A-Za-z0-9_.-]{1,100}")
 _FIELDS: Final = 11  #: values per task in a script's reply
 
@@ -355,11 +351,7 @@ class RedisQueue(BaseQueue):
         _check_name(name)
         if clock is not None and not callable(clock):
             raise ConfigError(f"clock must be None or a callable, not {clock!r:.80}", field="clock")
-        for field in FILE_ONLY_OPTIONS:
-            if field in options:
-                raise ConfigError(
-                    f"{field} is an option of the file queue, not of a Redis queue", field=field
-                )
+        refuse_file_options(options, "a Redis queue")
         self._config = QueueConfig.from_options(path=Path(f"djq:{{{name}}}"), **options)
         self._name, self._shown, self._clock, self._closes = name, _shown(url), clock, 0
         self._keys = [f"djq:{{{name}}}:{key}" for key in KEYS]

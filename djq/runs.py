@@ -24,15 +24,15 @@ import pandas as pd
 
 from . import frames
 from .errors import ConfigError
-from .model import CONFIG_FIELDS, MAX_DELAY, LockKind, QueueConfig, check_seconds
-from .opener import SCHEMES
+from .model import CLAIMS, CONFIG_FIELDS, MAX_DELAY, SERVER_FIELDS, LockKind, QueueConfig, check_seconds
+from .opener import backend_of
 from .workers import Dist
 
 __all__ = [
     "BACKENDS",
     "CLAIMS",
     "QUEUE_OPTIONS",
-    "SERVER_OPTIONS",
+    "SERVER_FIELDS",
     "SIM_QUEUE",
     "Run",
     "SimConfig",
@@ -68,26 +68,6 @@ SIM_QUEUE: Final = QueueConfig(path=Path("Queue.json"), fsync=False)
 _NO_TIME: Final = Dist()  #: no work, no think time
 #: What a simulation's queue target names: "file" (None or a path), or a server's kind.
 BACKENDS: Final = ("file", "postgres", "redis")
-#: The queue options a server takes (``djq.postgres.SERVER_OPTIONS``; the rest are the file's).
-SERVER_OPTIONS: Final = ("lease", "max_attempts", "max_payload_bytes", "fsync")
-CLAIMS: Final = ("skip_locked", "for_update")  #: PostgreSQL's claims (``djq.postgres.CLAIMS``)
-
-
-def backend_of(target: str | None) -> str:
-    """The backend a simulation's ``queue`` names: "file" (None or a path), "postgres" or "redis".
-
-    Raises:
-        ConfigError: a URL of a scheme ``djq.open`` does not know.
-    """
-    if target is None or ("://" not in target and not target.startswith("file:")):
-        return "file"
-    scheme = target.partition(":")[0].lower()
-    if scheme == "file":
-        return "file"
-    if scheme not in SCHEMES:
-        known = ", ".join(sorted({*SCHEMES, "file"}))
-        raise ConfigError(f"unknown queue URL scheme {scheme!r}; the schemes are: {known}", field="queue")
-    return "postgres" if SCHEMES[scheme][0] == "postgres" else "redis"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True, init=False)
@@ -104,7 +84,7 @@ class SimConfig:
     The queue itself is ``target``, also given as ``queue=`` (what ``simulate`` calls it):
     None (a fresh ``Queue.json`` in the run's folder), the path of a queue file, or a
     server URL (``postgresql://``, ``redis://``, ``unix://``; see ``djq.open``). On a
-    server only ``SERVER_OPTIONS`` may differ from ``SIM_QUEUE``'s defaults, the mode is
+    server only ``SERVER_FIELDS`` may differ from ``SIM_QUEUE``'s defaults, the mode is
     "direct", and ``claim`` is PostgreSQL's.
 
     Raises:
@@ -223,7 +203,7 @@ class SimConfig:
             raise ConfigError(f"mode {self.mode!r} is for a queue file; a {backend} queue is its own broker",
                               field="mode")  # fmt: skip
         for name in QUEUE_OPTIONS:
-            if name not in SERVER_OPTIONS and getattr(self.queue, name) != getattr(SIM_QUEUE, name):
+            if name not in SERVER_FIELDS and getattr(self.queue, name) != getattr(SIM_QUEUE, name):
                 raise ConfigError(
                     f"{name} is an option of the file queue, not of a {backend} queue", field=name
                 )
@@ -234,8 +214,8 @@ class SimConfig:
         return backend_of(self.target)
 
     def server_options(self) -> dict[str, Any]:
-        """The options a server queue is opened with: ``SERVER_OPTIONS``, and ``claim`` if given."""
-        options = {name: getattr(self.queue, name) for name in SERVER_OPTIONS}
+        """The options a server queue is opened with: ``SERVER_FIELDS``, and ``claim`` if given."""
+        options = {name: getattr(self.queue, name) for name in SERVER_FIELDS}
         return options if self.claim is None else {**options, "claim": self.claim}
 
     def queue_config(self, path: Path) -> QueueConfig:

@@ -48,9 +48,9 @@ def test_a_missing_client_library_names_the_extra(monkeypatch):
 
 def test_the_name_query_parameter_is_taken_out_of_the_url():
     """?name=jobs picks the queue and is not passed to the server's client; other parameters stay."""
-    assert opener._without_name("unix:///run/r.sock") == ("unix:///run/r.sock", None)
-    assert opener._without_name("unix:///run/r.sock?name=jobs") == ("unix:///run/r.sock", "jobs")
-    url, name = opener._without_name("postgresql:///db?host=/run&name=jobs&options=-c%20x%3D1")
+    assert opener.split_name("unix:///run/r.sock") == ("unix:///run/r.sock", None)
+    assert opener.split_name("unix:///run/r.sock?name=jobs") == ("unix:///run/r.sock", "jobs")
+    url, name = opener.split_name("postgresql:///db?host=/run&name=jobs&options=-c%20x%3D1")
     assert (url, name) == ("postgresql:///db?host=/run&options=-c%20x%3D1", "jobs")
 
 

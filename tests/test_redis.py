@@ -25,6 +25,7 @@ from conftest import ROOT, FakeClock, cannot_run, server_url
 
 import djq
 from djq import redisq, scratch
+from djq.model import CONFIG_FIELDS, SERVER_FIELDS
 
 redis = pytest.importorskip("redis")
 from redis.crc import key_slot  # noqa: E402 (only once redis is known to be installed)
@@ -277,7 +278,7 @@ def test_fsync_true_needs_a_server_that_fsyncs_every_write(tmp_path, url, opened
         lax.remove()
 
 
-@pytest.mark.parametrize("field", redisq.FILE_ONLY_OPTIONS)
+@pytest.mark.parametrize("field", [f for f in CONFIG_FIELDS if f not in SERVER_FIELDS])
 def test_file_queue_options_are_refused_naming_the_field(url, field):
     """lock, storage, path, ...: a ConfigError naming the option, saying it is the file queue's."""
     with pytest.raises(djq.ConfigError) as info:
