@@ -82,10 +82,6 @@ MAX_TEXT: Final = 200  #: longest owner, token or task id, in characters
 # in every operation.
 
 
-def _same(value: Any) -> Any:
-    return value
-
-
 def _seconds(name: str, value: Any, *, low: float, high: float) -> None:
     if value is None:
         raise ConfigError(f"{name} must be a number of seconds, not None", field=name)

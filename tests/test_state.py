@@ -1311,6 +1311,7 @@ def test_a_clamped_lease_can_still_be_acked_by_its_holder():
     s, first = _leased_one()
     back = T0 - 30 * 86400.0
     assert reap(s, now=back) == []
+    assert s.tasks["1"].lease_expires_at == back + MAX_LEASE_DURATION
     ack(s, "1", first.token, now=back + 1.0)
     assert s.acked_total == 1
 
