@@ -1,7 +1,7 @@
 """The one client API: the queue's methods, written once over one seam.
 
 ``BaseQueue`` holds every user method (put, put_many, get, get_many, ack, ack_many,
-nack, extend, requeue, purge, stats, peek, dead, check). Each resolves its defaults, lease
+nack, release, extend, requeue, purge, stats, peek, dead, check). Each resolves its defaults, lease
 tokens and owner here, builds one operation of ``djq.ops`` (validated when built, before
 any lock, socket or query) and hands it to the seam::
 
@@ -88,11 +88,8 @@ class BaseQueue(abc.ABC):
 
     def put_many(self, payloads: Iterable[JSON], *, priority: int = 0, delay: float = 0.0) -> list[str]:
         """Add several tasks in one operation (one lock, one write); return their ids in order."""
-        config = self.config
-        limit = config.max_payload_bytes
-        copies = tuple(ops.check_payload(p, max_bytes=limit) for p in _many(payloads, "payloads"))
-        op = ops.PutMany(payloads=copies, priority=priority, delay=delay, max_attempts=config.max_attempts)
-        return self._submit(op) if copies else []
+        op = _put_many(self.config, payloads, priority, delay)
+        return [] if op is None else self._submit(op)
 
     def get(
         self, *, lease: float | None = None, timeout: float | None = 0.0, owner: str | None = None
@@ -106,8 +103,7 @@ class BaseQueue(abc.ABC):
             owner: who holds the lease, stored with it: a printable string of 1 to 200
                 characters (default ``pid-<pid>``).
         """
-        op = ops.LeaseNext(token=new_token(), owner=_owner(owner), duration=self._lease(lease))
-        return self._submit(op, wait=_timeout(timeout))
+        return self._submit(_lease_next(self.config, lease, owner), wait=_timeout(timeout))
 
     def get_many(
         self, n: int, *, lease: float | None = None, timeout: float | None = 0.0, owner: str | None = None
@@ -116,11 +112,7 @@ class BaseQueue(abc.ABC):
 
         Waits (``timeout`` as for ``get``) only until at least one task can be leased.
         """
-        if type(n) is not int or not 1 <= n <= ops.MAX_BATCH:
-            raise ConfigError(f"n must be an integer from 1 to {ops.MAX_BATCH}, not {n!r}", field="n")
-        tokens = tuple(new_token() for _ in range(n))
-        op = ops.LeaseMany(tokens=tokens, owner=_owner(owner), duration=self._lease(lease))
-        return self._submit(op, wait=_timeout(timeout))
+        return self._submit(_lease_many(self.config, n, lease, owner), wait=_timeout(timeout))
 
     def ack(self, task: Task | Lease) -> None:
         """Finish a leased task: it is never delivered again.
@@ -133,8 +125,8 @@ class BaseQueue(abc.ABC):
 
     def ack_many(self, tasks: Iterable[Task | Lease]) -> list[str]:
         """Ack several leased tasks at once; return the ids whose lease was lost (not acked)."""
-        leases = tuple((_id(t), _token(t)) for t in _many(tasks, "tasks"))
-        return self._submit(ops.AckMany(leases=leases)) if leases else []
+        op = _ack_many(tasks)
+        return [] if op is None else self._submit(op)
 
     def nack(self, task: Task | Lease, *, delay: float = 0.0) -> TaskState:
         """Give a leased task back; return ``READY``, or ``DEAD`` if its attempts are used up.
@@ -148,13 +140,24 @@ class BaseQueue(abc.ABC):
         """
         return self._submit(ops.Nack(id=_id(task), token=_token(task), delay=delay))
 
+    def release(self, task: Task | Lease) -> None:
+        """Give a leased task back as if it was never delivered: ready at once, the attempt uncounted.
+
+        For a task this client leased but never started on (a consumer stopping, a
+        cancelled get): unlike ``nack`` it never sends the task to the dead letters.
+
+        Raises:
+            LeaseLost: the token no longer holds the task.
+        """
+        self._submit(ops.Release(id=_id(task), token=_token(task)))
+
     def extend(self, task: Task | Lease, *, lease: float | None = None) -> Task:
         """Renew a lease for ``lease`` seconds from now; return the renewed task.
 
         Raises:
             LeaseLost: the token no longer holds the task.
         """
-        return self._submit(ops.Extend(id=_id(task), token=_token(task), duration=self._lease(lease)))
+        return self._submit(_extend(self.config, task, lease))
 
     def requeue(self, task_id: str) -> Task:
         """Move a dead task back to ready with its attempts reset; return it.
@@ -166,9 +169,7 @@ class BaseQueue(abc.ABC):
 
     def purge(self, *, dead_only: bool = False) -> int:
         """Remove every task (or only the dead letters); return how many were removed."""
-        if type(dead_only) is not bool:  # a None or 0 must never mean "every task"
-            raise ConfigError(f"dead_only must be True or False, not {dead_only!r:.80}", field="dead_only")
-        return self._submit(ops.Purge(states=frozenset({TaskState.DEAD}) if dead_only else None))
+        return self._submit(_purge(dead_only))
 
     def stats(self) -> QueueStats:
         """Count the tasks in each state."""
@@ -190,8 +191,50 @@ class BaseQueue(abc.ABC):
         """
         return self._submit(ops.Check(fix=fix))
 
-    def _lease(self, lease: float | None) -> float:
-        return self.config.lease if lease is None else lease
+
+# What each method submits, built once for this API and ``djq.aio``'s coroutines. Every
+# argument is checked here or by the operation as it is built: before any lock or socket.
+
+
+def _put_many(
+    config: QueueConfig, payloads: Iterable[JSON], priority: int, delay: float
+) -> ops.PutMany | None:
+    """The put of ``payloads`` (each checked and copied); None when there are none."""
+    limit = config.max_payload_bytes
+    copies = tuple(ops.check_payload(p, max_bytes=limit) for p in _many(payloads, "payloads"))
+    if not copies:
+        return None
+    return ops.PutMany(payloads=copies, priority=priority, delay=delay, max_attempts=config.max_attempts)
+
+
+def _lease_next(config: QueueConfig, lease: float | None, owner: str | None) -> ops.LeaseNext:
+    return ops.LeaseNext(token=new_token(), owner=_owner(owner), duration=_duration(config, lease))
+
+
+def _lease_many(config: QueueConfig, n: int, lease: float | None, owner: str | None) -> ops.LeaseMany:
+    if type(n) is not int or not 1 <= n <= ops.MAX_BATCH:
+        raise ConfigError(f"n must be an integer from 1 to {ops.MAX_BATCH}, not {n!r}", field="n")
+    tokens = tuple(new_token() for _ in range(n))
+    return ops.LeaseMany(tokens=tokens, owner=_owner(owner), duration=_duration(config, lease))
+
+
+def _ack_many(tasks: Iterable[Task | Lease]) -> ops.AckMany | None:
+    leases = tuple((_id(t), _token(t)) for t in _many(tasks, "tasks"))
+    return ops.AckMany(leases=leases) if leases else None
+
+
+def _extend(config: QueueConfig, task: Task | Lease, lease: float | None) -> ops.Extend:
+    return ops.Extend(id=_id(task), token=_token(task), duration=_duration(config, lease))
+
+
+def _purge(dead_only: bool) -> ops.Purge:
+    if type(dead_only) is not bool:  # a None or 0 must never mean "every task"
+        raise ConfigError(f"dead_only must be True or False, not {dead_only!r:.80}", field="dead_only")
+    return ops.Purge(states=frozenset({TaskState.DEAD}) if dead_only else None)
+
+
+def _duration(config: QueueConfig, lease: float | None) -> float:
+    return config.lease if lease is None else lease
 
 
 def _owner(owner: str | None) -> str:

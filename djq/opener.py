@@ -8,19 +8,22 @@
 server, ``"default"`` unless told; many queues share one database. The server modules and
 their client libraries are imported only when such a target is opened: a missing library
 is one ``ConfigError`` naming the extra to install (``pip install 'djq[postgres]'``).
-Imports from djq: ``api``, ``errors``, ``queue`` (and, when asked, ``postgres``/``redisq``).
+Imports from djq: ``errors`` (and, when opened, the backend's module: ``queue``, ``aqueue``,
+``postgres``, ``apostgres``, ``redisq``, ``aredisq``).
 """
 
 from __future__ import annotations
 
 import importlib
 import os
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final, Literal, overload
 from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit
 
-from .api import BaseQueue
 from .errors import ConfigError
-from .queue import Queue
+
+if TYPE_CHECKING:
+    from .aio import AsyncBaseQueue
+    from .api import BaseQueue
 
 __all__ = ["SCHEMES", "backend_of", "open_queue", "split_name"]
 
@@ -32,10 +35,14 @@ SCHEMES: Final = {
     "rediss": "redis",
     "unix": "redis",
 }
-#: backend -> (module, class, client library); its extra is djq[backend]
+#: (backend, asynchronous) -> (module, class, client library); a server's extra is djq[backend]
 _BACKENDS: Final = {
-    "postgres": ("postgres", "PostgresQueue", "psycopg"),
-    "redis": ("redisq", "RedisQueue", "redis"),
+    ("file", False): ("queue", "Queue", "orjson"),
+    ("file", True): ("aqueue", "AsyncQueue", "orjson"),
+    ("postgres", False): ("postgres", "PostgresQueue", "psycopg"),
+    ("postgres", True): ("apostgres", "AsyncPostgresQueue", "psycopg"),
+    ("redis", False): ("redisq", "RedisQueue", "redis"),
+    ("redis", True): ("aredisq", "AsyncRedisQueue", "redis"),
 }
 _NO_NAME: Final = "name= picks a queue inside a server; a file queue is named by its path"
 
@@ -59,34 +66,58 @@ def backend_of(target: str | os.PathLike[str] | None) -> str:
     return SCHEMES[scheme]
 
 
-def open_queue(target: str | os.PathLike[str], *, name: str | None = None, **options: Any) -> BaseQueue:
+@overload
+def open_queue(
+    target: str | os.PathLike[str],
+    *,
+    name: str | None = ...,
+    asynchronous: Literal[False] = ...,
+    **options: Any,
+) -> BaseQueue: ...
+@overload
+def open_queue(
+    target: str | os.PathLike[str], *, name: str | None = ..., asynchronous: Literal[True], **options: Any
+) -> AsyncBaseQueue: ...
+def open_queue(
+    target: str | os.PathLike[str], *, name: str | None = None, asynchronous: bool = False, **options: Any
+) -> BaseQueue | AsyncBaseQueue:
     """Open the queue ``target`` names with the one client API; ``options`` are the backend's.
+
+    With ``asynchronous=True`` the handle is the same API as coroutines (a ``djq.aio.AsyncBaseQueue``:
+    ``djq.AsyncQueue`` for a file): ``async with djq.open(target, asynchronous=True) as q``.
+    Opening does no I/O either way: the first call reaches the file or the server.
 
     Raises:
         ConfigError: the target is not a path or a URL of a known scheme, ``name`` is given
             for a file, or the backend's client library is not installed.
     """
+    if type(asynchronous) is not bool:
+        raise ConfigError(
+            f"asynchronous must be True or False, not {asynchronous!r:.80}", field="asynchronous"
+        )
     backend = backend_of(target)
     if backend == "file" and name is not None:
         raise ConfigError(_NO_NAME, field="name")
-    if not isinstance(target, str):  # a path
-        return Queue(target, **options)
-    if backend == "file":
-        return Queue(unquote(urlsplit(target).path) if target.startswith("file:") else target, **options)
-    module_name, class_name, library = _BACKENDS[backend]
+    module_name, class_name, library = _BACKENDS[backend, asynchronous]
     try:
         importlib.import_module(library)
     except ImportError:
         raise ConfigError(
-            f"{target.split(':')[0]}:// queues need {library}: pip install 'djq[{backend}]'", field="queue"
+            f"{str(target).split(':')[0]}:// queues need {library}: pip install 'djq[{backend}]'",
+            field="queue",
         ) from None
-    module = importlib.import_module(f".{module_name}", __package__)
-    url, query_name = split_name(target)
+    opened = getattr(importlib.import_module(f".{module_name}", __package__), class_name)
+    if backend == "file":
+        if isinstance(target, str) and target.startswith("file:"):
+            target = unquote(urlsplit(target).path)
+        file_queue: BaseQueue | AsyncBaseQueue = opened(target, **options)
+        return file_queue
+    url, query_name = split_name(str(target))
     if query_name is not None and name is not None and query_name != name:
         raise ConfigError(f"the queue is named twice: name={name!r} and ?name={query_name!r}", field="name")
     if name is None:
         name = "default" if query_name is None else query_name
-    queue: BaseQueue = getattr(module, class_name)(url, name=name, **options)
+    queue: BaseQueue | AsyncBaseQueue = opened(url, name=name, **options)
     return queue
 
 

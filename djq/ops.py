@@ -65,11 +65,13 @@ __all__ = [
     "Put",
     "PutMany",
     "Reap",
+    "Release",
     "Requeue",
     "Stats",
     "check_payload",
     "decode_result",
     "from_json",
+    "nothing",
 ]
 
 R = TypeVar("R")
@@ -335,6 +337,14 @@ class Nack(Op[TaskState]):
     delay: float = 0.0
 
 
+@_op("release")
+class Release(Op[None]):
+    """Give a leased task back as if it was never delivered: ready at once, its attempt uncounted."""
+
+    id: str
+    token: str
+
+
 @_op("extend", result="task")
 class Extend(Op[Task]):
     """Renew a lease for ``duration`` seconds from now."""
@@ -414,6 +424,12 @@ def from_json(doc: Any) -> Op[Any]:
         if isinstance(exc, ConfigError):
             raise
         raise ConfigError(f"bad fields for {cls.name!r}: {exc}", field="op") from None
+
+
+def nothing(op: Op[R]) -> R:
+    """What a lease returns when no task came: None for one, [] for many."""
+    result: Any = [] if isinstance(op, LeaseMany) else None
+    return result  # type: ignore[no-any-return]
 
 
 def decode_result(op: Op[R], value: Any) -> R:

@@ -137,13 +137,13 @@ class Queue(BaseQueue):
             return self._engine.run(op)
         poll = self.config.wait is WaitKind.POLL
         if wait == 0:
-            return self._engine.run(op) if poll or self._work_ready() else _nothing(op)
+            return self._engine.run(op) if poll or self._work_ready() else ops.nothing(op)
         deadline = None if wait is None else time.monotonic() + wait
         waits = self._resources.enter()
         try:
             if poll:
                 return self._poll_for_work(op, waits, deadline)
-            result = self._engine.run(op) if self._work_ready() else _nothing(op)
+            result = self._engine.run(op) if self._work_ready() else ops.nothing(op)
             return result or self._wait_for_work(op, waits, deadline)
         finally:
             self._resources.leave(waits)  # never raises: a leased task always reaches the caller
@@ -169,7 +169,7 @@ class Queue(BaseQueue):
         try:
             while True:
                 if not self._sleep_until_change(waits, deadline, leader=looking):
-                    return _nothing(op)
+                    return ops.nothing(op)
                 if not turn:
                     got = waits.turn.take()
                     turn = got is _TAKEN
@@ -396,12 +396,6 @@ def _after_fork() -> None:
 
 
 os.register_at_fork(after_in_child=_after_fork)
-
-
-def _nothing(op: ops.Op[R]) -> R:
-    """What a lease returns when no task came: None for one, [] for many."""
-    result: Any = [] if isinstance(op, ops.LeaseMany) else None
-    return result  # type: ignore[no-any-return]
 
 
 def _check_clock_and_recorder(clock: object, recorder: object) -> None:

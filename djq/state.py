@@ -59,6 +59,7 @@ __all__ = [
     "put",
     "put_many",
     "reap",
+    "release",
     "requeue",
     "stats",
 ]
@@ -294,6 +295,21 @@ def nack(state: QueueState, task_id: str, token: str, *, delay: float = 0.0, now
     return record.state
 
 
+def release(state: QueueState, task_id: str, token: str, *, now: float) -> None:
+    """Give a leased task back uncounted: ready at once, ``attempts`` lowered by the delivery it had.
+
+    For a client that leased a task it never handed to a handler (a cancelled get, a
+    consumer stopping): the task is where it was before that lease, never dead for it.
+
+    Raises:
+        LeaseLost: the token no longer holds the task.
+    """
+    record = _held(state, task_id, token)
+    record.attempts = max(record.attempts - 1, 0)
+    _retire(state, record, available_at=record.enqueued_at)
+    state.revision += 1
+
+
 def extend(state: QueueState, task_id: str, token: str, *, duration: float, now: float) -> Task:
     """Renew a lease: it now expires ``duration`` seconds after ``now``.
 
@@ -414,6 +430,7 @@ RULES: Final[dict[type[ops.Op[Any]], Callable[[QueueState, Any, float], Any]]] =
     ops.Ack: lambda s, op, now: ack(s, op.id, op.token, now=now),
     ops.AckMany: lambda s, op, now: ack_many(s, op.leases, now=now),
     ops.Nack: lambda s, op, now: nack(s, op.id, op.token, delay=op.delay, now=now),
+    ops.Release: lambda s, op, now: release(s, op.id, op.token, now=now),
     ops.Extend: lambda s, op, now: extend(s, op.id, op.token, duration=op.duration, now=now),
     ops.Requeue: lambda s, op, now: requeue(s, op.id, now=now),
     ops.Purge: lambda s, op, now: purge(s, states=op.states, now=now),

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+from blocking import Blocking, LoopThread
 
 import djq
 from djq.broker import Broker
@@ -63,8 +64,10 @@ SERVER_KINDS = [
     "redis",
 ]  #: server backends, on scratch servers (or DJQ_POSTGRES_URL / DJQ_REDIS_URL)
 #: lock kinds in journal storage, flock in rewrite, the broker, then the servers
-CLIENT_KINDS = [*LOCK_KINDS, "rewrite", "broker", *SERVER_KINDS]
-FILE_KINDS = [kind for kind in CLIENT_KINDS if kind not in SERVER_KINDS]  #: the clients of a queue file
+ASYNC_KINDS = ["async-file", "async-broker", *(f"async-{kind}" for kind in SERVER_KINDS)]
+CLIENT_KINDS = [*LOCK_KINDS, "rewrite", "broker", *SERVER_KINDS, *ASYNC_KINDS]
+#: the clients of a queue file
+FILE_KINDS = [kind for kind in CLIENT_KINDS if kind.removeprefix("async-") not in SERVER_KINDS]
 
 
 def cannot_run(what: str, why: str) -> None:
@@ -134,7 +137,8 @@ class BrokerThread:
 
 @pytest.fixture(params=CLIENT_KINDS)
 def client_kind(request: pytest.FixtureRequest) -> str:
-    """Every kind of client: each lock kind of the direct ``Queue`` (journal), rewrite storage, the broker."""
+    """Every kind of client: each lock kind of the direct ``Queue`` (journal), rewrite storage, the broker,
+    the servers, and the async client of each backend (run through ``blocking.Blocking``)."""
     return request.param
 
 
@@ -147,28 +151,48 @@ def open_queue(queue_path: Path, clock: FakeClock, client_kind: str):
     a server kind gives a new client of one fresh queue on the session's server, whose
     ``clock`` is the fake clock.
     """
-    kind = client_kind
+    kind = client_kind.removeprefix("async-")
+    asynchronous = kind != client_kind
     opened: list = []
     brokers: list[BrokerThread] = []
+    loops: list[LoopThread] = []
     name = f"t{os.getpid()}-{next(_names)}"
 
     def make(**options: object):
         if kind in SERVER_KINDS:
-            client = djq.open(server_url(kind), name=name, clock=clock, fsync=False, **options)
+            where = {"target": server_url(kind), "name": name}
         elif kind == "broker":
             if not brokers:
                 brokers.append(BrokerThread(queue_path, clock, **options))
-            client = djq.connect(queue_path)
-        elif kind == "rewrite":
-            client = djq.Queue(queue_path, storage="rewrite", clock=clock, fsync=False, **options)
+            where = None
+        elif kind in ("rewrite", "file"):
+            where = {"target": queue_path, "storage": "rewrite" if kind == "rewrite" else "journal"}
         else:
-            client = djq.Queue(queue_path, lock=kind, clock=clock, fsync=False, poll_interval=None, **options)
-        opened.append(client)
+            where = {"target": queue_path, "lock": kind, "poll_interval": None}
+        if not asynchronous:
+            client = (
+                djq.connect(queue_path)
+                if where is None
+                else djq.open(**where, clock=clock, fsync=False, **options)
+            )
+            opened.append(client)
+            return client
+        if not loops:
+            loops.append(LoopThread())
+        if where is None:
+            from djq.aremote import AsyncBrokerClient
+
+            queue = AsyncBrokerClient(queue_path)
+        else:
+            queue = djq.open(**where, clock=clock, fsync=False, asynchronous=True, **options)
+        opened.append(client := Blocking(queue, loops[0]))
         return client
 
     yield make
     for client in opened:
         client.close()
+    for loop in loops:
+        loop.stop()
     for broker in brokers:
         broker.stop()
 

@@ -174,6 +174,7 @@ LAST_CALLS: dict[str, Callable[[djq.Queue, _Seeded], object]] = {
     "ack": lambda q, s: q.ack(s.held),
     "ack_many": lambda q, s: q.ack_many([s.held]),
     "nack": lambda q, s: q.nack(s.held, delay=3.0),
+    "release": lambda q, s: q.release(s.held),
     "extend": lambda q, s: q.extend(s.held, lease=90.0),
     "requeue": lambda q, s: q.requeue(s.dead_id),
     "purge": lambda q, s: q.purge(dead_only=True),

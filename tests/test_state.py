@@ -24,6 +24,7 @@ from djq.ops import (
     Put,
     PutMany,
     Reap,
+    Release,
     Requeue,
     Stats,
 )
@@ -45,6 +46,7 @@ from djq.state import (
     put,
     put_many,
     reap,
+    release,
     requeue,
     stats,
 )
@@ -452,6 +454,7 @@ HELD_OPS: dict[str, Callable[[QueueState, str, str], object]] = {
     "ack": lambda s, i, t: ack(s, i, t, now=T0 + 2),
     "nack": lambda s, i, t: nack(s, i, t, delay=1.0, now=T0 + 2),
     "extend": lambda s, i, t: extend(s, i, t, duration=5.0, now=T0 + 2),
+    "release": lambda s, i, t: release(s, i, t, now=T0 + 2),
 }
 
 
@@ -499,6 +502,32 @@ def test_nacked_task_keeps_its_place_in_the_order():
     put(s, "later", now=T0 + 1)
     nack(s, "1", "t1", now=T0 + 2)
     assert _drain(s, now=T0 + 2) == ["1", "2"]
+
+
+# --- release -----------------------------------------------------------------------------
+
+
+def test_release_gives_the_task_back_uncounted_and_first_in_line():
+    """release: ready at once, in its place, lease fields cleared, the delivery not counted."""
+    s, _ = _leased_one()
+    put(s, "later", now=T0 + 1)
+    release(s, "1", "t1", now=T0 + 2)
+    record = s.tasks["1"]
+    assert (record.state, record.available_at, record.attempts) == (TaskState.READY, T0, 0)
+    assert (record.owner, record.token, record.lease_expires_at) == (None, None, None)
+    assert _drain(s, now=T0 + 2) == ["1", "2"]
+
+
+def test_release_of_the_last_attempt_keeps_the_task_alive():
+    """A nack of the last allowed delivery sends the task to the dead letters; a release does not."""
+    s = QueueState()
+    put(s, "a", max_attempts=1, now=T0)
+    released, nacked = copy.deepcopy(s), s
+    for target, give_back in ((released, release), (nacked, nack)):
+        _lease(target, "t1", now=T0)
+        give_back(target, "1", "t1", now=T0 + 1)
+    assert (released.tasks["1"].state, released.tasks["1"].attempts) == (TaskState.READY, 0)
+    assert (nacked.tasks["1"].state, nacked.dead_total) == (TaskState.DEAD, 1)
 
 
 # --- extend ------------------------------------------------------------------------------
@@ -810,6 +839,7 @@ def _apply_cases() -> dict[str, tuple[ops.Op[object], Callable[[QueueState, floa
         "ack_stale": (Ack(id="2", token="zz"), lambda s, now: ack(s, "2", "zz", now=now)),
         "nack": (Nack(id="2", token="t2", delay=3.0), lambda s, now: nack(s, "2", "t2", delay=3.0, now=now)),
         "nack_stale": (Nack(id="3", token="t2"), lambda s, now: nack(s, "3", "t2", now=now)),
+        "release": (Release(id="2", token="t2"), lambda s, now: release(s, "2", "t2", now=now)),
         "extend": (
             Extend(id="2", token="t2", duration=7.0),
             lambda s, now: extend(s, "2", "t2", duration=7.0, now=now),
@@ -1061,13 +1091,14 @@ TRANSITIONS: dict[tuple[TaskState, type[ops.Op[object]]], TaskState] = {
     (TaskState.READY, LeaseNext): TaskState.LEASED,
     (TaskState.LEASED, Ack): TaskState.DONE,
     (TaskState.LEASED, Nack): TaskState.READY,  # DEAD when attempts run out
+    (TaskState.LEASED, Release): TaskState.READY,  # never DEAD: the delivery is not counted
     (TaskState.LEASED, Reap): TaskState.READY,  # DEAD when attempts run out
     (TaskState.LEASED, Extend): TaskState.LEASED,
     (TaskState.DEAD, Requeue): TaskState.READY,
 }
 
 _LIVE_STATES = (TaskState.READY, TaskState.LEASED, TaskState.DEAD)
-_TASK_OPS: tuple[type[ops.Op[object]], ...] = (LeaseNext, Ack, Nack, Extend, Requeue, Reap)
+_TASK_OPS: tuple[type[ops.Op[object]], ...] = (LeaseNext, Ack, Nack, Release, Extend, Requeue, Reap)
 
 
 def _one_task_in(state: TaskState) -> QueueState:
@@ -1090,6 +1121,7 @@ _TASK_OP_CALLS: dict[type[ops.Op[object]], tuple[ops.Op[object], float, Callable
     ),
     Ack: (Ack(id="1", token="t1"), T0 + 1, lambda s: ack(s, "1", "t1", now=T0 + 1)),
     Nack: (Nack(id="1", token="t1"), T0 + 1, lambda s: nack(s, "1", "t1", now=T0 + 1)),
+    Release: (Release(id="1", token="t1"), T0 + 1, lambda s: release(s, "1", "t1", now=T0 + 1)),
     Extend: (
         Extend(id="1", token="t1", duration=1.0),
         T0 + 1,

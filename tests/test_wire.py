@@ -49,6 +49,7 @@ SAMPLES: dict[str, ops.Op[Any]] = {
     "ack": ops.Ack(id="1", token="abc"),
     "ack_many": ops.AckMany(leases=(("1", "a"), ("2", "b"))),
     "nack": ops.Nack(id="1", token="abc", delay=2.0),
+    "release": ops.Release(id="1", token="abc"),
     "extend": ops.Extend(id="1", token="abc", duration=5.0),
     "requeue": ops.Requeue(id="1"),
     "purge": ops.Purge(states=frozenset({TaskState.DEAD, TaskState.READY})),
