@@ -422,3 +422,27 @@ def test_config_path_is_a_placeholder_and_the_options_travel(url, opened, name):
     with pytest.raises(djq.PayloadError):
         q.put("x" * 200)
     assert q.get() is None
+
+
+def test_release_readies_the_row_uncounted_clears_the_lease_and_notifies(url, sql, opened, name):
+    """release: the row ready at enqueued_at, attempts - 1 (never below 0), lease fields cleared, a NOTIFY."""
+    q = opened(url, name)
+    task_id = q.put("x")
+    task = q.get()
+    with psycopg.connect(url, autocommit=True) as listener:
+        listener.execute(f'LISTEN "djq_{name}"')
+        q.release(task)
+        assert [n.channel for n in listener.notifies(timeout=DEADLINE, stop_after=1)] == [f"djq_{name}"]
+    row = sql(
+        "SELECT state, attempts, available_at = enqueued_at, owner, token, lease_expires_at"
+        " FROM djq_task WHERE queue = %s",
+        name,
+    )
+    assert row == [("ready", 0, True, None, None, None)]
+    with pytest.raises(djq.LeaseLost):
+        q.release(task)  # the token no longer holds it
+    again = q.get()
+    sql("UPDATE djq_task SET attempts = 0 WHERE queue = %s", name)  # a row no lease of djq's makes
+    q.release(again)
+    assert sql("SELECT attempts FROM djq_task WHERE queue = %s", name) == [(0,)]
+    assert (q.get().id, q.stats().leased) == (task_id, 1)
