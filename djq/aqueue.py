@@ -26,12 +26,15 @@ import collections
 import contextlib
 import math
 import os
+import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Final, TypeVar
 
 from . import ops, state
 from .aio import AsyncBaseQueue
+from .engine import Transaction
+from .errors import LeaseError
 from .model import DEFAULT_QUEUE_PATH, QueueConfig, WaitKind
 from .queue import Queue
 from .watch import Watcher, watcher
@@ -68,6 +71,9 @@ class AsyncQueue(AsyncBaseQueue):
         """Describe the queue (as ``djq.Queue`` does); nothing is touched until the first call."""
         self._queue = Queue(path, **options)
         self._worker: ThreadPoolExecutor | None = None
+        self._guard = threading.Lock()  #: guards the queued attempts (the loop adds, the worker takes)
+        self._queued: list[tuple[ops.Op[Any], Future[Any]]] = []
+        self._draining = False  #: the worker is running (or about to run) the queued attempts
         self._changes: _Changes | None = None
         self._closes = 0  #: raised by close(): waiting gets of before it return
 
@@ -98,7 +104,7 @@ class AsyncQueue(AsyncBaseQueue):
     async def _submit(self, op: ops.Op[R], *, wait: float | None = 0.0) -> R:
         """Run ``op`` in the worker thread; a lease that finds nothing waits on the loop for ``wait`` s."""
         if not op.waits:
-            done: R = await self._unbroken(op, self._in_worker(self._queue._submit, op))
+            done: R = await self._unbroken(op, self._attempt(op))
             return done
         loop = asyncio.get_running_loop()
         deadline = None if wait is None else loop.time() + wait
@@ -107,7 +113,7 @@ class AsyncQueue(AsyncBaseQueue):
         pause = _POLL_MIN
         while True:
             seen = changes.seen if changes is not None else 0
-            result: R = await self._unbroken(op, self._in_worker(self._queue._submit, op))  # looks first
+            result: R = await self._unbroken(op, self._attempt(op))
             if result or wait == 0 or closes != self._closes:
                 if result and changes is not None:
                     changes.wake_one()  # more tasks may be ready: the next waiter looks
@@ -124,6 +130,68 @@ class AsyncQueue(AsyncBaseQueue):
                 await changes.wait(seen, sleep)
             changes = self._watch(loop) if changes is None or changes.closed else changes
 
+    def _attempt(self, op: ops.Op[R]) -> asyncio.Future[R]:
+        """Queue one attempt at ``op`` for the worker thread; attempts queued together run together."""
+        done: Future[R] = Future()
+        with self._guard:
+            self._queued.append((op, done))
+            start, self._draining = not self._draining, True
+        if start:
+            self._thread().submit(self._drain)
+        return asyncio.wrap_future(done)
+
+    def _drain(self) -> None:
+        """In the worker: run the queued attempts until none is left (never raises)."""
+        while True:
+            with self._guard:
+                batch, self._queued = self._queued, []
+                if not batch:
+                    self._draining = False
+                    return
+            writes = [(op, done) for op, done in batch if op.writes]
+            for op, done in batch:
+                if not op.writes:  # a read takes no lock: nothing to share
+                    _settle(done, self._queue._submit, op)
+            if len(writes) == 1:
+                _settle(
+                    writes[0][1], self._queue._submit, writes[0][0]
+                )  # as the sync client: a lease looks first
+            elif writes:
+                self._together(writes)
+
+    def _together(self, writes: list[tuple[ops.Op[Any], Future[Any]]]) -> None:
+        """Apply several writes in one transaction: one lock, one write (a group commit, in-process).
+
+        Leases that would find no work take no lock. A lost lease fails its own attempt only;
+        any other failure runs each attempt again alone, so each gets its own outcome.
+        """
+        queue = self._queue
+        if all(op.waits for op, _ in writes) and not queue._work_ready():
+            for op, done in writes:
+                done.set_result(ops.nothing(op))
+            return
+        outcomes: list[tuple[bool, Any]] = []
+
+        def change(tx: Transaction) -> None:
+            outcomes.clear()  # a retried transaction starts over
+            for op, _ in writes:
+                try:
+                    outcomes.append((True, tx.apply(op)))
+                except LeaseError as exc:  # changes nothing; only this attempt fails
+                    outcomes.append((False, exc))
+
+        try:
+            queue.engine.transact("batch", change)
+        except Exception:  # the files are as they were: each alone meets its own fault
+            for op, done in writes:
+                _settle(done, queue._submit, op)
+            return
+        for (_, done), (ok, value) in zip(writes, outcomes, strict=True):
+            if ok:
+                done.set_result(value)
+            else:
+                done.set_exception(value)
+
     def _until_due(self) -> float | None:
         """In the worker: seconds until a delayed task or a lease comes due; None if none will."""
         engine = self._queue.engine
@@ -131,9 +199,13 @@ class AsyncQueue(AsyncBaseQueue):
         return None if due is None else due - engine.clock()
 
     def _in_worker(self, function: Callable[..., T], *args: Any) -> asyncio.Future[T]:
+        return asyncio.get_running_loop().run_in_executor(self._thread(), function, *args)
+
+    def _thread(self) -> ThreadPoolExecutor:
+        """The worker thread (made on first use, and again after ``close``)."""
         if self._worker is None:
             self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="djq-async")
-        return asyncio.get_running_loop().run_in_executor(self._worker, function, *args)
+        return self._worker
 
     def _watch(self, loop: asyncio.AbstractEventLoop) -> _Changes | None:
         """This loop's watch of the queue folder; None where inotify cannot watch it (or ``wait="poll"``)."""
@@ -182,7 +254,7 @@ class _Changes:
             return
         waiter = self.loop.create_future()
         self._waiters.append(waiter)
-        handle = self.loop.call_later(timeout, _settle, waiter)
+        handle = self.loop.call_later(timeout, _settle_later, waiter)
         try:
             await waiter
         except asyncio.CancelledError:
@@ -202,11 +274,19 @@ class _Changes:
         if not self.loop.is_closed():
             self.loop.remove_reader(self._watcher.fileno())
         for waiter in self._waiters:
-            _settle(waiter)
+            _settle_later(waiter)
         self._waiters.clear()
         self._watcher.close()
 
 
-def _settle(waiter: asyncio.Future[None]) -> None:
+def _settle_later(waiter: asyncio.Future[None]) -> None:
     if not waiter.done():
         waiter.set_result(None)
+
+
+def _settle(done: Future[R], function: Callable[[ops.Op[R]], R], op: ops.Op[R]) -> None:
+    """Run ``function(op)`` and give ``done`` its result or its error."""
+    try:
+        done.set_result(function(op))
+    except BaseException as exc:  # the caller's future carries it: the worker thread goes on
+        done.set_exception(exc)

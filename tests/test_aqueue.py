@@ -226,3 +226,28 @@ def test_open_asynchronous_gives_the_async_file_queue(path: Path):
     assert q.path == path
     with pytest.raises(djq.ConfigError, match="asynchronous"):
         djq.open(path, asynchronous="yes")  # type: ignore[call-overload]
+
+
+def test_calls_of_many_coroutines_share_the_lock_and_a_lost_lease_fails_only_its_own_call(path: Path):
+    """Fifty puts at once share writes; a stale ack among good ones fails alone."""
+
+    async def main() -> None:
+        async with djq.AsyncQueue(path, fsync=False) as q:
+            await q.purge()
+            writes = q.sync.file.writes
+            ids = await asyncio.gather(*(q.put(n) for n in range(50)))
+            assert sorted(map(int, ids)) == list(range(1, 51))
+            assert q.sync.file.writes - writes < 50, "no two puts shared a write"
+            tasks = await asyncio.gather(*(q.get() for _ in range(50)))
+            assert sorted(t.payload for t in tasks if t is not None) == list(range(50))
+            stale = djq.Lease(id=tasks[0].id, token="not-the-token")
+            outcomes = await asyncio.gather(
+                q.ack(tasks[0]), q.ack(stale), q.ack(tasks[1]), return_exceptions=True
+            )
+            assert outcomes[0] is None
+            assert isinstance(outcomes[1], djq.LeaseLost)
+            assert outcomes[2] is None
+            stats = await q.stats()
+            assert (stats.acked_total, stats.leased) == (2, 48)
+
+    asyncio.run(main())
