@@ -238,7 +238,8 @@ def _queue(args: argparse.Namespace) -> BaseQueue:
     if backend_of(args.queue) != "file":
         if args.broker:
             raise ConfigError("--broker serves a queue file; a server URL needs none", field="broker")
-        return open_queue(args.queue, **_queue_options(args))  # the server's queue refuses file options
+        served: BaseQueue = open_queue(args.queue, **_queue_options(args))  # it refuses file options
+        return served
     if not args.broker:
         return Queue.from_config(_queue_config(args))
     refuse_options(args, "with --broker the broker's own queue options apply")

@@ -102,7 +102,8 @@ def worker_name(role: str, index: int) -> str:
 
 def _open(spec: WorkerSpec, recorder: LockRecorder) -> Queue | BrokerClient | BaseQueue:
     if spec.target is not None:
-        return open_queue(spec.target, name=spec.name, **dict(spec.options))
+        served: BaseQueue = open_queue(spec.target, name=spec.name, **dict(spec.options))
+        return served
     if spec.mode == "broker":
         return connect(spec.queue.path)
     return Queue.from_config(spec.queue, recorder=recorder)
@@ -110,7 +111,9 @@ def _open(spec: WorkerSpec, recorder: LockRecorder) -> Queue | BrokerClient | Ba
 
 def _open_async(spec: WorkerSpec, recorder: LockRecorder) -> AsyncBaseQueue:
     if spec.target is not None:
-        return open_queue(spec.target, name=spec.name, asynchronous=True, **dict(spec.options))
+        options = dict(spec.options)
+        server: AsyncBaseQueue = open_queue(spec.target, name=spec.name, asynchronous=True, **options)
+        return server
     if spec.mode == "broker":
         from .aremote import AsyncBrokerClient
 

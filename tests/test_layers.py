@@ -29,6 +29,8 @@ ALLOWED = {  # djq modules each module may import: each layer only from those be
     "engine": {"errors", "files", "journal", "locks", "metrics", "model", "ops", "state", "storage"},
     "api": {"errors", "model", "ops"},  # the one client API: knows operations, never a transport
     "queue": {"api", "engine", "errors", "locks", "metrics", "model", "ops", "state", "storage", "watch"},
+    "aio": {"api", "errors", "model", "ops"},  # the one client API as coroutines: shares api's builders
+    "aqueue": {"aio", "engine", "errors", "model", "ops", "queue", "state", "watch"},  # the file, async
     "client": {"api", "errors", "model"},
     "wire": {"errors", "model", "ops"},
     "remote": {"api", "errors", "model", "ops", "wire"},
@@ -49,9 +51,9 @@ ALLOWED = {  # djq modules each module may import: each layer only from those be
     "manager": {"errors", "files", "model", "remote", "wire"},  # files: make_folder (0700 parents)
     "postgres": {"api", "errors", "model", "ops"},  # the operations as SQL (psycopg 3)
     "redisq": {"api", "errors", "model", "ops"},  # the operations as Lua scripts (redis-py)
-    "opener": {"api", "errors", "queue"},  # djq.open(target); imports the server modules only when asked
+    "opener": {"aio", "api", "errors"},  # djq.open(target); imports the backend's module when asked
     "scratch": {"errors"},  # throwaway PostgreSQL and Redis servers from the local binaries
-    "workers": {"api", "errors", "model", "metrics", "opener", "queue", "remote"},
+    "workers": {"aio", "api", "aqueue", "aremote", "errors", "model", "metrics", "opener", "queue", "remote"},
     "frames": {"model", "metrics", "workers"},
     "runs": {"errors", "model", "opener", "workers", "frames"},
     "probes": {"errors", "runs"},  # the servers' own view; psycopg / redis imported only when sampling
