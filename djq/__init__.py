@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import importlib.metadata as _metadata
 
+from .aio import AsyncBaseQueue as AsyncBaseQueue
 from .api import BaseQueue as BaseQueue
+from .aqueue import AsyncQueue as AsyncQueue
 from .client import Consumer as Consumer
 from .client import Producer as Producer
 from .client import QueueLike as QueueLike
@@ -45,6 +47,8 @@ except _metadata.PackageNotFoundError:  # running from a source tree that was ne
     __version__ = "0+unknown"
 
 __all__ = [
+    "AsyncBaseQueue",
+    "AsyncQueue",
     "BaseQueue",
     "BrokerClient",
     "BrokerError",
