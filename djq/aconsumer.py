@@ -191,7 +191,8 @@ class AsyncConsumer:
         _check_handler(handler)
         _check_concurrency(concurrency)
         plan = _Plan(handler, max_tasks, timeout, heartbeat)
-        workers = [asyncio.ensure_future(self._work(plan)) for _ in range(concurrency)]
+        loop = asyncio.get_running_loop()
+        workers = [loop.create_task(self._work(plan), name=f"djq-consumer-{n}") for n in range(concurrency)]
         try:
             await asyncio.wait(workers, return_when=asyncio.FIRST_EXCEPTION)
         finally:
@@ -217,7 +218,12 @@ class AsyncConsumer:
         """Await the handler on ``task`` with a heartbeat beside it; settle its outcome whole."""
         delivery = AsyncDelivery(self.queue, task, lease=self.lease)
         reset = _DELIVERY.set(delivery)  # this worker's context: its handler's alone
-        beat = asyncio.ensure_future(self._beat(delivery)) if plan.heartbeat else None
+        name = f"djq-heartbeat-{task.id}"
+        beat = (
+            asyncio.get_running_loop().create_task(self._beat(delivery), name=name)
+            if plan.heartbeat
+            else None
+        )
         try:
             await plan.handler(task)
         except asyncio.CancelledError:  # run is being cancelled: the task goes back as if never delivered
