@@ -117,6 +117,21 @@ class AsyncConsumer:
     extending) to you; ``await run(handler, concurrency=N)`` keeps N handlers in flight,
     acks when a handler returns and nacks when it raises, and keeps each lease alive while
     its handler works.
+
+    Example:
+        >>> import asyncio, djq, tempfile, pathlib
+        >>> from djq.aconsumer import AsyncConsumer, AsyncProducer
+        >>> async def main(path):
+        ...     async with djq.AsyncQueue(path) as q:
+        ...         await AsyncProducer(q).send_many([1, 2, 3])
+        ...         seen = []
+        ...         async def handle(task):
+        ...             seen.append(task.payload)
+        ...         consumer = AsyncConsumer(q)
+        ...         await consumer.run(handle, concurrency=2, timeout=0)
+        ...         return sorted(seen), consumer.acked
+        >>> asyncio.run(main(pathlib.Path(tempfile.mkdtemp()) / "Queue.json"))
+        ([1, 2, 3], 3)
     """
 
     def __init__(

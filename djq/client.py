@@ -99,6 +99,20 @@ class Consumer:
     Iterating blocks for the next task (``for task in Consumer(q)``) and leaves acking (and
     extending) to you; ``run(handler)`` acks when the handler returns and nacks when it
     raises, and keeps the lease alive while the handler works.
+
+    Example:
+        >>> import djq, tempfile, pathlib
+        >>> q = djq.Queue(pathlib.Path(tempfile.mkdtemp()) / "Queue.json")
+        >>> _ = q.put_many(["a", "b"])
+        >>> consumer = djq.Consumer(q)
+        >>> def handle(task):
+        ...     if consumer.delivery().lost.is_set():  # the heartbeat lost the lease: stop early
+        ...         return
+        ...     print(task.payload)
+        >>> consumer.run(handle, timeout=0)
+        a
+        b
+        2
     """
 
     def __init__(self, queue: QueueLike, *, lease: float | None = None, owner: str | None = None) -> None:
@@ -188,8 +202,8 @@ class Consumer:
     def _holding(self, task: Task, *, heartbeat: bool) -> Iterator[Delivery]:
         """The handler's delivery, in its context, with a heartbeat beside it until the block ends."""
         delivery = Delivery(self.queue, task, lease=self.lease)
-        reset = _DELIVERY.set(delivery)
         beat = _Heartbeat(delivery, every=HEARTBEAT_FRACTION * self._lease()) if heartbeat else None
+        reset = _DELIVERY.set(delivery)
         try:
             yield delivery
         finally:
