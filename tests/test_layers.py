@@ -32,6 +32,7 @@ ALLOWED = {  # djq modules each module may import: each layer only from those be
     "aio": {"api", "errors", "model", "ops"},  # the one client API as coroutines: shares api's builders
     "aqueue": {"aio", "engine", "errors", "model", "ops", "queue", "state", "watch"},  # the file, async
     "client": {"api", "errors", "model"},
+    "aconsumer": {"aio", "client", "errors", "model"},  # the async consumer and producer
     "wire": {"errors", "model", "ops"},
     "remote": {"api", "errors", "model", "ops", "wire"},
     "channel": {"wire"},  # one client connection: non-blocking framing, bounded buffers
