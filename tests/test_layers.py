@@ -51,7 +51,9 @@ ALLOWED = {  # djq modules each module may import: each layer only from those be
     },
     "manager": {"errors", "files", "model", "remote", "wire"},  # files: make_folder (0700 parents)
     "postgres": {"api", "errors", "model", "ops"},  # the operations as SQL (psycopg 3)
-    "redisq": {"api", "errors", "model", "ops"},  # the operations as Lua scripts (redis-py)
+    "redislua": {"errors", "model", "ops"},  # the Lua script, keys and codec both Redis clients share
+    "redisq": {"api", "errors", "model", "ops", "redislua"},  # the operations as Lua scripts (redis-py)
+    "aredisq": {"aio", "errors", "model", "ops", "redislua"},  # the same on redis.asyncio
     "opener": {"aio", "api", "errors"},  # djq.open(target); imports the backend's module when asked
     "scratch": {"errors"},  # throwaway PostgreSQL and Redis servers from the local binaries
     "workers": {"aio", "api", "aqueue", "aremote", "errors", "model", "metrics", "opener", "queue", "remote"},
@@ -78,6 +80,8 @@ THIRD_PARTY = {  # third-party packages each module may import
     "locks": {"filelock"},
     "postgres": {"psycopg"},
     "redisq": {"redis"},
+    "redislua": {"redis"},
+    "aredisq": {"redis"},
     "workers": {"orjson"},
     "probes": {"psycopg", "redis"},  # inside the probes' constructors, never at import time
     "frames": {"pandas", "numpy"},
