@@ -8,8 +8,14 @@ from __future__ import annotations
 
 import importlib.metadata as _metadata
 
+from .aconsumer import AsyncConsumer as AsyncConsumer
+from .aconsumer import AsyncDelivery as AsyncDelivery
+from .aconsumer import AsyncProducer as AsyncProducer
+from .aio import AsyncBaseQueue as AsyncBaseQueue
 from .api import BaseQueue as BaseQueue
+from .aqueue import AsyncQueue as AsyncQueue
 from .client import Consumer as Consumer
+from .client import Delivery as Delivery
 from .client import Producer as Producer
 from .client import QueueLike as QueueLike
 from .errors import BrokerError as BrokerError
@@ -45,6 +51,11 @@ except _metadata.PackageNotFoundError:  # running from a source tree that was ne
     __version__ = "0+unknown"
 
 __all__ = [
+    "AsyncBaseQueue",
+    "AsyncConsumer",
+    "AsyncDelivery",
+    "AsyncProducer",
+    "AsyncQueue",
     "BaseQueue",
     "BrokerClient",
     "BrokerError",
@@ -54,6 +65,7 @@ __all__ = [
     "ConfigError",
     "Consumer",
     "CorruptQueueError",
+    "Delivery",
     "DjqError",
     "Lease",
     "LeaseError",

@@ -1,6 +1,6 @@
 """The ``djq`` command line.
 
-Commands: put, get, ack, nack, extend, ls, stats, dead, requeue, purge, compact, check
+Commands: put, get, ack, nack, release, extend, ls, stats, dead, requeue, purge, compact, check
 (with ``--broker``, sent to the queue's broker instead of taking the file lock),
 ``broker`` (start, stop, status), and the measuring commands of ``djq.cli_sim``:
 ``demo`` (producer and consumer processes on one queue, with lock statistics),
@@ -182,6 +182,9 @@ def _queue_commands(command: Command) -> None:
         p.add_argument("id", help="task id")
         p.add_argument("token", help="lease token printed by get")
     p.add_argument("--delay-s", type=float, default=0.0, help="seconds before it can be leased again")
+    p = command("release", _release, "give a leased task back uncounted (never a dead letter for it)")
+    p.add_argument("id", help="task id")
+    p.add_argument("token", help="lease token printed by get")
     p = command("extend", _extend, "renew a lease")
     p.add_argument("id", help="task id")
     p.add_argument("token", help="lease token printed by get")
@@ -238,7 +241,8 @@ def _queue(args: argparse.Namespace) -> BaseQueue:
     if backend_of(args.queue) != "file":
         if args.broker:
             raise ConfigError("--broker serves a queue file; a server URL needs none", field="broker")
-        return open_queue(args.queue, **_queue_options(args))  # the server's queue refuses file options
+        served: BaseQueue = open_queue(args.queue, **_queue_options(args))  # it refuses file options
+        return served
     if not args.broker:
         return Queue.from_config(_queue_config(args))
     refuse_options(args, "with --broker the broker's own queue options apply")
@@ -390,6 +394,11 @@ def _ack(args: argparse.Namespace) -> None:
 def _nack(args: argparse.Namespace) -> None:
     new = _queue(args).nack(Lease(id=args.id, token=args.token), delay=args.delay_s)
     _emit(args, {"id": args.id, "state": new.value}, f"nacked {args.id}: now {new.value}")
+
+
+def _release(args: argparse.Namespace) -> None:
+    _queue(args).release(Lease(id=args.id, token=args.token))
+    _emit(args, {"id": args.id, "state": "ready"}, f"released {args.id}: now ready")
 
 
 def _extend(args: argparse.Namespace) -> None:

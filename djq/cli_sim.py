@@ -84,6 +84,10 @@ def _run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--think-s", default="0", help="producer pause between puts, closed loop (default: 0)")
     p.add_argument("--rate", type=float, default=None, help="puts/s per producer, Poisson (open loop)")
     p.add_argument("--batch", type=int, default=1, help="tasks per put_many (default: 1)")
+    p.add_argument(
+        "--consumer-concurrency", type=int, default=1, metavar="K",
+        help="async consumers (coroutines on one handle) per consumer process (default: 1, the sync client)",
+    )  # fmt: skip
     p.add_argument("--payload-bytes", type=int, default=100, help="payload padding (default: 100)")
     p.add_argument(
         "--mode", choices=["direct", "broker"], default="direct",
@@ -187,6 +191,7 @@ def _sim_options(args: argparse.Namespace) -> dict[str, Any]:
         "think": args.think_s,
         "rate": args.rate,
         "batch": args.batch,
+        "consumer_concurrency": args.consumer_concurrency,
         "payload_bytes": args.payload_bytes,
         "mode": args.mode,
         "seed": args.seed,

@@ -2,25 +2,32 @@
 
 They depend only on the one client API (``api.BaseQueue``, also named ``QueueLike``),
 which the direct ``Queue`` and the broker's client implement; this module imports
-neither. Imports from djq: ``api``, ``errors``, ``model``.
+neither. ``djq.aconsumer`` holds their async twins. Imports from djq: ``api``, ``errors``,
+``model``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import threading
 from collections.abc import Callable, Iterable, Iterator
+from contextvars import ContextVar
 
 from .api import BaseQueue
-from .errors import LeaseLost
+from .errors import ConfigError, DjqError, LeaseLost
 from .model import JSON, Task
 
-__all__ = ["Consumer", "Producer", "QueueLike"]
+__all__ = ["Consumer", "Delivery", "Producer", "QueueLike"]
 
 logger = logging.getLogger(__name__)
 
+HEARTBEAT_FRACTION = 0.5  #: a heartbeat extends the lease after this fraction of it has passed
 
 #: What producers and consumers need: the one client API (``Queue``, ``BrokerClient``, ...).
 QueueLike = BaseQueue
+
+_DELIVERY: ContextVar[Delivery] = ContextVar("djq_delivery")  # the handler's, set by Consumer.run
 
 
 class Producer:
@@ -57,11 +64,55 @@ class Producer:
         return self.priority if priority is None else priority
 
 
+class Delivery:
+    """One leased task in a handler's hands: what ``Consumer.delivery()`` returns inside ``run``.
+
+    ``lost`` is set once the lease is known to be lost (a heartbeat's or ``extend``'s
+    ``LeaseLost``): another consumer may hold the task now, so the handler should stop
+    (its ack would raise ``LeaseLost`` anyway and be counted in ``Consumer.lost``).
+    """
+
+    def __init__(self, queue: QueueLike, task: Task, *, lease: float | None) -> None:
+        """Hold ``task``, leased from ``queue``; ``lease`` is the consumer's (None: the queue's)."""
+        self.task = task  #: the task as leased, then as last renewed (its token never changes)
+        self.lost = threading.Event()  #: set when the lease was lost; wait on it to stop early
+        self._queue = queue
+        self._lease = lease
+
+    def extend(self, *, lease: float | None = None) -> Task:
+        """Renew the lease now for ``lease`` s (None: the consumer's); return the renewed task.
+
+        Raises:
+            LeaseLost: the token no longer holds the task (``lost`` is set too).
+        """
+        try:
+            self.task = self._queue.extend(self.task, lease=self._lease if lease is None else lease)
+        except LeaseLost:
+            self.lost.set()
+            raise
+        return self.task
+
+
 class Consumer:
     """Takes tasks from a queue, one lease at a time.
 
-    Iterating blocks for the next task (``for task in Consumer(q)``) and leaves acking to
-    you; ``run(handler)`` acks when the handler returns and nacks when it raises.
+    Iterating blocks for the next task (``for task in Consumer(q)``) and leaves acking (and
+    extending) to you; ``run(handler)`` acks when the handler returns and nacks when it
+    raises, and keeps the lease alive while the handler works.
+
+    Example:
+        >>> import djq, tempfile, pathlib
+        >>> q = djq.Queue(pathlib.Path(tempfile.mkdtemp()) / "Queue.json")
+        >>> _ = q.put_many(["a", "b"])
+        >>> consumer = djq.Consumer(q)
+        >>> def handle(task):
+        ...     if consumer.delivery().lost.is_set():  # the heartbeat lost the lease: stop early
+        ...         return
+        ...     print(task.payload)
+        >>> consumer.run(handle, timeout=0)
+        a
+        b
+        2
     """
 
     def __init__(self, queue: QueueLike, *, lease: float | None = None, owner: str | None = None) -> None:
@@ -78,11 +129,25 @@ class Consumer:
         return self.queue.get(lease=self.lease, timeout=timeout, owner=self.owner)
 
     def __iter__(self) -> Iterator[Task]:
-        """Yield leased tasks for ever, blocking for each."""
+        """Yield leased tasks for ever, blocking for each (no heartbeat: extend them yourself)."""
         while True:
             task = self.get(timeout=None)
             if task is not None:
                 yield task
+
+    def delivery(self) -> Delivery:
+        """The delivery the calling handler works on: its task, ``lost`` and ``extend()``.
+
+        Call it from the handler ``run`` called (in its thread: a thread the handler starts
+        must be handed the object).
+
+        Raises:
+            ConfigError: not called from a handler of ``run``.
+        """
+        try:
+            return _DELIVERY.get()
+        except LookupError:
+            raise ConfigError("delivery() is for the handler that run() calls", field="delivery") from None
 
     def run(
         self,
@@ -90,12 +155,26 @@ class Consumer:
         *,
         max_tasks: int | None = None,
         timeout: float | None = None,
+        heartbeat: bool = True,
     ) -> int:
         """Handle tasks until ``max_tasks`` were handled or none came within ``timeout`` s.
 
         The task is acked when ``handler`` returns and nacked when it raises (the error is
         logged, and the task comes back or goes to the dead letters). A lease lost before
-        the ack is logged and counted in ``lost``. Returns how many tasks were handled.
+        the ack is logged and counted in ``lost``. A handler interrupted by a
+        ``BaseException`` (Ctrl-C, ``SystemExit``) is not the task's failure: the task is
+        given back uncounted (``release``) and the exception goes on. Returns how many tasks
+        were handled.
+
+        With ``heartbeat`` a thread extends the lease (``queue.extend``) each half lease
+        while the handler runs, and stops when it ends, so a handler may run longer than its
+        lease and still be the only one with the task. A lost lease stops the heartbeat and
+        sets ``delivery().lost``. It is on by default because a lease is meant to detect a
+        crashed consumer, not to bound a handler: without it a handler slower than its lease
+        has its task delivered again while it still works. The price: one thread per task,
+        one extend per half lease of handler time (none for a handler quicker than that),
+        and a handler that hangs holds its task until its process dies (bound its time
+        yourself).
         """
         handled = 0
         while max_tasks is None or handled < max_tasks:
@@ -103,14 +182,38 @@ class Consumer:
             if task is None:
                 break
             handled += 1
-            try:
-                handler(task)
-            except Exception:  # the handler's failure is the task's outcome, not ours
-                logger.exception("handler failed on task %s; nacking it", task.id)
-                self._settle(task, ok=False)
-            else:
-                self._settle(task, ok=True)
+            self._settle(task, ok=self._handle(handler, task, heartbeat=heartbeat))
         return handled
+
+    def _handle(self, handler: Callable[[Task], object], task: Task, *, heartbeat: bool) -> bool:
+        """Run ``handler`` on ``task``; True when it returned, False when it raised."""
+        try:
+            with self._holding(task, heartbeat=heartbeat):
+                handler(task)
+        except Exception:  # the handler's failure is the task's outcome, not ours
+            logger.exception("handler failed on task %s; nacking it", task.id)
+            return False
+        except BaseException:  # interrupted, not failed: the task goes back as if never delivered
+            self._release(task)
+            raise
+        return True
+
+    @contextlib.contextmanager
+    def _holding(self, task: Task, *, heartbeat: bool) -> Iterator[Delivery]:
+        """The handler's delivery, in its context, with a heartbeat beside it until the block ends."""
+        delivery = Delivery(self.queue, task, lease=self.lease)
+        beat = _Heartbeat(delivery, every=HEARTBEAT_FRACTION * self._lease()) if heartbeat else None
+        reset = _DELIVERY.set(delivery)
+        try:
+            yield delivery
+        finally:
+            if beat is not None:
+                beat.stop()  # returns once no extend is under way: none comes after the ack
+            _DELIVERY.reset(reset)
+
+    def _lease(self) -> float:
+        """Seconds each lease lasts: the consumer's, or the queue's ``config.lease``."""
+        return self.queue.config.lease if self.lease is None else self.lease
 
     def _settle(self, task: Task, *, ok: bool) -> None:
         try:
@@ -123,3 +226,36 @@ class Consumer:
         except LeaseLost:
             logger.warning("lease on task %s was lost before it could be settled", task.id)
             self.lost += 1
+
+    def _release(self, task: Task) -> None:
+        try:
+            self.queue.release(task)
+        except DjqError as exc:  # lost meanwhile, or the queue is gone: the lease expires by itself
+            logger.warning("could not give back task %s: %s", task.id, exc)
+
+
+class _Heartbeat:
+    """A thread that extends a delivery's lease every ``every`` s until ``stop`` or a lost lease."""
+
+    def __init__(self, delivery: Delivery, *, every: float) -> None:
+        self._stopped = threading.Event()
+        name = f"djq-heartbeat-{delivery.task.id}"
+        self._thread = threading.Thread(target=self._beat, args=(delivery, every), name=name, daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop beating; return once the thread has ended."""
+        self._stopped.set()
+        self._thread.join()
+
+    def _beat(self, delivery: Delivery, every: float) -> None:
+        while not self._stopped.wait(every):
+            try:
+                delivery.extend()
+            except LeaseLost:
+                logger.warning(
+                    "lease on task %s was lost while its handler ran; heartbeat stopped", delivery.task.id
+                )
+                return
+            except DjqError as exc:  # the queue failed this once (a lock timeout, a lost server): beat on
+                logger.warning("heartbeat could not extend the lease on task %s: %s", delivery.task.id, exc)

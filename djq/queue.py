@@ -138,13 +138,16 @@ class Queue(BaseQueue):
         poll = self.config.wait is WaitKind.POLL
         if wait == 0:
             return self._engine.run(op) if poll or self._work_ready() else ops.nothing(op)
+        if not poll and self._work_ready():  # work is there: lease it as a get without a wait would
+            result = self._engine.run(op)
+            if result:
+                return result
         deadline = None if wait is None else time.monotonic() + wait
         waits = self._resources.enter()
         try:
             if poll:
                 return self._poll_for_work(op, waits, deadline)
-            result = self._engine.run(op) if self._work_ready() else ops.nothing(op)
-            return result or self._wait_for_work(op, waits, deadline)
+            return self._wait_for_work(op, waits, deadline)
         finally:
             self._resources.leave(waits)  # never raises: a leased task always reaches the caller
 

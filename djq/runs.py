@@ -100,6 +100,7 @@ class SimConfig:
     think: Dist = _NO_TIME  #: producer pause between puts (closed loop)
     rate: float | None = None  #: puts per second per producer, Poisson (open loop)
     batch: int = 1  #: tasks per put_many (producers) and per get_many + ack_many (consumers)
+    consumer_concurrency: int = 1  #: async consumers (coroutines on one handle) per consumer process
     start_method: str = "spawn"  #: "spawn" works everywhere, notebooks included
     seed: int = 0
     path: Path | None = None  #: folder of the run; a fresh temporary folder when None
@@ -141,7 +142,7 @@ class SimConfig:
 
     def _check(self) -> None:
         """Validate the simulation's own fields; raise ``ConfigError`` naming the first bad one."""
-        for name in ("producers", "consumers", "tasks", "batch"):
+        for name in ("producers", "consumers", "tasks", "batch", "consumer_concurrency"):
             value = getattr(self, name)
             if type(value) is not int or value < 1:
                 raise ConfigError(f"{name} must be a positive integer, not {value!r}", field=name)

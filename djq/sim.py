@@ -76,6 +76,7 @@ def simulate(
     think: float | str | Dist = 0.0,
     rate: float | None = None,
     batch: int = 1,
+    consumer_concurrency: int = 1,
     start_method: str = "spawn",
     seed: int = 0,
     path: str | os.PathLike[str] | None = None,
@@ -113,6 +114,11 @@ def simulate(
         think: producer pause between puts (closed loop), as ``work``.
         rate: puts per second per producer, Poisson (open loop); None: as fast as they can.
         batch: tasks per put_many (producers) and per get_many + ack_many (consumers).
+        consumer_concurrency: async consumers per consumer process: K coroutines sharing one
+            async handle (``djq.open(..., asynchronous=True)``), each getting, working and
+            acking; 1 (the default) runs the sync client. ``consumers=1,
+            consumer_concurrency=8`` against ``consumers=8`` is one process of 8 coroutines
+            against 8 processes on the same queue.
         start_method: "spawn" (works everywhere, notebooks included), "forkserver" or "fork".
         seed: the workers' random seed.
         path: folder of the run; a fresh temporary folder when None.
@@ -183,7 +189,8 @@ class _Runner:
         consumers = [
             WorkerSpec(role="consumer", index=i, queue=queue, out=self.records / f"C{i}.json",
                        seed=c.seed * 7919 + 1000 + i, tasks=c.tasks + self.acked_before, work=c.work,
-                       lease=c.queue.lease, mode=c.mode, batch=c.batch, **where)
+                       lease=c.queue.lease, mode=c.mode, batch=c.batch,
+                       concurrency=c.consumer_concurrency, **where)
             for i in range(c.consumers)
         ]  # fmt: skip
         return producers + consumers

@@ -10,11 +10,14 @@ the lock's only users. On a server (``spec.target``, a URL) a worker opens its q
 ``djq.open(target, name=..., **options)`` and records no lock: the server's view is the
 runner's to sample. ``Crew`` is the parent's side of the same processes: it starts
 them, releases them together, watches them, reaps them and reads back what they wrote.
-Imports from djq: ``errors``, ``model``, ``metrics``, ``queue``, ``remote``, ``opener``.
+With ``concurrency`` K > 1 a consumer process runs K coroutines on one async handle.
+Imports from djq: ``aio``, ``aqueue``, ``errors``, ``model``, ``metrics``, ``queue``, ``remote``,
+``aremote`` (for a broker run with coroutines), ``opener``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import multiprocessing
 import os
@@ -28,10 +31,12 @@ from typing import Any, Final, Protocol
 
 import orjson
 
+from .aio import AsyncBaseQueue
 from .api import BaseQueue
+from .aqueue import AsyncQueue
 from .errors import DjqError, LeaseLost, SimulationError
 from .metrics import LockRecorder
-from .model import QueueConfig
+from .model import QueueConfig, Task
 from .opener import open_queue
 from .queue import Queue
 from .remote import BrokerClient, connect
@@ -79,6 +84,7 @@ class WorkerSpec:
     target: str | None = None  #: a server URL (then ``queue`` is unused); None: the file ``queue.path``
     name: str | None = None  #: the queue's name in the server
     options: tuple[tuple[str, Any], ...] = ()  #: the server queue's options (``djq.open``'s)
+    concurrency: int = 1  #: consumer: coroutines on one async handle (1: the sync client, no event loop)
 
 
 class _Flag(Protocol):
@@ -96,10 +102,24 @@ def worker_name(role: str, index: int) -> str:
 
 def _open(spec: WorkerSpec, recorder: LockRecorder) -> Queue | BrokerClient | BaseQueue:
     if spec.target is not None:
-        return open_queue(spec.target, name=spec.name, **dict(spec.options))
+        served: BaseQueue = open_queue(spec.target, name=spec.name, **dict(spec.options))
+        return served
     if spec.mode == "broker":
         return connect(spec.queue.path)
     return Queue.from_config(spec.queue, recorder=recorder)
+
+
+def _open_async(spec: WorkerSpec, recorder: LockRecorder) -> AsyncBaseQueue:
+    if spec.target is not None:
+        options = dict(spec.options)
+        server: AsyncBaseQueue = open_queue(spec.target, name=spec.name, asynchronous=True, **options)
+        return server
+    if spec.mode == "broker":
+        from .aremote import AsyncBrokerClient
+
+        return AsyncBrokerClient(spec.queue.path)
+    fields = spec.queue.to_json()
+    return AsyncQueue(fields.pop("path"), recorder=recorder, **fields)
 
 
 def _finish(spec: WorkerSpec, recorder: LockRecorder, ops: list[Any], extra: dict[str, Any]) -> None:
@@ -145,8 +165,12 @@ def produce(spec: WorkerSpec, barrier: _Barrier, stop: _Flag) -> None:
 def consume(spec: WorkerSpec, barrier: _Barrier, stop: _Flag) -> None:
     """Get, work, ack until the queue has acked ``spec.tasks`` tasks or the stop flag is set.
 
-    Each op row is ``[op, start_ns, end_ns, task_ids, ok, attempts]``.
+    Each op row is ``[op, start_ns, end_ns, task_ids, ok, attempts]``. With
+    ``spec.concurrency`` K > 1, K coroutines do this on one async handle (``_consume_async``).
     """
+    if spec.concurrency > 1:
+        asyncio.run(_consume_async(spec, barrier, stop))
+        return
     rng = random.Random(spec.seed)
     recorder = LockRecorder()
     queue = _open(spec, recorder)
@@ -157,10 +181,7 @@ def consume(spec: WorkerSpec, barrier: _Barrier, stop: _Flag) -> None:
         tasks = queue.get_many(
             spec.batch, lease=spec.lease, timeout=_IDLE_GET_TIMEOUT, owner=f"C{spec.index}"
         )
-        end = time.perf_counter_ns()
-        ops.append(
-            ["get", start, end, [t.id for t in tasks], True, max((t.attempts for t in tasks), default=0)]
-        )
+        _row(ops, "get", start, tasks)
         if not tasks:
             if queue.stats().acked_total >= spec.tasks:
                 break
@@ -176,12 +197,50 @@ def consume(spec: WorkerSpec, barrier: _Barrier, stop: _Flag) -> None:
                 lost = [tasks[0].id]
         else:
             lost = queue.ack_many(tasks)
-        end = time.perf_counter_ns()
-        attempts = max(t.attempts for t in tasks)
-        ops.append(["ack", start, end, [t.id for t in tasks if t.id not in lost], True, attempts])
-        if lost:
-            ops.append(["ack", start, end, lost, False, attempts])
+        _row(ops, "ack", start, tasks, lost)
     _finish(spec, recorder, ops, {})
+
+
+async def _consume_async(spec: WorkerSpec, barrier: _Barrier, stop: _Flag) -> None:
+    """``consume`` with ``spec.concurrency`` coroutines sharing one async handle, in one process.
+
+    Each coroutine gets, works (``asyncio.sleep``: the others run meanwhile) and acks; the
+    rows of all of them are the process's, as one consumer's would be.
+    """
+    rng = random.Random(spec.seed)
+    recorder = LockRecorder()
+    ops: list[Any] = []
+    barrier.wait(60)  # before any coroutine runs: nothing else on this loop to hold up
+
+    async def one(queue: AsyncBaseQueue, owner: str) -> None:
+        while not stop.value:
+            start = time.perf_counter_ns()
+            tasks = await queue.get_many(spec.batch, lease=spec.lease, timeout=_IDLE_GET_TIMEOUT, owner=owner)
+            _row(ops, "get", start, tasks)
+            if not tasks:
+                if (await queue.stats()).acked_total >= spec.tasks:
+                    return
+                continue
+            for _ in tasks:
+                await asyncio.sleep(spec.work.sample(rng))
+            start = time.perf_counter_ns()
+            _row(ops, "ack", start, tasks, await queue.ack_many(tasks))
+
+    async with _open_async(spec, recorder) as queue:
+        await asyncio.gather(*(one(queue, f"C{spec.index}.{k}") for k in range(spec.concurrency)))
+    _finish(spec, recorder, ops, {})
+
+
+def _row(ops: list[Any], op: str, start: int, tasks: list[Task], lost: list[str] | None = None) -> None:
+    """Record a get (``lost`` None) or an ack of ``tasks`` that began at ``start``, now ended."""
+    end = time.perf_counter_ns()
+    attempts = max((t.attempts for t in tasks), default=0)
+    if lost is None:
+        ops.append([op, start, end, [t.id for t in tasks], True, attempts])
+        return
+    ops.append([op, start, end, [t.id for t in tasks if t.id not in lost], True, attempts])
+    if lost:
+        ops.append([op, start, end, lost, False, attempts])
 
 
 def _sleep_until(t_ns: int) -> None:

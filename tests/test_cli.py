@@ -116,6 +116,15 @@ def test_ack_with_id_and_token(cli: Cli):
     assert (stats["acked_total"], stats["total"]) == (1, 0)
 
 
+def test_release_with_id_and_token(cli: Cli):
+    """release gives the task back uncounted: the next get is its first delivery again."""
+    cli.ok("put", '"x"')
+    leased = cli.json("get")
+    assert cli.ok("release", leased["id"], leased["token"]).strip() == f"released {leased['id']}: now ready"
+    assert cli.json("get")["attempts"] == 1
+    assert cli("release", leased["id"], leased["token"]).returncode == 1  # its token is stale now
+
+
 def test_nack_with_id_and_token(cli: Cli):
     cli.ok("put", '{"n": 1}')
     task_id, token = cli.lease()
@@ -383,7 +392,7 @@ def test_ack_with_a_stale_token(cli: Cli):
     again, token = cli.lease()
     assert again == task_id
     before = file_bytes(cli.path)
-    for command in ("ack", "nack", "extend"):
+    for command in ("ack", "nack", "release", "extend"):
         result = cli(command, task_id, stale)
         assert result.returncode == 1
         assert "lease lost" in _one_error_line(result)

@@ -131,6 +131,23 @@ def test_requeued_dead_task_is_delivered_again_with_attempts_reset(open_queue, c
         q.requeue(task_id)
 
 
+def test_release_gives_a_task_back_uncounted_in_its_place(open_queue, clock):
+    """release: the task is ready at once, first in line, its delivery not counted (never dead for it)."""
+    q = open_queue(max_attempts=1)
+    first, second = q.put("first"), q.put("second")
+    task = q.get()
+    assert task.id == first
+    assert q.release(task) is None
+    stats = q.stats()
+    assert (stats.ready, stats.leased, stats.dead) == (2, 0, 0)
+    again = q.get()
+    assert (again.id, again.attempts) == (first, 1)
+    with pytest.raises(djq.LeaseLost):
+        q.release(task)  # its token no longer holds the task
+    q.ack(again)
+    assert q.get().id == second
+
+
 def test_nack_with_delay_hides_the_task_until_then(queue, clock):
     """A nacked task comes back after the delay asked for."""
     queue.put("x")

@@ -363,6 +363,12 @@ CASES: dict[str, list[tuple[str, dict[str, Any], Callable[[World, Any, Any], obj
         ("delay", DELAYS, lambda w, q, v: q.nack(w.held, delay=v), ConfigError),
         ("task.id (none has)", ODD_IDS, lambda w, q, v: q.nack(djq.Lease(id=v, token=w.held.token)), LeaseLost),
     ],
+    "release": [
+        ("task", NOT_TASKS, lambda w, q, v: q.release(v), ConfigError),
+        ("task.id", IDS, lambda w, q, v: q.release(djq.Lease(id=v, token=w.held.token)), ConfigError),
+        ("task.token", {**TOKENS, "None": None}, lambda w, q, v: q.release(djq.Lease(id=w.held.id, token=v)), ConfigError),
+        ("task.id (none has)", ODD_IDS, lambda w, q, v: q.release(djq.Lease(id=v, token=w.held.token)), LeaseLost),
+    ],
     "extend": [
         ("task", NOT_TASKS, lambda w, q, v: q.extend(v), ConfigError),
         ("task.id", IDS, lambda w, q, v: q.extend(djq.Lease(id=v, token=w.held.token)), ConfigError),
@@ -558,6 +564,8 @@ CLI_CASES: dict[str, tuple[list[str], dict[str, str]]] = {
     "nack ID": (["nack", "{}", "0123456789abcdef"], {"not-utf8": "\udcff", "long": "1" * 1000}),
     "nack TOKEN": (["nack", "1", "{}"], {"empty": "", "newline": "a\nb"}),
     "nack --delay-s": (["nack", "1", "t", "--delay-s", "{}"], {"inf": "inf", "nan": "nan", "-1": "-1", "1e400": "1e400"}),
+    "release ID": (["release", "{}", "0123456789abcdef"], {"not-utf8": "\udcff", "long": "1" * 1000}),
+    "release TOKEN": (["release", "1", "{}"], {"empty": "", "newline": "a\nb"}),
     "extend ID": (["extend", "{}", "0123456789abcdef"], {"not-utf8": "\udcff", "long": "1" * 1000}),
     "extend TOKEN": (["extend", "1", "{}"], {"empty": "", "long": "t" * 1000}),
     "extend --lease-s": (["extend", "1", "t", "--lease-s", "{}"], {"inf": "inf", "nan": "nan", "0": "0", "1e400": "1e400"}),
@@ -757,7 +765,7 @@ def test_hostile_cli_values_through_the_broker(cli_queue: Path, monkeypatch: pyt
             seen = World.view(other)
             files = _files(cli_queue.parent)
             for option, label, argv in _cli_argv():
-                if argv[0] not in ("put", "get", "ack", "nack", "extend", "ls", "requeue"):
+                if argv[0] not in ("put", "get", "ack", "nack", "release", "extend", "ls", "requeue"):
                     continue
                 TRIED["cli"] += 1
                 DISTINCT.add(("cli --broker", option, label))

@@ -29,7 +29,10 @@ ALLOWED = {  # djq modules each module may import: each layer only from those be
     "engine": {"errors", "files", "journal", "locks", "metrics", "model", "ops", "state", "storage"},
     "api": {"errors", "model", "ops"},  # the one client API: knows operations, never a transport
     "queue": {"api", "engine", "errors", "locks", "metrics", "model", "ops", "state", "storage", "watch"},
+    "aio": {"api", "errors", "model", "ops"},  # the one client API as coroutines: shares api's builders
+    "aqueue": {"aio", "engine", "errors", "model", "ops", "queue", "state", "watch"},  # the file, async
     "client": {"api", "errors", "model"},
+    "aconsumer": {"aio", "client", "errors", "model"},  # the async consumer and producer
     "wire": {"errors", "model", "ops"},
     "remote": {"api", "errors", "model", "ops", "wire"},
     "channel": {"wire"},  # one client connection: non-blocking framing, bounded buffers
@@ -48,10 +51,12 @@ ALLOWED = {  # djq modules each module may import: each layer only from those be
     },
     "manager": {"errors", "files", "model", "remote", "wire"},  # files: make_folder (0700 parents)
     "postgres": {"api", "errors", "model", "ops"},  # the operations as SQL (psycopg 3)
-    "redisq": {"api", "errors", "model", "ops"},  # the operations as Lua scripts (redis-py)
-    "opener": {"api", "errors", "queue"},  # djq.open(target); imports the server modules only when asked
+    "redislua": {"errors", "model", "ops"},  # the Lua script, keys and codec both Redis clients share
+    "redisq": {"api", "errors", "model", "ops", "redislua"},  # the operations as Lua scripts (redis-py)
+    "aredisq": {"aio", "errors", "model", "ops", "redislua"},  # the same on redis.asyncio
+    "opener": {"aio", "api", "errors"},  # djq.open(target); imports the backend's module when asked
     "scratch": {"errors"},  # throwaway PostgreSQL and Redis servers from the local binaries
-    "workers": {"api", "errors", "model", "metrics", "opener", "queue", "remote"},
+    "workers": {"aio", "api", "aqueue", "aremote", "errors", "model", "metrics", "opener", "queue", "remote"},
     "frames": {"model", "metrics", "workers"},
     "runs": {"errors", "model", "opener", "workers", "frames"},
     "probes": {"errors", "runs"},  # the servers' own view; psycopg / redis imported only when sampling
@@ -75,6 +80,8 @@ THIRD_PARTY = {  # third-party packages each module may import
     "locks": {"filelock"},
     "postgres": {"psycopg"},
     "redisq": {"redis"},
+    "redislua": {"redis"},
+    "aredisq": {"redis"},
     "workers": {"orjson"},
     "probes": {"psycopg", "redis"},  # inside the probes' constructors, never at import time
     "frames": {"pandas", "numpy"},

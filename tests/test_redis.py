@@ -24,7 +24,7 @@ import pytest
 from conftest import ROOT, FakeClock, cannot_run, server_url
 
 import djq
-from djq import redisq, scratch
+from djq import redislua, redisq, scratch
 from djq.model import CONFIG_FIELDS, SERVER_FIELDS
 
 redis = pytest.importorskip("redis")
@@ -106,7 +106,7 @@ def test_the_keys_of_a_queue_are_the_documented_ones_under_one_hash_tag(make, ra
     q.nack(q.get(), delay=0.0)
     q.get()
     found = {key.decode() for key in raw.keys(f"djq:{{{name}}}:*")}
-    assert found <= {f"djq:{{{name}}}:{key}" for key in redisq.KEYS}
+    assert found <= {f"djq:{{{name}}}:{key}" for key in redislua.KEYS}
     assert {f"djq:{{{name}}}:{key}" for key in ("meta", "tasks", "ready", "delayed", "leases")} <= found
     assert len({key_slot(key.encode()) for key in found}) == 1
     assert q.path == Path(f"djq:{{{name}}}")
@@ -171,6 +171,44 @@ def test_a_stale_ack_nack_or_extend_raises_lease_lost_and_leaves_the_holder_alon
     assert (seen.leased, seen.ready, seen.acked_total) == (1, 0, 0)
     assert q.extend(holder, lease=30.0).lease_expires_at == holder.lease_expires_at  # still its lease
     q.ack(holder)
+
+
+def test_release_gives_a_lease_back_at_its_place_uncounted_and_a_stale_one_is_lease_lost(make):
+    """release: ready at once in its place (before a later put), attempts back to what they were,
+    no lease fields; never dead, even on the last attempt; its token then holds nothing."""
+    clock = FakeClock()
+    q = make(clock=clock, max_attempts=1)
+    first, second = q.put_many(["a", "b"], delay=5.0)
+    clock.advance(5.0)
+    task = q.get()
+    q.release(task)
+    seen = q.stats()
+    assert (seen.ready, seen.leased, seen.dead) == (2, 0, 0)
+    back = q.peek(2)
+    assert [t.id for t in back] == [first, second]
+    assert (back[0].attempts, back[0].token, back[0].owner, back[0].lease_expires_at) == (0, None, None, None)
+    assert back[0].available_at == back[0].enqueued_at
+    with pytest.raises(djq.LeaseLost) as info:
+        q.release(task)
+    assert info.value.task_id == task.id
+    again = q.get()
+    assert (again.id, again.attempts) == (first, 1)
+
+
+def test_a_release_wakes_a_waiting_get(make, raw):
+    """A get waiting in the server (for longer than its timeout, by the lease) is woken by a release."""
+    holder, waiter = make(), make()
+    holder.put("x")
+    task = holder.get(lease=120.0)
+    got: list[object] = []
+    thread = threading.Thread(target=lambda: got.append(waiter.get(timeout=10.0)))
+    thread.start()
+    try:
+        _wait_until_blocked(raw, time.monotonic() + 10.0)
+        holder.release(task)
+    finally:
+        thread.join(30)
+    assert (got[0].id, got[0].attempts) == (task.id, 1)
 
 
 @pytest.mark.parametrize("priority", [-(1 << 63), (1 << 53) + 1, (1 << 63) - 1])
@@ -257,8 +295,8 @@ def test_puts_that_wake_no_one_leave_a_bounded_expiring_wake_list(make, raw, nam
     for n in range(50):
         q.put(n)
     wake = f"djq:{{{name}}}:wake"
-    assert 0 < raw.llen(wake) <= redisq.WAKE_CAP
-    assert 0 < raw.pttl(wake) <= redisq.WAKE_TTL_MS
+    assert 0 < raw.llen(wake) <= redislua.WAKE_CAP
+    assert 0 < raw.pttl(wake) <= redislua.WAKE_TTL_MS
 
 
 def test_fsync_true_needs_a_server_that_fsyncs_every_write(tmp_path, url, opened):
@@ -387,7 +425,7 @@ def test_a_malformed_url_is_a_config_error():
 
 def test_a_server_that_never_accepts_fails_within_the_connect_timeout(monkeypatch):
     """A listener whose backlog is full never completes a connect: BrokerUnavailable after the timeout."""
-    monkeypatch.setattr(redisq, "CONNECT_TIMEOUT", 0.3)
+    monkeypatch.setattr(redislua, "CONNECT_TIMEOUT", 0.3)
     listener = socket.socket()
     fillers: list[socket.socket] = []
     try:
@@ -432,12 +470,13 @@ def _recent(rng: random.Random, held: list) -> int:
 
 def _step(rng: random.Random, step: int, held: list) -> tuple[str, object]:
     """Draw one operation and its arguments: (kind, arguments), the same for both queues."""
-    kind = rng.choice("ppppggGaanxrsdkcct" if held else "ppppggGrsdkcct")
+    kind = rng.choice("ppppggGaanlxrsdkcct" if held else "ppppggGrsdkcct")
     args = {
         "p": lambda: (step, rng.choice([0, 0, 1, -1]), rng.choice([0.0, 0.0, 2.5])),
         "g": lambda: rng.choice([1.0, 5.0]),
         "a": lambda: _recent(rng, held),
         "n": lambda: (_recent(rng, held), rng.choice([0.0, 1.0])),
+        "l": lambda: _recent(rng, held),
         "x": lambda: _recent(rng, held),
         "r": lambda: held[_recent(rng, held)][0].id if held else str(step),
         "c": lambda: rng.choice([0.5, 1.0, 3.0]),
@@ -454,6 +493,7 @@ def _apply(q, i: int, kind: str, args, held: list):
         "G": lambda: q.get_many(2, lease=3.0),
         "a": lambda: q.ack(held[args][i]),
         "n": lambda: q.nack(held[args[0]][i], delay=args[1]),
+        "l": lambda: q.release(held[args][i]),
         "x": lambda: q.extend(held[args][i], lease=2.0),
         "r": lambda: q.requeue(args),
         "s": q.stats,
@@ -466,7 +506,7 @@ def _apply(q, i: int, kind: str, args, held: list):
 
 @pytest.mark.parametrize("seed", range(3))
 def test_random_operations_give_the_file_queues_results(make, tmp_path, seed):
-    """A seeded run of puts, gets, acks, nacks, extends, requeues, purges and clock steps gives
+    """A seeded run of puts, gets, acks, nacks, releases, extends, requeues, purges and clock steps gives
     the same results, errors and stats on Redis as on the file queue."""
     rng = random.Random(seed)
     clock = FakeClock()

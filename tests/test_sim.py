@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import subprocess
 import sys
@@ -184,10 +185,22 @@ def test_bad_options_raise_config_error_naming_the_field():
         ({"mode": "carrier-pigeon"}, "mode"),
         ({"lock": "flock", "poll_interval": 0.01}, "poll_interval"),
         ({"rate": -1}, "rate"),
+        ({"consumer_concurrency": 0}, "consumer_concurrency"),
     ]:
         with pytest.raises(djq.ConfigError) as info:
             sim.SimConfig(**options)
         assert info.value.field == field
+
+
+def test_async_consumers_share_one_process_and_each_task_is_acked_once(tmp_path):
+    """consumer_concurrency=4: one consumer process runs four coroutines; the oracle holds."""
+    run = sim.simulate(producers=1, consumers=1, consumer_concurrency=4, tasks=40, work=0.001, path=tmp_path)
+    assert_oracle(run)
+    assert run.summary["acked"] == 40
+    assert run.workers["role"].tolist().count("consumer") == 1
+    gets = run.ops[(run.ops["op"] == "get") & (run.ops["worker"] == "C0")]
+    spans = sorted(zip(gets["start_s"], gets["end_s"], strict=True))
+    assert any(nxt[0] < cur[1] for cur, nxt in itertools.pairwise(spans)), "no two gets of C0 overlapped"
 
 
 def test_simulation_refuses_a_queue_that_is_not_empty(tmp_path):
