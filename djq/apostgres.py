@@ -46,7 +46,7 @@ __all__ = ["AsyncPostgresQueue"]
 
 logger = logging.getLogger(__name__)
 R = TypeVar("R")
-Connection = psycopg.AsyncConnection[Row]
+_Connection = psycopg.AsyncConnection[Row]
 
 
 class AsyncPostgresQueue(AsyncBaseQueue):
@@ -77,9 +77,9 @@ class AsyncPostgresQueue(AsyncBaseQueue):
         """Describe the queue; the server is reached (and the schema made) by the first call."""
         self._db = pgsql.Database.of(url, name=name, clock=clock, claim=claim, options=options)
         self._lock = asyncio.Lock()  # guards the one statement connection
-        self._conn: Connection | None = None
+        self._conn: _Connection | None = None
         self._pid = os.getpid()
-        self._idle: list[Connection] = []  # listening connections no get uses now
+        self._idle: list[_Connection] = []  # listening connections no get uses now
         self._returning: set[asyncio.Task[None]] = set()  # listeners being UNLISTENed for the pool
         self._generation = 0  # raised by close(): a waiting get of an older one returns
 
@@ -125,7 +125,7 @@ class AsyncPostgresQueue(AsyncBaseQueue):
             rows = await self._execute(conn, query, params)
         return call.result(rows)
 
-    async def _execute(self, conn: Connection, query: Any, params: Any = None) -> list[Row]:
+    async def _execute(self, conn: _Connection, query: Any, params: Any = None) -> list[Row]:
         """The rows of one statement on ``conn``; psycopg's errors as djq's (see ``_failed``)."""
         try:
             cursor = await conn.execute(query, params, prepare=isinstance(query, str) or None)
@@ -133,7 +133,7 @@ class AsyncPostgresQueue(AsyncBaseQueue):
         except psycopg.Error as exc:
             raise await self._failed(conn, exc) from exc
 
-    async def _failed(self, conn: Connection, exc: psycopg.Error) -> BrokerError:
+    async def _failed(self, conn: _Connection, exc: psycopg.Error) -> BrokerError:
         """The djq error for ``exc``; ``conn`` closed if it is lost, or not the statement connection."""
         lost = pgsql.is_lost(exc)
         if lost and self._conn is conn:
@@ -142,7 +142,7 @@ class AsyncPostgresQueue(AsyncBaseQueue):
             await conn.close()
         return self._db.error(exc)
 
-    async def _connection(self) -> Connection:
+    async def _connection(self) -> _Connection:
         """The statement connection, connected (schema made, fsync set) if it is not."""
         if self._pid != os.getpid():  # a forked child must never use the parent's sockets
             self._conn, self._idle, self._pid = None, [], os.getpid()
@@ -155,7 +155,7 @@ class AsyncPostgresQueue(AsyncBaseQueue):
             self._conn = conn
         return self._conn
 
-    async def _connect(self) -> Connection:
+    async def _connect(self) -> _Connection:
         try:
             return await psycopg.AsyncConnection.connect(self._db.conninfo, autocommit=True)
         except psycopg.Error as exc:
@@ -186,7 +186,7 @@ class AsyncPostgresQueue(AsyncBaseQueue):
             else:
                 await listener.close()
 
-    async def _notified(self, listener: Connection, pause: float) -> None:
+    async def _notified(self, listener: _Connection, pause: float) -> None:
         """Until one notification comes to ``listener``, or ``pause`` seconds have passed."""
         try:
             async for _ in listener.notifies(timeout=pause, stop_after=1):
@@ -194,14 +194,14 @@ class AsyncPostgresQueue(AsyncBaseQueue):
         except psycopg.Error as exc:
             raise await self._failed(listener, exc) from exc
 
-    async def _listener(self) -> Connection:
+    async def _listener(self) -> _Connection:
         """A connection LISTENing on the queue's channel: a pooled one if it still works, else a new one."""
         if self._idle:
             with contextlib.suppress(BrokerError):  # a pooled one may have died with a server restart
                 return await self._listen(self._idle.pop())
         return await self._listen(await self._connect())
 
-    async def _listen(self, conn: Connection) -> Connection:
+    async def _listen(self, conn: _Connection) -> _Connection:
         try:
             await self._execute(conn, pgsql.listen(self._db.channel))
         except BaseException:  # refused, lost or cancelled: never pooled in an unknown state
@@ -209,13 +209,13 @@ class AsyncPostgresQueue(AsyncBaseQueue):
             raise
         return conn
 
-    def _give_back_soon(self, conn: Connection, generation: int) -> None:
+    def _give_back_soon(self, conn: _Connection, generation: int) -> None:
         """UNLISTEN and pool ``conn`` in a task of its own: the get returns its task at once."""
         task = asyncio.ensure_future(self._give_back(conn, generation))
         self._returning.add(task)
         task.add_done_callback(self._returning.discard)
 
-    async def _give_back(self, conn: Connection, generation: int) -> None:
+    async def _give_back(self, conn: _Connection, generation: int) -> None:
         """UNLISTEN and pool the listener again (closed instead if it broke or the queue closed)."""
         try:
             await conn.execute(pgsql.UNLISTEN)
@@ -228,7 +228,7 @@ class AsyncPostgresQueue(AsyncBaseQueue):
         await conn.close()
 
 
-async def _prepare(conn: Connection, *, fsync: bool) -> None:
+async def _prepare(conn: _Connection, *, fsync: bool) -> None:
     """Set ``synchronous_commit`` from ``fsync``; create the schema unless it exists (one client only)."""
     cursor = await conn.execute(pgsql.SETUP, ["on" if fsync else "off"])
     if not pgsql.is_ready(await cursor.fetchone()):
