@@ -50,7 +50,9 @@ ALLOWED = {  # djq modules each module may import: each layer only from those be
         "wire",
     },
     "manager": {"errors", "files", "model", "remote", "wire"},  # files: make_folder (0700 parents)
-    "postgres": {"api", "errors", "model", "ops"},  # the operations as SQL (psycopg 3)
+    "pgsql": {"errors", "model", "ops"},  # the schema, statements and decoding both PostgreSQL clients share
+    "postgres": {"api", "errors", "model", "ops", "pgsql"},  # the operations as SQL (psycopg 3)
+    "apostgres": {"aio", "errors", "model", "ops", "pgsql"},  # the same on psycopg's AsyncConnection
     "redislua": {"errors", "model", "ops"},  # the Lua script, keys and codec both Redis clients share
     "redisq": {"api", "errors", "model", "ops", "redislua"},  # the operations as Lua scripts (redis-py)
     "aredisq": {"aio", "errors", "model", "ops", "redislua"},  # the same on redis.asyncio
@@ -79,6 +81,8 @@ THIRD_PARTY = {  # third-party packages each module may import
     "manager": {"orjson"},
     "locks": {"filelock"},
     "postgres": {"psycopg"},
+    "pgsql": {"psycopg"},
+    "apostgres": {"psycopg"},
     "redisq": {"redis"},
     "redislua": {"redis"},
     "aredisq": {"redis"},
