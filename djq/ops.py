@@ -26,7 +26,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar, Final, Generic, TypeVar, dataclass_transform
 
@@ -428,8 +428,7 @@ def from_json(doc: Any) -> Op[Any]:
 
 def nothing(op: Op[R]) -> R:
     """What a lease returns when no task came: None for one, [] for many."""
-    result: Any = [] if isinstance(op, LeaseMany) else None
-    return result  # type: ignore[no-any-return]
+    return [] if isinstance(op, LeaseMany) else None  # type: ignore[return-value]
 
 
 def decode_result(op: Op[R], value: Any) -> R:
@@ -488,16 +487,12 @@ def _list(values: Any) -> list[Any]:
     return values
 
 
-def _tasks(values: Iterable[Any]) -> list[Task]:
-    return [_task(v) for v in _list(values)]
-
-
 _RESULTS: Final[dict[str, Callable[[Any], Any]]] = {
     "none": lambda value: None,
     "ids": lambda values: [str(v) for v in _list(values)],
     "task": _task,
     "task?": lambda value: None if value is None else _task(value),
-    "tasks": _tasks,
+    "tasks": lambda values: [_task(v) for v in _list(values)],
     "state": TaskState,
     "count": int,
     "stats": lambda value: QueueStats(**value),
