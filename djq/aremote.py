@@ -49,8 +49,9 @@ _READ_LIMIT: Final = 1 << 20  #: bytes a stream buffers before it pauses reading
 class AsyncBrokerClient(AsyncBaseQueue):
     """A queue whose calls a broker serves, as coroutines (``BrokerClient``'s semantics).
 
-    Any number of coroutines of one event loop may share it. It connects at the first call,
-    which also learns the broker's configuration (``config`` is known from then on).
+    Any number of coroutines of one event loop may share it; close it (``async with``) before
+    that loop ends (a later loop gets new connections). It connects at the first call, which
+    also learns the broker's configuration (``config`` is known from then on).
 
     Args:
         path: the queue file the broker serves.
@@ -141,7 +142,7 @@ class AsyncBrokerClient(AsyncBaseQueue):
         stream, generation = await self._borrow()  # a cancel here: nothing was sent
         call = _Call(stream, waits=op.waits, grace=self._timeout)
         work = asyncio.ensure_future(self._attempt(op, call, data, wait if op.waits else 0.0, generation))
-        self._calls[work] = call
+        self._calls[work] = call  # a cancel finds the attempt's call here (``_after_cancel``)
         work.add_done_callback(self._forget)
         result: R = await self._unbroken(op, work)
         return result
@@ -169,9 +170,7 @@ class AsyncBrokerClient(AsyncBaseQueue):
 
     async def _borrow(self) -> tuple[_Stream, int]:
         loop = asyncio.get_running_loop()
-        if (
-            loop is not self._loop
-        ):  # another loop (asyncio.run again): the idle connections were the last one's
+        if loop is not self._loop:  # asyncio.run again: the idle connections were the last loop's
             idle, self._loop, self._idle = self._idle, loop, []
             self._generation += 1
             for stream in idle:

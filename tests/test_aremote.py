@@ -98,7 +98,8 @@ def test_a_cancelled_waiting_get_leases_nothing_and_the_next_put_goes_to_the_nex
             getter.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await getter
-            assert (await b.ping())["waiting"] == 0  # the broker dropped the get with its connection
+            assert (await b.ping())["waiting"] == 0  # the broker dropped the get with its connection,
+            assert (await b.metrics())["dropped"] == 0  # as a client that said goodbye, not one at fault
             task_id = await b.put("next")
             stats = await b.stats()
             assert (stats.ready, stats.leased) == (1, 0)
