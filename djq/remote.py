@@ -9,7 +9,8 @@ A client whose broker is gone raises ``BrokerUnavailable`` at once (the socket c
 the broker dies: "lost the broker"); one that does not answer raises it after the timeout
 ("did not reply", "did not complete the handshake"); the next call connects again, so
 work continues once a broker is back. Each call borrows a connection of its own, so
-threads sharing a client never wait for each other's replies.
+threads sharing a client never wait for each other's replies. The handshake, the checks and
+the errors' wording are functions here that ``djq.aremote`` (the async client) shares.
 Imports from djq: ``api``, ``errors``, ``model``, ``ops``, ``wire``.
 """
 
@@ -81,11 +82,8 @@ class BrokerClient(BaseQueue):
         self, path: str | os.PathLike[str] = DEFAULT_QUEUE_PATH, *, timeout: float = DEFAULT_REPLY_TIMEOUT
     ) -> None:
         """Describe the client; it connects at the first call."""
-        if timeout is None:  # every reply is bounded: a dead broker must not hang its clients
-            raise ConfigError("timeout must be a finite number of seconds, not None", field="timeout")
-        check_seconds("timeout", timeout, low=0.0, high=math.inf)
+        self._timeout = reply_timeout(timeout)
         self._paths = wire.broker_paths(path)
-        self._timeout = float(timeout)
         self._mutex = threading.Lock()  # guards the idle list only: never held while talking to the broker
         self._idle: list[mpc.Connection] = []
         self._generation = 0  # close() and fork move it on: connections out at that time are closed on return
@@ -139,92 +137,11 @@ class BrokerClient(BaseQueue):
 
     def _connect(self) -> mpc.Connection:
         """Connect, prove we have the key, and exchange hellos, all within the timeout."""
-        paths = self._paths
-        deadline = time.monotonic() + self._timeout
-        try:
-            key = bytes.fromhex(paths.key.read_text())
-        except (OSError, ValueError) as exc:
-            raise self._no_broker(exc) from None
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            sock.settimeout(_remaining(deadline))
-            sock.connect(str(paths.socket))
-            sock.setblocking(True)
-        except TimeoutError:
-            sock.close()
-            raise BrokerUnavailable(
-                f"the broker at {paths.socket} did not accept a connection within {self._timeout:g} s "
-                "(stopped, or overloaded?)"
-            ) from None
-        except OSError as exc:
-            sock.close()
-            raise self._no_broker(exc) from None
-        conn = mpc.Connection(sock.detach())
-        try:
-            _socket_timeouts(conn.fileno(), _remaining(deadline))
-            mpc.answer_challenge(conn, key)
-            mpc.deliver_challenge(conn, key)
-            self._send(conn, wire.encode_hello(), "its handshake")
-            data = self._receive(conn, _remaining(deadline), "its handshake")
-            _socket_timeouts(conn.fileno(), self._timeout)  # a reply that stops halfway fails, too
-            wire.decode_reply(data)
-        except AuthenticationError as exc:
-            conn.close()
-            raise BrokerUnavailable(f"the broker at {paths.socket} refused this client: {exc}") from None
-        except (_Timeout, OSError) as exc:
-            conn.close()
-            if isinstance(exc, BrokerUnavailable):
-                raise
-            if isinstance(exc, _Timeout) or exc.errno in _TIMED_OUT:
-                raise BrokerUnavailable(
-                    f"the broker at {paths.socket} did not complete the handshake within "
-                    f"{self._timeout:g} s (stopped, or overloaded?)"
-                ) from None
-            raise self._lost(exc, "during the handshake") from None
-        except EOFError as exc:
-            conn.close()
-            raise self._lost(exc, "during the handshake") from None
-        except BaseException:
-            conn.close()
-            raise
-        return conn
-
-    def _no_broker(self, exc: BaseException) -> BrokerUnavailable:
-        queue = self._paths.queue
-        return BrokerUnavailable(
-            f"no broker serves {queue} ({type(exc).__name__}: {exc}); "
-            f"start one with: djq --queue {queue} broker start"
-        )
-
-    def _lost(self, exc: BaseException, when: str) -> BrokerUnavailable:
-        detail = "it closed the connection" if isinstance(exc, EOFError) else f"{type(exc).__name__}: {exc}"
-        return BrokerUnavailable(f"lost the broker at {self._paths.socket} {when}: {detail}")
+        return mpc.Connection(handshake(self._paths, self._timeout).detach())
 
     def _receive(self, conn: mpc.Connection, limit: float | None, what: str) -> bytes:
-        """Wait up to ``limit`` seconds (None: for ever) for a whole reply; return its bytes.
-
-        Raises:
-            _Timeout: nothing came in time, or the reply stopped halfway for ``timeout`` s.
-            OSError, EOFError: the connection broke.
-        """
-        deadline = None if limit is None else time.monotonic() + limit
-        while not conn.poll(_POLL_CHUNK if deadline is None else min(_POLL_CHUNK, _remaining(deadline))):
-            if deadline is not None and time.monotonic() >= deadline:
-                raise _Timeout(what)
-        try:
-            return conn.recv_bytes(wire.MAX_MESSAGE_BYTES)
-        except OSError as exc:
-            if exc.errno in _TIMED_OUT:
-                raise _Timeout(what) from None
-            raise
-
-    def _send(self, conn: mpc.Connection, data: bytes, what: str) -> None:
-        try:
-            conn.send_bytes(data)
-        except OSError as exc:
-            if exc.errno in _TIMED_OUT:
-                raise _Timeout(what) from None
-            raise
+        """Wait up to ``limit`` seconds (None: for ever) for a whole reply; return its bytes."""
+        return _receive(conn, limit, what)
 
     def _call(self, data: bytes, wait: float | None = 0.0) -> Any:
         """Send one request and return its reply's value (or raise the error it carries)."""
@@ -232,21 +149,14 @@ class BrokerClient(BaseQueue):
         limit = None if forever else wait + self._timeout  # type: ignore[operator]  # not None here
         conn, generation = self._borrow()
         try:
-            self._send(conn, data, "the request")
+            _send(conn, data, "the request")
             reply = self._receive(conn, limit, "the reply")
         except _Timeout as exc:
             conn.close()  # a late reply must never answer the next call
-            if str(exc) == "the request":
-                what = f"did not read the request within {self._timeout:g} s"
-            else:
-                what = "did not reply" + ("" if limit is None else f" within {limit:g} s")
-            raise BrokerUnavailable(
-                f"the broker at {self._paths.socket} {what} (stopped, overloaded or stuck?); "
-                "this call's connection is closed"
-            ) from None
+            raise late(self._paths, self._timeout, limit, request=str(exc) == "the request") from None
         except (OSError, EOFError) as exc:
             conn.close()
-            raise self._lost(exc, "waiting for a reply") from None
+            raise lost(self._paths, exc, "waiting for a reply") from None
         except BaseException:
             conn.close()  # interrupted (KeyboardInterrupt, ...): the reply may still come
             raise
@@ -255,19 +165,13 @@ class BrokerClient(BaseQueue):
 
     def _submit(self, op: ops.Op[R], *, wait: float | None = 0.0) -> R:
         """Send ``op`` to the broker (a lease waits there, up to ``wait`` seconds); return its result."""
-        value = self._call(wire.encode_request(op, wait), wait if op.waits else 0.0)
-        try:
-            return ops.decode_result(op, value)
-        except ValueError as exc:
-            raise BrokerProtocolError(f"the broker sent a malformed reply: {exc}") from None
+        return decode(op, self._call(wire.encode_request(op, wait), wait if op.waits else 0.0))
 
     # The broker's own calls
 
     def ping(self) -> dict[str, Any]:
         """Return the broker's ``info()``: pid, address, start time, config, clients, waiting gets."""
-        info = self._call(wire.encode_control("ping"))
-        if not isinstance(info, dict):
-            raise BrokerProtocolError(f"a ping was answered with {info!r:.100}")
+        info = check_ping(self._call(wire.encode_control("ping")))
         self._config = QueueConfig.from_json(info["config"])
         return info
 
@@ -278,6 +182,162 @@ class BrokerClient(BaseQueue):
     def shutdown(self) -> None:
         """Ask the broker to stop after answering this request."""
         self._call(wire.encode_control("shutdown"))
+
+
+# What the sync and the async client share: the handshake, the framing's timeouts, the errors' wording
+
+
+def reply_timeout(timeout: float) -> float:
+    """Check a client's ``timeout``: seconds, finite (every reply is bounded: a dead broker must not hang)."""
+    if timeout is None:
+        raise ConfigError("timeout must be a finite number of seconds, not None", field="timeout")
+    check_seconds("timeout", timeout, low=0.0, high=math.inf)
+    return float(timeout)
+
+
+def handshake(paths: wire.BrokerPaths, timeout: float) -> socket.socket:
+    """Connect to the broker, prove we have the key and exchange hellos, all within ``timeout`` s.
+
+    The challenge is ``multiprocessing.connection``'s (``answer_challenge``, then
+    ``deliver_challenge``), then djq's hello. Blocking: the async client runs it in a thread.
+
+    Returns:
+        the connected socket, blocking, with send and receive timeouts of ``timeout`` (a
+        reply that stops halfway fails too).
+
+    Raises:
+        BrokerUnavailable: no broker serves the file, it refused the key, or it did not
+            complete the handshake within ``timeout``.
+        BrokerProtocolError: the broker runs another version of djq's wire protocol.
+    """
+    deadline = time.monotonic() + timeout
+    try:
+        key = bytes.fromhex(paths.key.read_text())
+    except (OSError, ValueError) as exc:
+        raise no_broker(paths, exc) from None
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.settimeout(_remaining(deadline))
+        sock.connect(str(paths.socket))
+        sock.setblocking(True)
+    except TimeoutError:
+        sock.close()
+        raise BrokerUnavailable(
+            f"the broker at {paths.socket} did not accept a connection within {timeout:g} s "
+            "(stopped, or overloaded?)"
+        ) from None
+    except OSError as exc:
+        sock.close()
+        raise no_broker(paths, exc) from None
+    try:
+        _greet(sock, key, deadline)
+        _socket_timeouts(sock.fileno(), timeout)  # a reply that stops halfway fails, too
+    except AuthenticationError as exc:
+        sock.close()
+        raise BrokerUnavailable(f"the broker at {paths.socket} refused this client: {exc}") from None
+    except (_Timeout, OSError) as exc:
+        sock.close()
+        if isinstance(exc, BrokerUnavailable):
+            raise
+        if isinstance(exc, _Timeout) or exc.errno in _TIMED_OUT:
+            raise BrokerUnavailable(
+                f"the broker at {paths.socket} did not complete the handshake within "
+                f"{timeout:g} s (stopped, or overloaded?)"
+            ) from None
+        raise lost(paths, exc, "during the handshake") from None
+    except EOFError as exc:
+        sock.close()
+        raise lost(paths, exc, "during the handshake") from None
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def _greet(sock: socket.socket, key: bytes, deadline: float) -> None:
+    """The challenge both ways, then the hellos, through a ``Connection`` over a copy of ``sock``."""
+    conn = mpc.Connection(os.dup(sock.fileno()))  # the same socket (and options); closing it leaves sock open
+    try:
+        _socket_timeouts(conn.fileno(), _remaining(deadline))
+        mpc.answer_challenge(conn, key)
+        mpc.deliver_challenge(conn, key)
+        _send(conn, wire.encode_hello(), "its handshake")
+        wire.decode_reply(_receive(conn, _remaining(deadline), "its handshake"))
+    finally:
+        conn.close()
+
+
+def _receive(conn: mpc.Connection, limit: float | None, what: str) -> bytes:
+    """Wait up to ``limit`` seconds (None: for ever) for a whole reply; return its bytes.
+
+    Raises:
+        _Timeout: nothing came in time, or the reply stopped halfway for the socket's timeout.
+        OSError, EOFError: the connection broke.
+    """
+    deadline = None if limit is None else time.monotonic() + limit
+    while not conn.poll(_POLL_CHUNK if deadline is None else min(_POLL_CHUNK, _remaining(deadline))):
+        if deadline is not None and time.monotonic() >= deadline:
+            raise _Timeout(what)
+    try:
+        return conn.recv_bytes(wire.MAX_MESSAGE_BYTES)
+    except OSError as exc:
+        if exc.errno in _TIMED_OUT:
+            raise _Timeout(what) from None
+        raise
+
+
+def _send(conn: mpc.Connection, data: bytes, what: str) -> None:
+    try:
+        conn.send_bytes(data)
+    except OSError as exc:
+        if exc.errno in _TIMED_OUT:
+            raise _Timeout(what) from None
+        raise
+
+
+def decode(op: ops.Op[R], value: Any) -> R:
+    """Return ``op``'s result from a reply's value.
+
+    Raises:
+        BrokerProtocolError: the value is not a result of ``op``.
+    """
+    try:
+        return ops.decode_result(op, value)
+    except ValueError as exc:
+        raise BrokerProtocolError(f"the broker sent a malformed reply: {exc}") from None
+
+
+def check_ping(info: Any) -> dict[str, Any]:
+    """Return a ping's answer, the broker's ``info()``; ``BrokerProtocolError`` if it is not one."""
+    if not isinstance(info, dict):
+        raise BrokerProtocolError(f"a ping was answered with {info!r:.100}")
+    return info
+
+
+def no_broker(paths: wire.BrokerPaths, exc: BaseException) -> BrokerUnavailable:
+    """The error of a client that found no broker (no key, no socket, refused)."""
+    return BrokerUnavailable(
+        f"no broker serves {paths.queue} ({type(exc).__name__}: {exc}); "
+        f"start one with: djq --queue {paths.queue} broker start"
+    )
+
+
+def lost(paths: wire.BrokerPaths, exc: BaseException, when: str) -> BrokerUnavailable:
+    """The error of a connection that broke ``when`` (an ``EOFError``: the broker closed it)."""
+    detail = "it closed the connection" if isinstance(exc, EOFError) else f"{type(exc).__name__}: {exc}"
+    return BrokerUnavailable(f"lost the broker at {paths.socket} {when}: {detail}")
+
+
+def late(paths: wire.BrokerPaths, timeout: float, limit: float | None, *, request: bool) -> BrokerUnavailable:
+    """The error of a call that timed out: its request unread in ``timeout`` s, or no reply in ``limit`` s."""
+    if request:
+        what = f"did not read the request within {timeout:g} s"
+    else:
+        what = "did not reply" + ("" if limit is None else f" within {limit:g} s")
+    return BrokerUnavailable(
+        f"the broker at {paths.socket} {what} (stopped, overloaded or stuck?); "
+        "this call's connection is closed"
+    )
 
 
 def _remaining(deadline: float) -> float:
