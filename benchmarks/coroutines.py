@@ -65,9 +65,7 @@ class Backend:
 
     def asynchronous(self) -> djq.AsyncBaseQueue:
         if self.kind == "broker":
-            from djq.aremote import AsyncBrokerClient
-
-            return AsyncBrokerClient(self.path)
+            return djq.AsyncBrokerClient(self.path)
         if self.kind == "file":
             return djq.open(self.path, fsync=self.fsync, asynchronous=True)
         return djq.open(str(self.url), name=self.name, fsync=self.fsync, asynchronous=True)

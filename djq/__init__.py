@@ -14,6 +14,7 @@ from .aconsumer import AsyncProducer as AsyncProducer
 from .aio import AsyncBaseQueue as AsyncBaseQueue
 from .api import BaseQueue as BaseQueue
 from .aqueue import AsyncQueue as AsyncQueue
+from .aremote import AsyncBrokerClient as AsyncBrokerClient
 from .client import Consumer as Consumer
 from .client import Delivery as Delivery
 from .client import Producer as Producer
@@ -52,6 +53,7 @@ except _metadata.PackageNotFoundError:  # running from a source tree that was ne
 
 __all__ = [
     "AsyncBaseQueue",
+    "AsyncBrokerClient",
     "AsyncConsumer",
     "AsyncDelivery",
     "AsyncProducer",

@@ -80,20 +80,22 @@ class AsyncBaseQueue(abc.ABC):
 
     async def put_many(self, payloads: Iterable[JSON], *, priority: int = 0, delay: float = 0.0) -> list[str]:
         """Add several tasks in one operation; return their ids in order (``BaseQueue.put_many``)."""
-        op = _put_many(self.config, payloads, priority, delay)
+        op = _put_many(await self._settings(), payloads, priority, delay)
         return [] if op is None else await self._submit(op)
 
     async def get(
         self, *, lease: float | None = None, timeout: float | None = 0.0, owner: str | None = None
     ) -> Task | None:
         """Lease the next task, waiting up to ``timeout`` s (None: until one comes) (``BaseQueue.get``)."""
-        return await self._submit(_lease_next(self.config, lease, owner), wait=_timeout(timeout))
+        op = _lease_next(await self._settings(), lease, owner)
+        return await self._submit(op, wait=_timeout(timeout))
 
     async def get_many(
         self, n: int, *, lease: float | None = None, timeout: float | None = 0.0, owner: str | None = None
     ) -> list[Task]:
         """Lease up to ``n`` tasks at once; [] when none came in time (``BaseQueue.get_many``)."""
-        return await self._submit(_lease_many(self.config, n, lease, owner), wait=_timeout(timeout))
+        op = _lease_many(await self._settings(), n, lease, owner)
+        return await self._submit(op, wait=_timeout(timeout))
 
     async def ack(self, task: Task | Lease) -> None:
         """Finish a leased task; ``LeaseLost`` if its lease was lost (``BaseQueue.ack``)."""
@@ -114,7 +116,7 @@ class AsyncBaseQueue(abc.ABC):
 
     async def extend(self, task: Task | Lease, *, lease: float | None = None) -> Task:
         """Renew a lease for ``lease`` seconds from now; return the task (``BaseQueue.extend``)."""
-        return await self._submit(_extend(self.config, task, lease))
+        return await self._submit(_extend(await self._settings(), task, lease))
 
     async def requeue(self, task_id: str) -> Task:
         """Move a dead task back to ready (``BaseQueue.requeue``)."""
@@ -139,6 +141,10 @@ class AsyncBaseQueue(abc.ABC):
     async def check(self, *, fix: bool = False) -> list[str]:
         """Validate the stored queue; return the problems (``BaseQueue.check``)."""
         return await self._submit(ops.Check(fix=fix))
+
+    async def _settings(self) -> QueueConfig:
+        """The configuration operations are built with: ``config`` (a broker's client asks its broker)."""
+        return self.config
 
     async def _unbroken(self, op: ops.Op[R], attempt: Awaitable[R]) -> R:
         """Await one attempt at ``op`` whole: a cancel lets it end, gives back its leases, then raises."""

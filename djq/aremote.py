@@ -30,14 +30,13 @@ import math
 import os
 import socket
 import struct
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
 from . import ops, remote, wire
 from .aio import AsyncBaseQueue
 from .errors import BrokerError, BrokerUnavailable
-from .model import DEFAULT_QUEUE_PATH, JSON, Lease, QueueConfig, Task
+from .model import DEFAULT_QUEUE_PATH, QueueConfig
 from .remote import _MAX_IDLE, DEFAULT_REPLY_TIMEOUT
 
 __all__ = ["AsyncBrokerClient"]
@@ -104,35 +103,11 @@ class AsyncBrokerClient(AsyncBaseQueue):
         for stream in idle:
             await stream.aclose()
 
-    # The methods that need the broker's configuration first (its lease, its payload limit)
-
-    async def put_many(self, payloads: Iterable[JSON], *, priority: int = 0, delay: float = 0.0) -> list[str]:
-        """Add several tasks in one operation; return their ids in order (``BaseQueue.put_many``)."""
-        await self._configured()
-        return await super().put_many(payloads, priority=priority, delay=delay)
-
-    async def get(
-        self, *, lease: float | None = None, timeout: float | None = 0.0, owner: str | None = None
-    ) -> Task | None:
-        """Lease the next task, waiting up to ``timeout`` s (None: until one comes) (``BaseQueue.get``)."""
-        await self._configured()
-        return await super().get(lease=lease, timeout=timeout, owner=owner)
-
-    async def get_many(
-        self, n: int, *, lease: float | None = None, timeout: float | None = 0.0, owner: str | None = None
-    ) -> list[Task]:
-        """Lease up to ``n`` tasks at once; [] when none came in time (``BaseQueue.get_many``)."""
-        await self._configured()
-        return await super().get_many(n, lease=lease, timeout=timeout, owner=owner)
-
-    async def extend(self, task: Task | Lease, *, lease: float | None = None) -> Task:
-        """Renew a lease for ``lease`` seconds from now; return the task (``BaseQueue.extend``)."""
-        await self._configured()
-        return await super().extend(task, lease=lease)
-
-    async def _configured(self) -> None:
+    async def _settings(self) -> QueueConfig:
+        """The broker's configuration (its lease, its payload limit), asked by the first call."""
         if self._config is None:
             await self.ping()
+        return self.config
 
     # The seam
 

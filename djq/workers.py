@@ -34,6 +34,7 @@ import orjson
 from .aio import AsyncBaseQueue
 from .api import BaseQueue
 from .aqueue import AsyncQueue
+from .aremote import AsyncBrokerClient
 from .errors import DjqError, LeaseLost, SimulationError
 from .metrics import LockRecorder
 from .model import QueueConfig, Task
@@ -115,8 +116,6 @@ def _open_async(spec: WorkerSpec, recorder: LockRecorder) -> AsyncBaseQueue:
         server: AsyncBaseQueue = open_queue(spec.target, name=spec.name, asynchronous=True, **options)
         return server
     if spec.mode == "broker":
-        from .aremote import AsyncBrokerClient
-
         return AsyncBrokerClient(spec.queue.path)
     fields = spec.queue.to_json()
     return AsyncQueue(fields.pop("path"), recorder=recorder, **fields)

@@ -180,9 +180,7 @@ def open_queue(queue_path: Path, clock: FakeClock, client_kind: str):
         if not loops:
             loops.append(LoopThread())
         if where is None:
-            from djq.aremote import AsyncBrokerClient
-
-            queue = AsyncBrokerClient(queue_path)
+            queue = djq.AsyncBrokerClient(queue_path)
         else:
             queue = djq.open(**where, clock=clock, fsync=False, asynchronous=True, **options)
         opened.append(client := Blocking(queue, loops[0]))

@@ -35,6 +35,7 @@ ALLOWED = {  # djq modules each module may import: each layer only from those be
     "aconsumer": {"aio", "client", "errors", "model"},  # the async consumer and producer
     "wire": {"errors", "model", "ops"},
     "remote": {"api", "errors", "model", "ops", "wire"},
+    "aremote": {"aio", "errors", "model", "ops", "remote", "wire"},  # the broker's client on asyncio streams
     "channel": {"wire"},  # one client connection: non-blocking framing, bounded buffers
     "endpoint": {"errors", "files", "wire"},  # the broker's socket, key, accept and handshake
     "broker": {
