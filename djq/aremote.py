@@ -128,7 +128,7 @@ class AsyncBrokerClient(AsyncBaseQueue):
         try:
             reply = await self._exchange(call, data, wait, generation)
         except _Abandoned:  # a cancelled get the broker dropped before serving it: nothing leased
-            return remote.decode(op, [] if isinstance(op, ops.LeaseMany) else None)  # a get's "no task"
+            return ops.nothing(op)
         return remote.decode(op, wire.decode_reply(reply))
 
     def _forget(self, work: asyncio.Future[Any]) -> None:
