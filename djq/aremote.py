@@ -37,11 +37,14 @@ from . import ops, remote, wire
 from .aio import AsyncBaseQueue
 from .errors import BrokerError, BrokerUnavailable
 from .model import DEFAULT_QUEUE_PATH, QueueConfig
-from .remote import _MAX_IDLE, DEFAULT_REPLY_TIMEOUT
+from .remote import DEFAULT_REPLY_TIMEOUT
 
 __all__ = ["AsyncBrokerClient"]
 
 R = TypeVar("R")
+#: idle connections kept for the next calls: one per call in flight, for up to this many coroutines
+#: (a call beyond them connects and does the handshake again, about a millisecond)
+MAX_IDLE: Final = 128
 _READ_LIMIT: Final = 1 << 20  #: bytes a stream buffers before it pauses reading (a longer reply still comes)
 
 
@@ -157,7 +160,7 @@ class AsyncBrokerClient(AsyncBaseQueue):
         return await self._connect(), generation
 
     def _give_back(self, stream: _Stream, generation: int) -> None:
-        if generation == self._generation and len(self._idle) < _MAX_IDLE:
+        if generation == self._generation and len(self._idle) < MAX_IDLE:
             self._idle.append(stream)
         else:
             stream.close()
