@@ -1,4 +1,4 @@
-"""benchmarks/peers.py as a subprocess: a quick djq-only run prints its tables, loses nothing."""
+"""The benchmarks as subprocesses: quick runs print their tables and lose nothing."""
 
 from __future__ import annotations
 
@@ -160,3 +160,22 @@ def test_the_default_set_has_no_servers_and_servers_adds_them(monkeypatch):
     assert added == set(bench.servers.SYSTEMS)
     chosen = bench.parse_args(["--systems", "djq-postgres*,pg-floor"]).chosen
     assert [s.name for s in chosen] == ["djq-postgres", "djq-postgres-for_update", "pg-floor"]
+
+
+@pytest.mark.timeout(120)
+def test_the_coroutines_benchmark_prints_a_row_per_backend_and_work(tmp_path):
+    """benchmarks/coroutines.py --quick on the file queue and the broker: every cell measured."""
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "coroutines.py"), "--quick", "--backends", "file,broker",
+         "--coroutines", "1,4"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=100, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [line.split() for line in result.stdout.splitlines() if line.startswith(("file ", "broker "))]
+    assert [(r[0], r[1]) for r in rows] == [
+        ("file", "0ms"),
+        ("file", "1ms"),
+        ("broker", "0ms"),
+        ("broker", "1ms"),
+    ]
+    assert all(len(r) == 7 and float(r[2]) > 0 for r in rows), result.stdout
