@@ -9,6 +9,7 @@ has ticked: a blocked loop would never tick, so the holder would give up by itse
 from __future__ import annotations
 
 import asyncio
+import inspect
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Callable
@@ -251,3 +252,17 @@ def test_calls_of_many_coroutines_share_the_lock_and_a_lost_lease_fails_only_its
             assert (stats.acked_total, stats.leased) == (2, 48)
 
     asyncio.run(main())
+
+
+def test_the_async_api_has_every_method_of_the_sync_one_with_the_same_parameters():
+    """AsyncBaseQueue mirrors BaseQueue: each public method a coroutine, with the same parameters."""
+
+    def public(cls: type) -> dict[str, inspect.Signature]:
+        members = inspect.getmembers(cls, inspect.isfunction)
+        return {name: inspect.signature(f) for name, f in members if not name.startswith("_")}
+
+    sync, asynchronous = public(djq.BaseQueue), public(djq.AsyncBaseQueue)
+    assert set(asynchronous) == set(sync)
+    for name, signature in sync.items():
+        assert inspect.iscoroutinefunction(getattr(djq.AsyncBaseQueue, name)), name
+        assert list(asynchronous[name].parameters.values()) == list(signature.parameters.values()), name
