@@ -292,6 +292,16 @@ class Engine:
             self._check_lock_kind()
             return see(self.storage.load(), self.clock())
 
+    def work_in_cache(self) -> bool:
+        """Whether the state as this process last saw it has work for a lease now (no file is read).
+
+        A hint, never an answer: the files may have changed since. A lease that trusts it
+        takes the lock and finds out; one that finds nothing here looks at the files.
+        """
+        with self.mutex:
+            current = self.storage.cached()
+            return current is not None and state.has_work(current, now=self.clock())
+
     def has_changed(self) -> bool:
         """Whether the files changed since this process last read or wrote them."""
         with self.mutex:

@@ -116,6 +116,10 @@ class JournalFile:
         self._fd, self._ino, self._offset, self._size, self._stale = None, -1, 0, 0, False
         self._last = None
 
+    def cached(self) -> QueueState | None:
+        """The state as last read or written, without looking at the files (None: none yet)."""
+        return None if self._base is None else self._base.state
+
     def has_changed(self) -> bool:
         """Return whether the snapshot or the journal differ from what this process applied."""
         if self._base is None or self.snapshot.has_changed():

@@ -68,6 +68,9 @@ class Storage(Protocol):
     def has_changed(self) -> bool:
         """Whether the files differ from what this process last read or wrote."""
 
+    def cached(self) -> QueueState | None:
+        """The state as this process last read or wrote it, without looking at the files (None: none yet)."""
+
     def file_bytes(self) -> int:
         """Bytes of the stored queue, as last seen."""
 
@@ -111,6 +114,10 @@ class QueueFile(SnapshotFile):
                 field="storage",
             )
         return snapshot.state
+
+    def cached(self) -> QueueState | None:
+        """The state as last read or written, without looking at the file (None: none yet)."""
+        return None if self._snapshot is None else self._snapshot.state
 
     def save(self, state: QueueState, applied: Applied | None = None) -> None:  # type: ignore[override]
         """Replace the file with ``state`` (``applied`` is not needed: the file holds it all)."""
