@@ -69,7 +69,6 @@ __all__ = [
     "Requeue",
     "Stats",
     "check_payload",
-    "decode_result",
     "from_json",
     "nothing",
 ]
@@ -222,7 +221,7 @@ class Op(Generic[R]):
 
     Class attributes: ``name`` (its key in ``OPS``), ``writes`` (it may change the queue:
     the journal records it and the broker batches it), ``waits`` (a lease: a client may
-    wait for it), ``result`` (how its result travels as JSON, a key of ``_RESULTS``).
+    wait for it), ``result`` (how its result travels as JSON: ``wire.decode_result``).
     """
 
     __slots__ = ()
@@ -431,19 +430,6 @@ def nothing(op: Op[R]) -> R:
     return [] if isinstance(op, LeaseMany) else None  # type: ignore[return-value]
 
 
-def decode_result(op: Op[R], value: Any) -> R:
-    """Rebuild ``op``'s result from its JSON form (a broker's reply).
-
-    Raises:
-        ValueError: the value is not a result of this operation.
-    """
-    try:
-        result: R = _RESULTS[op.result](value)
-    except (TypeError, KeyError, ValueError) as exc:
-        raise ValueError(f"not a result of {op.name!r}: {exc}") from None
-    return result
-
-
 def check_payload(payload: JSON, *, max_bytes: int) -> JSON:
     """Return a private copy of ``payload`` after checking it survives a JSON round trip.
 
@@ -475,26 +461,3 @@ def _same_types(copy: Any, original: Any) -> bool:
     if isinstance(copy, list):
         return all(_same_types(a, b) for a, b in zip(copy, original, strict=True))
     return True
-
-
-def _task(value: Any) -> Task:
-    return Task(**{**value, "state": TaskState(value["state"])})
-
-
-def _list(values: Any) -> list[Any]:
-    if type(values) is not list:
-        raise TypeError(f"expected a list, not {type(values).__name__}")
-    return values
-
-
-_RESULTS: Final[dict[str, Callable[[Any], Any]]] = {
-    "none": lambda value: None,
-    "ids": lambda values: [str(v) for v in _list(values)],
-    "task": _task,
-    "task?": lambda value: None if value is None else _task(value),
-    "tasks": lambda values: [_task(v) for v in _list(values)],
-    "state": TaskState,
-    "count": int,
-    "stats": lambda value: QueueStats(**value),
-    "strings": lambda values: [str(v) for v in _list(values)],
-}

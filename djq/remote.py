@@ -302,7 +302,7 @@ def decode(op: ops.Op[R], value: Any) -> R:
         BrokerProtocolError: the value is not a result of ``op``.
     """
     try:
-        return ops.decode_result(op, value)
+        return wire.decode_result(op, value)
     except ValueError as exc:
         raise BrokerProtocolError(f"the broker sent a malformed reply: {exc}") from None
 

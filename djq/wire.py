@@ -21,15 +21,16 @@ import math
 import os
 import socket
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 import orjson
 
 from . import errors, ops
 from .errors import BrokerProtocolError, ConfigError, DjqError, PayloadError
-from .model import JSON, _check_path, check_seconds
+from .model import JSON, QueueStats, Task, TaskState, _check_path, check_seconds
 
 __all__ = [
     "CONTROL",
@@ -41,6 +42,7 @@ __all__ = [
     "check_hello",
     "decode_reply",
     "decode_request",
+    "decode_result",
     "encode_control",
     "encode_error",
     "encode_hello",
@@ -48,6 +50,7 @@ __all__ = [
     "encode_request",
 ]
 
+R = TypeVar("R")
 PROTOCOL: Final = 2  #: the wire's version: 1 was djq 0.1 (no hello); 2 sends operations in ops' codec
 CONTROL: Final = {"ping": (), "metrics": ("rows",), "shutdown": ()}  #: the broker's own messages, their args
 MAX_MESSAGE_BYTES: Final = 64 << 20  #: largest request or reply; a longer one closes the connection
@@ -241,3 +244,44 @@ def _rebuild(name: Any, attrs: Any) -> DjqError:
         return cls(**attrs)
     except TypeError:
         return cls(str(attrs.get("message", "")))
+
+
+# Results: how each operation's result (``Op.result`` names its kind) comes back from JSON
+
+
+def decode_result(op: ops.Op[R], value: Any) -> R:
+    """Rebuild ``op``'s result from its JSON form (a broker's reply).
+
+    Raises:
+        ValueError: the value is not a result of this operation.
+    """
+    try:
+        result: R = _RESULTS[op.result](value)
+    except (TypeError, KeyError, ValueError) as exc:
+        raise ValueError(f"not a result of {op.name!r}: {exc}") from None
+    return result
+
+
+
+
+def _task(value: Any) -> Task:
+    return Task(**{**value, "state": TaskState(value["state"])})
+
+
+def _list(values: Any) -> list[Any]:
+    if type(values) is not list:
+        raise TypeError(f"expected a list, not {type(values).__name__}")
+    return values
+
+
+_RESULTS: Final[dict[str, Callable[[Any], Any]]] = {
+    "none": lambda value: None,
+    "ids": lambda values: [str(v) for v in _list(values)],
+    "task": _task,
+    "task?": lambda value: None if value is None else _task(value),
+    "tasks": lambda values: [_task(v) for v in _list(values)],
+    "state": TaskState,
+    "count": int,
+    "stats": lambda value: QueueStats(**value),
+    "strings": lambda values: [str(v) for v in _list(values)],
+}

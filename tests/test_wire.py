@@ -2,7 +2,7 @@
 
 Pure functions on bytes: no broker, no socket, no file. A request is an operation in
 ``ops``' one codec (plus a lease's ``wait``) or one of the broker's own control messages;
-results are rebuilt by ``ops.decode_result``; a config travels as ``QueueConfig.to_json``.
+results are rebuilt by ``wire.decode_result``; a config travels as ``QueueConfig.to_json``.
 """
 
 from __future__ import annotations
@@ -562,7 +562,7 @@ def test_a_reply_the_broker_never_sends_is_a_protocol_error(data):
         wire.decode_reply(data)
 
 
-# Results: ops.decode_result
+# Results: wire.decode_result
 
 _TASK: dict[str, Any] = {
     "id": "1",
@@ -596,12 +596,12 @@ def test_the_result_kinds_cover_every_operation():
 
 def test_a_task_is_rebuilt_with_its_state():
     """A task result (extend, requeue) is a Task whose state is a TaskState."""
-    task = ops.decode_result(SAMPLES["extend"], _through_the_wire(_TASK))
+    task = wire.decode_result(SAMPLES["extend"], _through_the_wire(_TASK))
     assert isinstance(task, Task)
     assert task == Task(**{**_TASK, "state": TaskState.LEASED})
     assert task.state is TaskState.LEASED
     assert task.token == "t"
-    assert ops.decode_result(SAMPLES["requeue"], _through_the_wire({**_TASK, "state": "ready"})).state is (
+    assert wire.decode_result(SAMPLES["requeue"], _through_the_wire({**_TASK, "state": "ready"})).state is (
         TaskState.READY
     )
 
@@ -610,43 +610,43 @@ def test_a_task_travels_back_as_it_left():
     """encode_ok of a Task's fields, then decode_result, gives an equal Task."""
     task = Task(id="9", payload=[1, "x"], priority=-4, state=TaskState.DEAD, attempts=5, enqueued_at=2.5)
     value = _through_the_wire({f.name: getattr(task, f.name) for f in dataclasses.fields(Task)})
-    assert ops.decode_result(SAMPLES["requeue"], value) == task
+    assert wire.decode_result(SAMPLES["requeue"], value) == task
 
 
 def test_a_lease_returns_a_task_or_none():
     """lease's result is a Task, or None when nothing was ready."""
-    assert ops.decode_result(SAMPLES["lease"], _through_the_wire(None)) is None
-    assert isinstance(ops.decode_result(SAMPLES["lease"], _through_the_wire(_TASK)), Task)
+    assert wire.decode_result(SAMPLES["lease"], _through_the_wire(None)) is None
+    assert isinstance(wire.decode_result(SAMPLES["lease"], _through_the_wire(_TASK)), Task)
 
 
 @pytest.mark.parametrize("name", ["lease_many", "peek", "dead"])
 def test_task_lists_are_rebuilt(name):
     """lease_many, peek and dead return lists of Tasks (possibly empty)."""
-    tasks = ops.decode_result(
+    tasks = wire.decode_result(
         SAMPLES[name], _through_the_wire([_TASK, {**_TASK, "id": "2", "state": "dead"}])
     )
     assert [t.id for t in tasks] == ["1", "2"]
     assert [t.state for t in tasks] == [TaskState.LEASED, TaskState.DEAD]
-    assert ops.decode_result(SAMPLES[name], _through_the_wire([])) == []
+    assert wire.decode_result(SAMPLES[name], _through_the_wire([])) == []
 
 
 @pytest.mark.parametrize("name", ["put", "put_many", "ack_many", "reap"])
 def test_id_lists_are_rebuilt_as_strings(name):
     """put, put_many, ack_many and reap return lists of ids."""
-    assert ops.decode_result(SAMPLES[name], _through_the_wire(["1", "22"])) == ["1", "22"]
-    assert ops.decode_result(SAMPLES[name], _through_the_wire([])) == []
+    assert wire.decode_result(SAMPLES[name], _through_the_wire(["1", "22"])) == ["1", "22"]
+    assert wire.decode_result(SAMPLES[name], _through_the_wire([])) == []
 
 
 def test_the_other_result_kinds_are_rebuilt():
     """nack a TaskState, purge a count, stats QueueStats, check strings, ack nothing."""
-    assert ops.decode_result(SAMPLES["nack"], _through_the_wire("dead")) is TaskState.DEAD
-    assert ops.decode_result(SAMPLES["nack"], _through_the_wire("ready")) is TaskState.READY
-    assert ops.decode_result(SAMPLES["purge"], _through_the_wire(3)) == 3
-    stats = ops.decode_result(SAMPLES["stats"], _through_the_wire(_stats_fields()))
+    assert wire.decode_result(SAMPLES["nack"], _through_the_wire("dead")) is TaskState.DEAD
+    assert wire.decode_result(SAMPLES["nack"], _through_the_wire("ready")) is TaskState.READY
+    assert wire.decode_result(SAMPLES["purge"], _through_the_wire(3)) == 3
+    stats = wire.decode_result(SAMPLES["stats"], _through_the_wire(_stats_fields()))
     assert stats == QueueStats(**_stats_fields())
-    assert ops.decode_result(SAMPLES["check"], _through_the_wire(["ok", "fixed 1"])) == ["ok", "fixed 1"]
-    assert ops.decode_result(SAMPLES["check"], _through_the_wire([])) == []
-    assert ops.decode_result(SAMPLES["ack"], _through_the_wire(None)) is None
+    assert wire.decode_result(SAMPLES["check"], _through_the_wire(["ok", "fixed 1"])) == ["ok", "fixed 1"]
+    assert wire.decode_result(SAMPLES["check"], _through_the_wire([])) == []
+    assert wire.decode_result(SAMPLES["ack"], _through_the_wire(None)) is None
 
 
 @pytest.mark.parametrize(
@@ -685,7 +685,7 @@ def test_the_other_result_kinds_are_rebuilt():
 def test_a_malformed_result_is_a_value_error(name, value):
     """A value that is not a result of the operation raises ValueError naming the operation."""
     with pytest.raises(ValueError, match=f"not a result of '{name}'"):
-        ops.decode_result(SAMPLES[name], _through_the_wire(value))
+        wire.decode_result(SAMPLES[name], _through_the_wire(value))
 
 
 # QueueConfig travels as JSON
