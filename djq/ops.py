@@ -52,6 +52,7 @@ __all__ = [
     "MAX_TEXT",
     "OPS",
     "Ack",
+    "AckLease",
     "AckMany",
     "Check",
     "Dead",
@@ -61,6 +62,7 @@ __all__ = [
     "Nack",
     "Op",
     "Peek",
+    "Pop",
     "Purge",
     "Put",
     "PutMany",
@@ -180,6 +182,7 @@ _CHECKS: Final[dict[str, Callable[[str, Any], None] | None]] = {
     "delay": _delay,
     "max_attempts": _positive,
     "token": _text,
+    "next_token": _text,
     "tokens": _tokens,
     "owner": _text,
     "duration": _duration,
@@ -308,6 +311,22 @@ class LeaseMany(Op[list[Task]]):
     """Lease up to ``len(tokens)`` tasks to ``owner``, each under its own token."""
 
     tokens: tuple[str, ...]
+    owner: str
+    duration: float
+
+
+@_op("pop", waits=True, result="task?")
+class Pop(Op[Task | None]):
+    """Reclaim expired leases, then take the next task for good, at most once: it leaves in the same write."""
+
+
+@_op("ack_lease", waits=True, result="task?")
+class AckLease(Op[Task | None]):
+    """Ack the lease ``id``/``token``, then lease the next task under ``next_token``: one lock, one write."""
+
+    id: str
+    token: str
+    next_token: str
     owner: str
     duration: float
 

@@ -32,7 +32,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Final
 
 from . import ops
@@ -45,6 +45,7 @@ __all__ = [
     "QueueState",
     "Record",
     "ack",
+    "ack_lease",
     "ack_many",
     "apply",
     "dead",
@@ -55,6 +56,7 @@ __all__ = [
     "nack",
     "next_deadline",
     "peek",
+    "pop",
     "purge",
     "put",
     "put_many",
@@ -236,6 +238,35 @@ def lease(state: QueueState, *, token: str, owner: str, duration: float, now: fl
     _indexed(state).leased(record, expires_at, token)
     state.revision += 1
     return record.snapshot()
+
+
+def pop(state: QueueState, *, now: float) -> Task | None:
+    """Reclaim expired leases, then take the next ready task for good; None when none is ready.
+
+    At most once: the task leaves the queue in this same change (counted in ``acked_total``),
+    so a consumer that dies holding it loses it. Its snapshot says ``DONE``, attempts raised.
+    """
+    reap(state, now=now)
+    record = _indexed(state).next_ready(state.tasks, now)
+    if record is None:
+        return None
+    record.attempts += 1
+    del state.tasks[record.id]
+    state.acked_total += 1
+    state.revision += 1
+    return replace(record.snapshot(), state=TaskState.DONE)
+
+
+def ack_lease(
+    state: QueueState, task_id: str, token: str, *, next_token: str, owner: str, duration: float, now: float
+) -> Task | None:
+    """Ack ``task_id`` under ``token``, then lease the next ready task: a consumer's step, in one change.
+
+    Raises:
+        LeaseLost: the token no longer holds the task; nothing changed (nothing is leased either).
+    """
+    ack(state, task_id, token, now=now)
+    return lease(state, token=next_token, owner=owner, duration=duration, now=now)
 
 
 def lease_many(
@@ -426,6 +457,10 @@ RULES: Final[dict[type[ops.Op[Any]], Callable[[QueueState, Any, float], Any]]] =
     ops.LeaseNext: lambda s, op, now: lease(s, token=op.token, owner=op.owner, duration=op.duration, now=now),
     ops.LeaseMany: lambda s, op, now: lease_many(
         s, tokens=op.tokens, owner=op.owner, duration=op.duration, now=now
+    ),
+    ops.Pop: lambda s, op, now: pop(s, now=now),
+    ops.AckLease: lambda s, op, now: ack_lease(
+        s, op.id, op.token, next_token=op.next_token, owner=op.owner, duration=op.duration, now=now
     ),
     ops.Ack: lambda s, op, now: ack(s, op.id, op.token, now=now),
     ops.AckMany: lambda s, op, now: ack_many(s, op.leases, now=now),

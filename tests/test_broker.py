@@ -447,7 +447,7 @@ def test_a_get_waiting_in_the_broker_is_served_a_task_a_direct_client_puts(manag
         with djq.Queue(manager.paths.queue, fsync=False) as direct:
             task_id = direct.put({"from": "direct"})
         assert conn.poll(CLIENT_TIMEOUT * 2)
-        task = ops.decode_result(_lease("w"), wire.decode_reply(conn.recv_bytes()))
+        task = wire.decode_result(_lease("w"), wire.decode_reply(conn.recv_bytes()))
     assert (task.id, task.payload, task.owner) == (task_id, {"from": "direct"}, "w")
 
 
