@@ -30,7 +30,19 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from . import ops
-from .api import _ack_many, _extend, _id, _lease_many, _lease_next, _purge, _put_many, _timeout, _token
+from .api import (
+    _ack_lease,
+    _ack_many,
+    _extend,
+    _id,
+    _lease_many,
+    _lease_next,
+    _purge,
+    _put_many,
+    _then_lease,
+    _timeout,
+    _token,
+)
 from .errors import DjqError
 from .model import JSON, Lease, QueueConfig, QueueStats, Task, TaskState
 
@@ -89,6 +101,24 @@ class AsyncBaseQueue(abc.ABC):
         """Lease the next task, waiting up to ``timeout`` s (None: until one comes) (``BaseQueue.get``)."""
         op = _lease_next(await self._settings(), lease, owner)
         return await self._submit(op, wait=_timeout(timeout))
+
+    async def pop(self, *, timeout: float | None = 0.0) -> Task | None:
+        """Take the next task for good, at most once (``BaseQueue.pop``)."""
+        return await self._submit(ops.Pop(), wait=_timeout(timeout))
+
+    async def ack_and_get(
+        self,
+        task: Task | Lease,
+        *,
+        lease: float | None = None,
+        timeout: float | None = 0.0,
+        owner: str | None = None,
+    ) -> Task | None:
+        """Ack ``task`` and lease the next task in one operation (``BaseQueue.ack_and_get``)."""
+        op = _ack_lease(await self._settings(), task, lease, owner)
+        wait = _timeout(timeout)  # checked before anything is submitted
+        found = await self._submit(op)
+        return found if found is not None or wait == 0 else await self._submit(_then_lease(op), wait=wait)
 
     async def get_many(
         self, n: int, *, lease: float | None = None, timeout: float | None = 0.0, owner: str | None = None
@@ -159,15 +189,15 @@ class AsyncBaseQueue(abc.ABC):
             raise
 
     async def _after_cancel(self, op: ops.Op[Any], work: asyncio.Future[Any]) -> None:
-        """Wait for the cancelled attempt to end; give back every task it leased."""
+        """Wait for the cancelled attempt to end; give back every task it leased (a popped one is gone)."""
         try:
             result = await work
         except BaseException:  # it failed, or never ran: nothing was leased by it
             return
-        if not op.waits or not result:
-            return
         for task in result if isinstance(result, list) else [result]:
+            if not isinstance(task, Task) or task.state is not TaskState.LEASED:
+                continue
             try:
                 await self.release(task)
             except DjqError as exc:  # lost meanwhile, or the backend is gone: the lease expires by itself
-                logger.warning("could not give back task %s after a cancelled get: %s", task.id, exc)
+                logger.warning("could not give back task %s after a cancelled call: %s", task.id, exc)

@@ -1,9 +1,9 @@
 """The one client API: the queue's methods, written once over one seam.
 
-``BaseQueue`` holds every user method (put, put_many, get, get_many, ack, ack_many,
-nack, release, extend, requeue, purge, stats, peek, dead, check). Each resolves its defaults, lease
-tokens and owner here, builds one operation of ``djq.ops`` (validated when built, before
-any lock, socket or query) and hands it to the seam::
+``BaseQueue`` holds every user method (put, put_many, get, get_many, pop, ack, ack_many,
+ack_and_get, nack, release, extend, requeue, purge, stats, peek, dead, check). Each
+resolves its defaults, lease tokens and owner here, builds one operation of ``djq.ops``
+(validated when built, before any lock, socket or query) and hands it to the seam::
 
     _submit(op, wait=0.0) -> the operation's result
 
@@ -104,6 +104,34 @@ class BaseQueue(abc.ABC):
                 characters (default ``pid-<pid>``).
         """
         return self._submit(_lease_next(self.config, lease, owner), wait=_timeout(timeout))
+
+    def pop(self, *, timeout: float | None = 0.0) -> Task | None:
+        """Take the next task for good, at most once: it leaves the queue in this same write.
+
+        No lease and no ack: what diskcache's ``popleft`` and Redis's ``LPOP`` give. A consumer
+        that dies (or a call cancelled) while holding a popped task loses it; use ``get`` and
+        ``ack`` for at-least-once. The task comes back with state ``DONE``, ``attempts`` raised.
+        ``timeout`` as for ``get``.
+        """
+        return self._submit(ops.Pop(), wait=_timeout(timeout))
+
+    def ack_and_get(
+        self,
+        task: Task | Lease,
+        *,
+        lease: float | None = None,
+        timeout: float | None = 0.0,
+        owner: str | None = None,
+    ) -> Task | None:
+        """Ack ``task`` and lease the next task in one operation: a consumer's step, one lock and one write.
+
+        The ack happens at once (``LeaseLost`` if it cannot, and then nothing is leased);
+        if no task is ready, the get waits up to ``timeout`` (as ``get``) after it.
+        """
+        op = _ack_lease(self.config, task, lease, owner)
+        wait = _timeout(timeout)  # checked before anything is submitted
+        found = self._submit(op)
+        return found if found is not None or wait == 0 else self._submit(_then_lease(op), wait=wait)
 
     def get_many(
         self, n: int, *, lease: float | None = None, timeout: float | None = 0.0, owner: str | None = None
@@ -216,6 +244,23 @@ def _lease_many(config: QueueConfig, n: int, lease: float | None, owner: str | N
         raise ConfigError(f"n must be an integer from 1 to {ops.MAX_BATCH}, not {n!r}", field="n")
     tokens = tuple(new_token() for _ in range(n))
     return ops.LeaseMany(tokens=tokens, owner=_owner(owner), duration=_duration(config, lease))
+
+
+def _ack_lease(
+    config: QueueConfig, task: Task | Lease, lease: float | None, owner: str | None
+) -> ops.AckLease:
+    return ops.AckLease(
+        id=_id(task),
+        token=_token(task),
+        next_token=new_token(),
+        owner=_owner(owner),
+        duration=_duration(config, lease),
+    )
+
+
+def _then_lease(op: ops.AckLease) -> ops.LeaseNext:
+    """The waiting part of ``ack_and_get``: the lease ``op`` asked for, alone (its ack is done)."""
+    return ops.LeaseNext(token=op.next_token, owner=op.owner, duration=op.duration)
 
 
 def _ack_many(tasks: Iterable[Task | Lease]) -> ops.AckMany | None:

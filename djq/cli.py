@@ -1,6 +1,6 @@
 """The ``djq`` command line.
 
-Commands: put, get, ack, nack, release, extend, ls, stats, dead, requeue, purge, compact, check
+Commands: put, get, pop, ack, nack, release, extend, ls, stats, dead, requeue, purge, compact, check
 (with ``--broker``, sent to the queue's broker instead of taking the file lock),
 ``broker`` (start, stop, status), and the measuring commands of ``djq.cli_sim``:
 ``demo`` (producer and consumer processes on one queue, with lock statistics),
@@ -170,6 +170,11 @@ def _queue_commands(command: Command) -> None:
     p.add_argument("--delay-s", type=float, default=0.0, help="seconds before it can be leased")
     p = command("get", _get, "lease the next task; prints it with its lease token")
     p.add_argument("--lease-s", type=float, default=None, help="lease length in seconds (default: 30)")
+    p.add_argument(
+        "--wait-s", type=_wait, default=0.0, metavar="SECONDS",
+        help="seconds to wait for a task, or 'none' to wait for ever (default: 0)",
+    )  # fmt: skip
+    p = command("pop", _get, "take the next task for good, at most once (no lease, no ack); prints it")
     p.add_argument(
         "--wait-s", type=_wait, default=0.0, metavar="SECONDS",
         help="seconds to wait for a task, or 'none' to wait for ever (default: 0)",
@@ -373,8 +378,13 @@ def _payload(text: str) -> Any:
 
 
 def _get(args: argparse.Namespace) -> None:
+    """``get`` (lease the next task) or ``pop`` (take it for good)."""
     try:
-        task = _queue(args).get(lease=args.lease_s, timeout=args.wait_s)
+        queue = _queue(args)
+        if args.command == "pop":
+            task = queue.pop(timeout=args.wait_s)
+        else:
+            task = queue.get(lease=args.lease_s, timeout=args.wait_s)
     except ConfigError as exc:
         if exc.field != "timeout":
             raise

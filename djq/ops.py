@@ -320,9 +320,12 @@ class Pop(Op[Task | None]):
     """Reclaim expired leases, then take the next task for good, at most once: it leaves in the same write."""
 
 
-@_op("ack_lease", waits=True, result="task?")
+@_op("ack_lease", result="task?")
 class AckLease(Op[Task | None]):
-    """Ack the lease ``id``/``token``, then lease the next task under ``next_token``: one lock, one write."""
+    """Ack the lease ``id``/``token``, then lease the next task under ``next_token``: one lock, one write.
+
+    Not a waiting operation: the ack must happen now. ``ack_and_get`` waits with a ``LeaseNext``.
+    """
 
     id: str
     token: str

@@ -262,8 +262,6 @@ def decode_result(op: ops.Op[R], value: Any) -> R:
     return result
 
 
-
-
 def _task(value: Any) -> Task:
     return Task(**{**value, "state": TaskState(value["state"])})
 

@@ -148,6 +148,45 @@ def test_release_gives_a_task_back_uncounted_in_its_place(open_queue, clock):
     assert q.get().id == second
 
 
+def test_pop_takes_tasks_for_good_in_delivery_order(queue, clock):
+    """pop: priority then FIFO, the task gone at once (counted as acked), None when nothing is ready."""
+    low, high = queue.put("low"), queue.put("high", priority=5)
+    queue.put("later", delay=10.0)
+    first = queue.pop()
+    assert (first.id, first.payload, first.state, first.attempts) == (high, "high", TaskState.DONE, 1)
+    assert queue.pop().id == low
+    assert queue.pop() is None
+    stats = queue.stats()
+    assert (stats.ready, stats.delayed, stats.leased, stats.acked_total) == (0, 1, 0, 2)
+    clock.advance(10.0)
+    assert queue.pop().payload == "later"
+
+
+def test_pop_reclaims_an_expired_lease(queue, clock):
+    """A task whose lease expired can be popped: the lease is reclaimed first."""
+    queue.put("x")
+    queue.get(lease=1.0)
+    assert queue.pop() is None
+    clock.advance(1.0)
+    assert queue.pop().attempts == 2
+
+
+def test_ack_and_get_acks_and_leases_the_next_in_one_call(queue, clock):
+    """ack_and_get: the ack is done, the next task leased; a stale token raises and leases nothing."""
+    first_id, second_id = queue.put("first"), queue.put("second")
+    first = queue.get()
+    second = queue.ack_and_get(first, lease=5.0)
+    assert (second.id, second.attempts) == (second_id, 1)
+    assert second.lease_expires_at == clock() + 5.0
+    with pytest.raises(djq.LeaseLost):
+        queue.ack_and_get(first)  # its lease is gone: nothing else happens
+    stats = queue.stats()
+    assert (stats.leased, stats.acked_total) == (1, 1)
+    assert queue.ack_and_get(second) is None  # acked; nothing was left to lease
+    assert queue.stats().acked_total == 2
+    assert first_id not in {t.id for t in queue.peek()}
+
+
 def test_nack_with_delay_hides_the_task_until_then(queue, clock):
     """A nacked task comes back after the delay asked for."""
     queue.put("x")

@@ -336,6 +336,16 @@ CASES: dict[str, list[tuple[str, dict[str, Any], Callable[[World, Any, Any], obj
         ("timeout", TIMEOUTS, lambda w, q, v: q.get(timeout=v), ConfigError),
         ("owner", OWNERS, lambda w, q, v: q.get(owner=v), ConfigError),
     ],
+    "pop": [("timeout", TIMEOUTS, lambda w, q, v: q.pop(timeout=v), ConfigError)],
+    "ack_and_get": [
+        ("task", NOT_TASKS, lambda w, q, v: q.ack_and_get(v), ConfigError),
+        ("task.id", IDS, lambda w, q, v: q.ack_and_get(djq.Lease(id=v, token=w.held.token)), ConfigError),
+        ("task.token", {**TOKENS, "None": None}, lambda w, q, v: q.ack_and_get(djq.Lease(id=w.held.id, token=v)), ConfigError),
+        ("lease", LEASES, lambda w, q, v: q.ack_and_get(w.held, lease=v), ConfigError),
+        ("timeout", TIMEOUTS, lambda w, q, v: q.ack_and_get(w.held, timeout=v), ConfigError),
+        ("owner", OWNERS, lambda w, q, v: q.ack_and_get(w.held, owner=v), ConfigError),
+        ("task.id (none has)", ODD_IDS, lambda w, q, v: q.ack_and_get(djq.Lease(id=v, token=w.held.token)), LeaseLost),
+    ],
     "get_many": [
         ("n", COUNTS, lambda w, q, v: q.get_many(v), ConfigError),
         ("lease", LEASES, lambda w, q, v: q.get_many(2, lease=v), ConfigError),
@@ -559,6 +569,7 @@ CLI_CASES: dict[str, tuple[list[str], dict[str, str]]] = {
     }),
     "get --lease-s": (["get", "--lease-s", "{}"], {"inf": "inf", "nan": "nan", "0": "0", "-1": "-1", "43201": "43201"}),
     "get --wait-s": (["get", "--wait-s", "{}"], {"inf": "inf", "-inf": "-inf", "nan": "nan", "-1": "-1", "1e30": "1e30"}),
+    "pop --wait-s": (["pop", "--wait-s", "{}"], {"inf": "inf", "nan": "nan", "-1": "-1"}),
     "ack ID": (["ack", "{}", "0123456789abcdef"], {"not-utf8": "\udcff", "long": "1" * 1000}),
     "ack TOKEN": (["ack", "1", "{}"], {"empty": "", "long": "t" * 1000, "not-utf8": "\udcff", "tab": "a\tb"}),
     "nack ID": (["nack", "{}", "0123456789abcdef"], {"not-utf8": "\udcff", "long": "1" * 1000}),
@@ -765,7 +776,7 @@ def test_hostile_cli_values_through_the_broker(cli_queue: Path, monkeypatch: pyt
             seen = World.view(other)
             files = _files(cli_queue.parent)
             for option, label, argv in _cli_argv():
-                if argv[0] not in ("put", "get", "ack", "nack", "release", "extend", "ls", "requeue"):
+                if argv[0] not in ("put", "get", "pop", "ack", "nack", "release", "extend", "ls", "requeue"):
                     continue
                 TRIED["cli"] += 1
                 DISTINCT.add(("cli --broker", option, label))

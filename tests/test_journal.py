@@ -175,6 +175,8 @@ LAST_CALLS: dict[str, Callable[[djq.Queue, _Seeded], object]] = {
     "ack_many": lambda q, s: q.ack_many([s.held]),
     "nack": lambda q, s: q.nack(s.held, delay=3.0),
     "release": lambda q, s: q.release(s.held),
+    "pop": lambda q, s: q.pop(),
+    "ack_lease": lambda q, s: q.ack_and_get(s.held, lease=60.0),
     "extend": lambda q, s: q.extend(s.held, lease=90.0),
     "requeue": lambda q, s: q.requeue(s.dead_id),
     "purge": lambda q, s: q.purge(dead_only=True),

@@ -13,6 +13,7 @@ from djq.errors import ConfigError, LeaseLost, UnknownTask
 from djq.model import DEFAULT_MAX_ATTEMPTS, MAX_DELAY, MAX_LEASE_DURATION, QueueStats, Task, TaskState
 from djq.ops import (
     Ack,
+    AckLease,
     AckMany,
     Dead,
     Extend,
@@ -20,6 +21,7 @@ from djq.ops import (
     LeaseNext,
     Nack,
     Peek,
+    Pop,
     Purge,
     Put,
     PutMany,
@@ -33,6 +35,7 @@ from djq.state import (
     RULES,
     QueueState,
     ack,
+    ack_lease,
     ack_many,
     apply,
     dead,
@@ -42,6 +45,7 @@ from djq.state import (
     nack,
     next_deadline,
     peek,
+    pop,
     purge,
     put,
     put_many,
@@ -530,6 +534,47 @@ def test_release_of_the_last_attempt_keeps_the_task_alive():
     assert (nacked.tasks["1"].state, nacked.dead_total) == (TaskState.DEAD, 1)
 
 
+# --- pop and ack_lease ---------------------------------------------------------------------
+
+
+def test_pop_takes_the_next_task_for_good_in_delivery_order():
+    """pop: highest priority first, then FIFO; the task leaves at once, counted as acked."""
+    s = QueueState()
+    put(s, "low", now=T0)
+    put(s, "high", priority=5, now=T0)
+    first = pop(s, now=T0)
+    assert first is not None
+    assert (first.payload, first.state, first.attempts, first.token) == ("high", TaskState.DONE, 1, None)
+    assert first.id not in s.tasks
+    assert s.acked_total == 1
+    assert pop(s, now=T0).payload == "low"
+    assert pop(s, now=T0) is None
+
+
+def test_pop_reclaims_an_expired_lease_first():
+    """A lease that expired is reclaimed by pop, which may then take that very task."""
+    s, _ = _leased_one()
+    assert pop(s, now=T0 + 1) is None  # the lease still holds
+    task = pop(s, now=T0 + LEASE + 1)
+    assert (task.id, task.attempts) == ("1", 2)
+
+
+def test_ack_lease_acks_then_leases_the_next_and_a_stale_token_changes_nothing():
+    """ack_lease is ack then lease; with a token that lost the task it raises and leases nothing."""
+    s, _ = _leased_one()
+    put(s, "next", now=T0 + 1)
+    before = Unchanged(s)
+    with pytest.raises(LeaseLost):
+        ack_lease(s, "1", "stale", next_token="n1", owner="w2", duration=LEASE, now=T0 + 2)
+    before.check()
+    task = ack_lease(s, "1", "t1", next_token="n1", owner="w2", duration=LEASE, now=T0 + 2)
+    assert (task.id, task.token, task.owner, task.state) == ("2", "n1", "w2", TaskState.LEASED)
+    assert "1" not in s.tasks
+    assert s.acked_total == 1
+    assert ack_lease(s, "2", "n1", next_token="n2", owner="w2", duration=LEASE, now=T0 + 3) is None
+    assert s.acked_total == 2
+
+
 # --- extend ------------------------------------------------------------------------------
 
 
@@ -840,6 +885,15 @@ def _apply_cases() -> dict[str, tuple[ops.Op[object], Callable[[QueueState, floa
         "nack": (Nack(id="2", token="t2", delay=3.0), lambda s, now: nack(s, "2", "t2", delay=3.0, now=now)),
         "nack_stale": (Nack(id="3", token="t2"), lambda s, now: nack(s, "3", "t2", now=now)),
         "release": (Release(id="2", token="t2"), lambda s, now: release(s, "2", "t2", now=now)),
+        "pop": (Pop(), lambda s, now: pop(s, now=now)),
+        "ack_lease": (
+            AckLease(id="2", token="t2", next_token="tn", owner="o", duration=4.0),
+            lambda s, now: ack_lease(s, "2", "t2", next_token="tn", owner="o", duration=4.0, now=now),
+        ),
+        "ack_lease_stale": (
+            AckLease(id="2", token="zz", next_token="tn", owner="o", duration=4.0),
+            lambda s, now: ack_lease(s, "2", "zz", next_token="tn", owner="o", duration=4.0, now=now),
+        ),
         "extend": (
             Extend(id="2", token="t2", duration=7.0),
             lambda s, now: extend(s, "2", "t2", duration=7.0, now=now),

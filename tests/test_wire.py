@@ -50,6 +50,8 @@ SAMPLES: dict[str, ops.Op[Any]] = {
     "ack_many": ops.AckMany(leases=(("1", "a"), ("2", "b"))),
     "nack": ops.Nack(id="1", token="abc", delay=2.0),
     "release": ops.Release(id="1", token="abc"),
+    "pop": ops.Pop(),
+    "ack_lease": ops.AckLease(id="1", token="abc", next_token="def", owner="w", duration=5.0),
     "extend": ops.Extend(id="1", token="abc", duration=5.0),
     "requeue": ops.Requeue(id="1"),
     "purge": ops.Purge(states=frozenset({TaskState.DEAD, TaskState.READY})),
@@ -92,8 +94,8 @@ def test_a_request_is_the_operations_one_codec_and_a_wait_only_for_leases(name):
 
 
 def test_the_leasing_operations_are_the_ones_that_wait():
-    """Only lease and lease_many carry a wait (what a client may block on at the broker)."""
-    assert {name for name, cls in ops.OPS.items() if cls.waits} == {"lease", "lease_many"}
+    """Only lease, lease_many and pop carry a wait (what a client may block on at the broker)."""
+    assert {name for name, cls in ops.OPS.items() if cls.waits} == {"lease", "lease_many", "pop"}
 
 
 @pytest.mark.parametrize("op", [SAMPLES["lease"], SAMPLES["lease_many"]])
