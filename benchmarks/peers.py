@@ -136,6 +136,7 @@ class System:
     lock: str | None = None  #: djq's file queue only
     broker: bool = False
     server: str | None = None  #: "postgres" or "redis": a system of servers.py
+    consume: str = "get"  #: djq only: "get" then "ack"; "pop" (at most once); "fused" (ack_and_get)
 
     @property
     def is_djq(self) -> bool:
@@ -150,6 +151,9 @@ def all_systems() -> list[System]:
         for lock in LOCKS
         for access in ACCESS
     ]
+    if hasattr(djq.Queue, "pop"):  # djq's other consumer paths, on its default file queue
+        mode = storage_modes()[-1] if "journal" not in storage_modes() else "journal"
+        ours += [System(f"djq-{mode}-flock-{how}", mode, "flock", consume=how) for how in ("pop", "fused")]
     return (
         ours
         + [System(name) for name in PEERS]
@@ -205,6 +209,8 @@ class DjqStore(Store):
 
     def __init__(self, system: System, path: Path, fsync: bool) -> None:
         self.fsync = fsync
+        self.how = system.consume
+        self.pending: Any = None  #: fused: the task whose ack waits for the next get
         if system.broker:
             self.q: Any = djq.connect(path)
         else:
@@ -225,7 +231,13 @@ class DjqStore(Store):
         self.q.put_many(items)
 
     def get(self, wait: bool) -> tuple[Item, Any] | None:
-        task = self.q.get(timeout=DJQ_WAIT if wait else 0.0)
+        timeout = DJQ_WAIT if wait else 0.0
+        if self.how == "pop":
+            task = self.q.pop(timeout=timeout)
+        elif self.pending is not None:  # fused: the last task's ack goes with this get
+            task, self.pending = self.q.ack_and_get(self.pending, timeout=timeout), None
+        else:
+            task = self.q.get(timeout=timeout)
         return None if task is None else (task.payload, task)
 
     def get_many(self, n: int, wait: bool) -> list[tuple[Item, Any]]:
@@ -235,7 +247,10 @@ class DjqStore(Store):
         return [(t.payload, t) for t in tasks]
 
     def ack(self, handle: Any) -> None:
-        self.q.ack(handle)
+        if self.how == "fused":
+            self.pending = handle  # acked by the next get (ack_and_get), or at close
+        elif self.how == "get":
+            self.q.ack(handle)
 
     def ack_many(self, handles: Sequence[Any]) -> None:
         if hasattr(self.q, "ack_many"):
@@ -246,6 +261,9 @@ class DjqStore(Store):
             super().ack_many(handles)
 
     def close(self) -> None:
+        if self.pending is not None:
+            self.q.ack(self.pending)
+            self.pending = None
         self.q.close()
 
 
@@ -1030,7 +1048,10 @@ persist-queue: SQLiteAckQueue(path, multithreading=True, auto_commit=True); it s
            under an in-process lock only, so two processes can take the same row (the dup column);
            auto_resume puts every unacked row back to ready whenever a queue object is opened.
 djq:       direct: each call takes the file lock (flock: blocks in the kernel; filelock: polls every
-           50 ms). broker: one process owns the file and writes once per batch of requests.
+           50 ms). broker: one process owns the file and writes once per batch of requests. -flock-pop: the
+           consumers call pop() (at most once, like diskcache's popleft: the item leaves in the same
+           write, no ack); -flock-fused: each ack goes with the next get, ack_and_get() (one lock and
+           one write per task).
 columns:   put/s and get+ack/s: one process, N puts then N get+acks (diskcache: popleft). 2P2C/s: items
            from the first put to the last ack with 2 producer and 2 consumer processes. lost: put, never
            delivered (nor found after the run); dup: deliveries beyond the first; left: not delivered
