@@ -119,6 +119,7 @@ class AsyncRedisQueue(AsyncBaseQueue):
                 return result
             if not await self._block(redislua.block_seconds(left, due[0])):
                 return result  # closed while it waited
+            args = redislua.rerun(op, args)
 
     async def _attempt(self, op: ops.Op[R], args: list[Any], due: list[float]) -> R:
         """Run the script once and decode its reply (a claim puts its seconds to the next due in ``due``)."""

@@ -24,8 +24,11 @@ priority, oldest task. Times are seconds (doubles, written with 17 digits: exact
 
 A claim (``get``/``get_many``) is one script: reclaim every lease expired by now (back to
 ready, or to the dead letters when its attempts are used up), move the delayed tasks
-that came due to ``ready``, then lease the first members of ``ready``. A task is in one
-index at a time, and a script runs alone on the server: two clients never lease one task.
+that came due to ``ready``, then lease the first members of ``ready``. A pop is that claim
+taking the first member for good (gone from every key, counted in ``acked_total``); an
+ack-and-lease acks its lease, then (only if the ack held: else it changes nothing) claims.
+A task is in one index at a time, and a script runs alone on the server: two clients never
+lease one task.
 A release puts a leased task back under its own member (its place in the order), ready at
 once, its attempts lowered by the delivery it had.
 
@@ -70,6 +73,7 @@ __all__ = [
     "due",
     "durability_unknown",
     "failure",
+    "rerun",
     "shown",
 ]
 
@@ -165,24 +169,46 @@ function OPS.put()  -- rank, priority, delay, max_attempts, payloads...
   call('HINCRBY', META, 'put_total', #ids); signal(before)
   return ids
 end
-function OPS.lease()  -- duration, owner, tokens...; the reply starts with the seconds to the next due time
-  local expires, list = now + tonumber(ARGV[3]), {''}
+-- a claim: reclaim, move the due delayed tasks to ready, then ``take`` (its tasks go in ``list``); wake
+-- the next waiter if work is left. The reply starts with the seconds to the next due time ('': none)
+local function claim(take)
+  local list = {''}
   reap()
   for _, m in ipairs(call('ZRANGEBYSCORE', DELAYED, '-inf', NOW)) do
     call('ZREM', DELAYED, m); call('ZADD', READY, 0, m)
   end
   local before = earliest()
-  for i = 5, #ARGV do
-    local r = lease(ARGV[i], ARGV[4], expires)
-    if not r then break end
-    out(r, list)
-  end
-  signal(before)
+  take(list); signal(before)
   local due = earliest()
   if due then list[1] = num(due - now) end
   return list
 end
+local function lease_all(duration, owner, from)  -- a claim leasing one task per token ARGV[from], ...
+  local expires = now + tonumber(duration)
+  return claim(function(list)
+    for i = from, #ARGV do
+      local r = lease(ARGV[i], owner, expires)
+      if not r then break end
+      out(r, list)
+    end
+  end)
+end
+function OPS.lease() return lease_all(ARGV[3], ARGV[4], 5) end  -- duration, owner, tokens...
+function OPS.pop()  -- a claim taking the first ready task for good: gone from every key, counted acked
+  return claim(function(list)
+    local m = call('ZRANGE', READY, 0, 0)[1]
+    if not m then return end
+    local r = load(id_of(m))
+    r.st, r.a = 'done', r.a + 1
+    call('ZREM', READY, m); call('HDEL', TASKS, r.id); call('HINCRBY', META, 'acked_total', 1)
+    out(r, list)
+  end)
+end
 function OPS.ack() return ack(ARGV[3], ARGV[4]) end
+function OPS.ack_lease()  -- id, token, duration, owner, next token: {} (lease lost: no change), or a claim
+  if ack(ARGV[3], ARGV[4]) == 0 then return {} end
+  return lease_all(ARGV[5], ARGV[6], 7)
+end
 function OPS.ack_many()  -- id, token, id, token...
   local lost = {}
   for i = 3, #ARGV, 2 do if ack(ARGV[i], ARGV[i + 1]) == 0 then lost[#lost + 1] = ARGV[i] end end
@@ -290,6 +316,11 @@ def _tasks(values: list[bytes]) -> list[Task]:
     return [_task(values[i : i + _FIELDS]) for i in range(0, len(values), _FIELDS)]
 
 
+def _claimed(op: Any, reply: list[bytes]) -> Task | None:
+    """The task of a claim's reply (after its seconds to the next due time), or None."""
+    return next(iter(_tasks(reply[1:])), None)
+
+
 def _held(op: Any, found: Any) -> Any:
     """``found`` unless the script reported the lease lost (an empty reply)."""
     if not found:
@@ -318,10 +349,12 @@ _Result = Callable[[Any, Any], Any]
 CODEC: Final[dict[type[ops.Op[Any]], tuple[_Args, _Result]]] = {
     ops.Put: (_put, _ids),
     ops.PutMany: (_put, _ids),
-    ops.LeaseNext: (lambda op: ["lease", op.duration, op.owner, op.token],
-                    lambda op, reply: next(iter(_tasks(reply[1:])), None)),
+    ops.LeaseNext: (lambda op: ["lease", op.duration, op.owner, op.token], _claimed),
     ops.LeaseMany: (lambda op: ["lease", op.duration, op.owner, *op.tokens], lambda op, r: _tasks(r[1:])),
+    ops.Pop: (lambda op: ["pop"], _claimed),
     ops.Ack: (lambda op: ["ack", op.id, op.token], lambda op, reply: _held(op, reply) and None),
+    ops.AckLease: (lambda op: ["ack_lease", op.id, op.token, op.duration, op.owner, op.next_token],
+                   lambda op, reply: _claimed(op, _held(op, reply))),
     ops.AckMany: (lambda op: ["ack_many", *(part for pair in op.leases for part in pair)], _ids),
     ops.Nack: (lambda op: ["nack", op.id, op.token, op.delay],
                lambda op, reply: TaskState(_held(op, reply).decode())),
@@ -378,8 +411,18 @@ def argv(args: list[Any], clock: Callable[[], float] | None) -> list[Any]:
 
 
 def due(reply: list[Any]) -> float:
-    """Seconds from a claim's "now" to the next delayed task or lease expiry (inf: none)."""
-    return float(reply[0]) if reply[0] else math.inf
+    """Seconds from a claim's "now" to the next delayed task or lease expiry (inf: none, or no claim)."""
+    return float(reply[0]) if reply and reply[0] else math.inf
+
+
+def rerun(op: ops.Op[Any], args: list[Any]) -> list[Any]:
+    """The arguments of a waiting operation's next run: an ``AckLease``'s first run did its ack, so it leases.
+
+    (Run again whole, its ack would find the task gone and raise ``LeaseLost``.)
+    """
+    if isinstance(op, ops.AckLease):
+        return ["lease", op.duration, op.owner, op.next_token]
+    return args
 
 
 def block_seconds(left: float, until_due: float) -> float:

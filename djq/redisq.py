@@ -109,7 +109,7 @@ class RedisQueue(BaseQueue):
             left = math.inf if deadline is None else deadline - time.monotonic()
             if left <= 0:
                 return result
-            closes = self._closes
+            args, closes = redislua.rerun(op, args), self._closes
             try:
                 self._block(redislua.block_seconds(left, redislua.due(reply)))
             except BrokerUnavailable:

@@ -20,7 +20,7 @@ import pytest
 from conftest import cannot_run, server_url
 
 import djq
-from djq import scratch
+from djq import ops, scratch
 
 redis = pytest.importorskip("redis")
 import redis.asyncio as aioredis  # noqa: E402 (only once redis is known to be installed)
@@ -354,3 +354,58 @@ def test_after_a_server_restart_the_next_call_reconnects_and_answered_puts_hold(
         run(scenario, bound=60.0)
     finally:
         server.remove()
+
+
+def test_pop_takes_tasks_in_order_for_good_and_a_waiting_pop_is_woken_by_a_put(url, name):
+    """pop: highest priority first, then put order, each done and gone (counted acked); an empty queue
+    pops None; a pop with a wait blocks in BLPOP until another handle puts."""
+
+    async def scenario() -> None:
+        consumer, producer = (AsyncRedisQueue(url, name=name, fsync=False) for _ in range(2))
+        raw = aioredis.Redis.from_url(url)
+        try:
+            await producer.put("a")
+            await producer.put("b", priority=1)
+            popped = [await consumer._submit(ops.Pop()) for _ in range(2)]
+            assert [(t.payload, t.state, t.attempts, t.token) for t in popped] == [
+                ("b", djq.TaskState.DONE, 1, None), ("a", djq.TaskState.DONE, 1, None)
+            ]  # fmt: skip
+            assert await consumer._submit(ops.Pop()) is None
+            waiting = asyncio.create_task(consumer._submit(ops.Pop(), wait=10.0))
+            await _until(lambda: _blocked(raw))
+            await producer.put("c")
+            assert (await waiting).payload == "c"
+            stats = await consumer.stats()
+            assert (stats.total, stats.acked_total) == (0, 3)
+        finally:
+            for q in (consumer, producer):
+                await q.close()
+            await raw.aclose()
+
+    run(scenario)
+
+
+def test_ack_lease_acks_and_leases_the_next_and_a_stale_one_is_lease_lost(url, name):
+    """ack_lease: acked and the next leased under next_token, in one call; then None with nothing next
+    (the ack done); a stale token is LeaseLost and leaves the queue as it was."""
+
+    async def scenario() -> None:
+        q = AsyncRedisQueue(url, name=name, fsync=False)
+        try:
+            await q.put_many(["a", "b"])
+            task = await q.get()
+            step = ops.AckLease(id=task.id, token=task.token, next_token="n1", owner="me", duration=30.0)
+            got = await q._submit(step)
+            assert (got.payload, got.token, got.owner, got.state) == ("b", "n1", "me", djq.TaskState.LEASED)
+            with pytest.raises(djq.LeaseLost):
+                await q._submit(step)  # its token held "a", which is gone
+            stats = await q.stats()
+            assert (stats.leased, stats.acked_total) == (1, 1)
+            last = ops.AckLease(id=got.id, token="n1", next_token="n2", owner="me", duration=30.0)
+            assert await q._submit(last) is None
+            stats = await q.stats()
+            assert (stats.total, stats.acked_total) == (0, 2)
+        finally:
+            await q.close()
+
+    run(scenario)

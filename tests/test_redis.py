@@ -24,7 +24,7 @@ import pytest
 from conftest import ROOT, FakeClock, cannot_run, server_url
 
 import djq
-from djq import redislua, redisq, scratch
+from djq import ops, redislua, redisq, scratch
 from djq.model import CONFIG_FIELDS, SERVER_FIELDS
 
 redis = pytest.importorskip("redis")
@@ -218,6 +218,179 @@ def test_64_bit_priorities_keep_their_order_where_a_double_would_not(make, prior
     q.put("low", priority=priority - 1 if priority > -(1 << 63) else priority)
     q.put("high", priority=priority if priority > -(1 << 63) else priority + 1)
     assert [q.get().payload, q.get().payload] == ["high", "low"]
+
+
+def _contents(raw, name: str) -> dict[str, object]:
+    """Every key of a queue but ``wake``, read whole: what a change would show."""
+    prefix = f"djq:{{{name}}}:"
+    return {
+        "meta": raw.hgetall(prefix + "meta"),
+        "tasks": raw.hgetall(prefix + "tasks"),
+        **{
+            key: raw.zrange(prefix + key, 0, -1, withscores=True)
+            for key in ("ready", "delayed", "leases", "dead")
+        },
+    }
+
+
+def _ack_lease(task: djq.Task, next_token: str = "next", duration: float = 30.0) -> ops.AckLease:  # noqa: S107
+    return ops.AckLease(id=task.id, token=task.token, next_token=next_token, owner="me", duration=duration)
+
+
+def test_pop_takes_tasks_by_priority_then_put_order_for_good(make, raw, name):
+    """pop: highest priority first, FIFO among equals; each comes back done, attempts raised, no lease
+    fields; it is gone from every key and counted acked; an empty queue pops None."""
+    q = make(clock=FakeClock())
+    ids = [q.put("a"), q.put("b", priority=1), q.put("c")]
+    popped = [q._submit(ops.Pop()) for _ in range(3)]
+    assert [t.payload for t in popped] == ["b", "a", "c"]
+    assert [t.id for t in popped] == [ids[1], ids[0], ids[2]]
+    for task in popped:
+        assert (task.state, task.attempts, task.token, task.owner, task.lease_expires_at) == (
+            djq.TaskState.DONE, 1, None, None, None
+        )  # fmt: skip
+    assert q._submit(ops.Pop()) is None
+    seen = _contents(raw, name)
+    assert seen["tasks"] == {}
+    assert all(seen[k] == [] for k in ("ready", "delayed", "leases", "dead"))
+    stats = q.stats()
+    assert (stats.total, stats.put_total, stats.acked_total) == (0, 3, 3)
+    assert q.check() == []
+
+
+def test_pop_reclaims_an_expired_lease_and_moves_due_delayed_tasks_first(make):
+    """An expired lease is reclaimed by the pop itself (attempts counted), a used-up one goes dead;
+    a delayed task pops once it is due, not before."""
+    clock = FakeClock()
+    q = make(clock=clock, max_attempts=2)
+    q.put("x")
+    q.get(lease=1.0)
+    clock.advance(1.0)
+    again = q._submit(ops.Pop())
+    assert (again.payload, again.attempts, again.state) == ("x", 2, djq.TaskState.DONE)
+    q.put("y")
+    q.get(lease=1.0)
+    q.put("later", delay=5.0)
+    assert q._submit(ops.Pop()) is None  # y is leased, later is not due
+    clock.advance(5.0)
+    back = q._submit(ops.Pop())
+    assert (back.payload, back.attempts) == ("y", 2)  # reclaimed (attempt 1 of 2), ahead of the later put
+    assert q._submit(ops.Pop()).payload == "later"
+    stats = q.stats()
+    assert (stats.total, stats.acked_total, stats.dead) == (0, 3, 0)
+
+
+def test_pop_on_a_used_up_expired_lease_sends_it_to_the_dead_letters(make):
+    """The lease a pop reclaims on its last attempt goes dead, not out: the pop finds nothing."""
+    clock = FakeClock()
+    q = make(clock=clock, max_attempts=1)
+    q.put("x")
+    q.get(lease=1.0)
+    clock.advance(1.0)
+    assert q._submit(ops.Pop()) is None
+    assert (q.stats().dead, q.stats().acked_total) == (1, 0)
+
+
+@pytest.mark.parametrize("priority", [-(1 << 63), (1 << 53) + 1, (1 << 63) - 1])
+def test_pop_keeps_64_bit_priorities_exact(make, priority):
+    """Priorities a double cannot tell apart pop in order, and come back exact."""
+    q = make(clock=FakeClock())
+    low = priority - 1 if priority > -(1 << 63) else priority
+    high = priority if priority > -(1 << 63) else priority + 1
+    q.put("low", priority=low)
+    q.put("high", priority=high)
+    popped = [q._submit(ops.Pop()), q._submit(ops.Pop())]
+    assert [(t.payload, t.priority) for t in popped] == [("high", high), ("low", low)]
+
+
+def test_a_waiting_pop_blocks_in_the_server_until_another_client_puts(make, raw):
+    """A pop with a wait is one blocking pop in the server, woken by the put, as a waiting get is."""
+    consumer, producer = make(), make()
+    got: list[object] = []
+    thread = threading.Thread(target=lambda: got.append(consumer._submit(ops.Pop(), wait=10.0)))
+    thread.start()
+    try:
+        _wait_until_blocked(raw, time.monotonic() + 10.0)
+        producer.put("hello")
+    finally:
+        thread.join(30)
+    assert (got[0].payload, got[0].state) == ("hello", djq.TaskState.DONE)
+    assert producer.stats().total == 0
+
+
+def test_a_pop_that_leaves_tasks_passes_the_wake_up_on(make, raw, name):
+    """A pop that leaves ready tasks pushes a wake-up token (another waiter may take the rest)."""
+    q = make(clock=FakeClock())
+    q.put_many(["a", "b"])
+    wake = f"djq:{{{name}}}:wake"
+    raw.delete(wake)
+    q._submit(ops.Pop())
+    assert raw.llen(wake) == 1
+    raw.delete(wake)
+    q._submit(ops.Pop())
+    assert raw.llen(wake) == 0  # nothing left: nobody to wake
+
+
+def test_ack_lease_acks_and_leases_the_next_task_in_one_script(make, raw):
+    """One script run: the lease is acked (gone, counted), the next task is leased under next_token."""
+    clock = FakeClock()
+    q = make(clock=clock)
+    _, second = q.put_many(["a", "b"])
+    task = q.get()
+    scripts = _commands(raw, "evalsha", "eval")
+    got = q._submit(_ack_lease(task, "next-1", 7.0))
+    assert _commands(raw, "evalsha", "eval") - scripts == 1
+    assert (got.id, got.state, got.attempts, got.token, got.owner) == (
+        second, djq.TaskState.LEASED, 1, "next-1", "me"
+    )  # fmt: skip
+    assert got.lease_expires_at == clock() + 7.0
+    stats = q.stats()
+    assert (stats.leased, stats.ready, stats.acked_total, stats.total) == (1, 0, 1, 1)
+    q.ack(got)
+    assert q.check() == []
+
+
+def test_a_stale_ack_lease_is_lease_lost_and_changes_nothing(make, raw, name):
+    """When the token no longer holds the task: LeaseLost, nothing acked, nothing leased, no key changed."""
+    clock = FakeClock()
+    q = make(clock=clock)
+    q.put_many(["x", "y"])
+    stale = q.get(lease=1.0)
+    clock.advance(1.0)
+    q.get(lease=30.0)  # reclaims x and leases it again
+    before = _contents(raw, name)
+    with pytest.raises(djq.LeaseLost) as info:
+        q._submit(_ack_lease(stale))
+    assert (info.value.task_id, info.value.token) == (stale.id, stale.token)
+    assert _contents(raw, name) == before
+    assert q.peek(1)[0].payload == "y"
+
+
+def test_ack_lease_with_nothing_next_acks_and_returns_none(make):
+    """Nothing ready after the ack: None, and the ack is done (not LeaseLost, not undone)."""
+    q = make(clock=FakeClock())
+    q.put("x")
+    task = q.get()
+    assert q._submit(_ack_lease(task)) is None
+    stats = q.stats()
+    assert (stats.total, stats.acked_total) == (0, 1)
+    with pytest.raises(djq.LeaseLost):
+        q.ack(task)
+
+
+def test_an_ack_lease_given_a_wait_never_runs_its_ack_again(make):
+    """Submitted with a wait and nothing next, an ack_lease acks once: as a waiting op (``waits``) it then
+    waits only to lease, as a get does (its ack run again would be LeaseLost); else it returns None."""
+    q = make()
+    q.put("x")
+    task = q.get()
+    q.put("soon", delay=0.2)
+    got = q._submit(_ack_lease(task), wait=10.0)
+    if ops.AckLease.waits:
+        assert (got.payload, got.token, got.state) == ("soon", "next", djq.TaskState.LEASED)
+    else:
+        assert got is None
+    assert q.stats().acked_total == 1
 
 
 def test_the_servers_clock_decides_when_clock_is_none(make, raw):
@@ -470,11 +643,12 @@ def _recent(rng: random.Random, held: list) -> int:
 
 def _step(rng: random.Random, step: int, held: list) -> tuple[str, object]:
     """Draw one operation and its arguments: (kind, arguments), the same for both queues."""
-    kind = rng.choice("ppppggGaanlxrsdkcct" if held else "ppppggGrsdkcct")
+    kind = rng.choice("ppppggGoaaAnlxrsdkcct" if held else "ppppggGorsdkcct")
     args = {
         "p": lambda: (step, rng.choice([0, 0, 1, -1]), rng.choice([0.0, 0.0, 2.5])),
         "g": lambda: rng.choice([1.0, 5.0]),
         "a": lambda: _recent(rng, held),
+        "A": lambda: (_recent(rng, held), rng.choice([1.0, 5.0]), f"next-{step}"),
         "n": lambda: (_recent(rng, held), rng.choice([0.0, 1.0])),
         "l": lambda: _recent(rng, held),
         "x": lambda: _recent(rng, held),
@@ -487,11 +661,13 @@ def _step(rng: random.Random, step: int, held: list) -> tuple[str, object]:
 
 def _apply(q, i: int, kind: str, args, held: list):
     """Run one drawn operation on the ``i``-th queue of the pair (its own leased tasks)."""
-    ops = {
+    calls = {
         "p": lambda: q.put(args[0], priority=args[1], delay=args[2]),
         "g": lambda: q.get(lease=args),
         "G": lambda: q.get_many(2, lease=3.0),
+        "o": lambda: q._submit(ops.Pop()),
         "a": lambda: q.ack(held[args][i]),
+        "A": lambda: q._submit(_ack_lease(held[args[0]][i], args[2], args[1])),
         "n": lambda: q.nack(held[args[0]][i], delay=args[1]),
         "l": lambda: q.release(held[args][i]),
         "x": lambda: q.extend(held[args][i], lease=2.0),
@@ -501,13 +677,13 @@ def _apply(q, i: int, kind: str, args, held: list):
         "k": lambda: q.peek(5),
         "t": lambda: q.purge(dead_only=args),
     }
-    return _outcome(ops[kind])
+    return _outcome(calls[kind])
 
 
 @pytest.mark.parametrize("seed", range(3))
 def test_random_operations_give_the_file_queues_results(make, tmp_path, seed):
-    """A seeded run of puts, gets, acks, nacks, releases, extends, requeues, purges and clock steps gives
-    the same results, errors and stats on Redis as on the file queue."""
+    """A seeded run of puts, gets, pops, acks, ack_leases, nacks, releases, extends, requeues, purges and
+    clock steps gives the same results, errors and stats on Redis as on the file queue."""
     rng = random.Random(seed)
     clock = FakeClock()
     pair = (djq.Queue(tmp_path / "Queue.json", clock=clock, fsync=False, max_attempts=2),
@@ -521,8 +697,8 @@ def test_random_operations_give_the_file_queues_results(make, tmp_path, seed):
                 continue
             results = [_apply(q, i, kind, args, held) for i, q in enumerate(pair)]
             assert _same(results[0]) == _same(results[1]), (step, kind, args)
-            if kind in "gG":
+            if kind in "gGA":
                 leased = [r if isinstance(r, list) else [r] for r in results]
-                held += [pair for pair in zip(*leased, strict=True) if pair[0] is not None]
+                held += [pair for pair in zip(*leased, strict=True) if isinstance(pair[0], djq.Task)]
     finally:
         pair[0].close()
