@@ -69,6 +69,7 @@ __all__ = [
     "listen",
     "pause",
     "plan",
+    "retry",
     "time_left",
 ]
 
@@ -129,25 +130,41 @@ _PARTS: Final = {
     "reaped": """reaped AS (UPDATE djq_task d SET state = CASE WHEN d.attempts >= d.max_attempts THEN 'dead'
         ELSE 'ready' END, owner = NULL, token = NULL, lease_expires_at = NULL,
         available_at = CASE WHEN d.attempts >= d.max_attempts THEN d.available_at ELSE d.enqueued_at END
-        FROM gone
-        WHERE d.id = gone.id RETURNING d.id, d.state)""",  # as "retire"
+        FROM gone WHERE d.id = gone.id RETURNING d.id, d.state)""",  # as "retire"
 }
-_TEMPLATES: Final = {
-    "claim": """WITH {now},
-    r AS (SELECT d.id, d.priority FROM djq_task d, t WHERE d.queue = %(q)s AND d.state = 'ready'
-        AND {available} ORDER BY d.priority DESC, d.id LIMIT %(n)s {lock}),
-    x AS (SELECT d.id, d.priority FROM djq_task d, t WHERE {expired} AND d.attempts < d.max_attempts
+# A claim's choice (claim, pop, ack_lease): the first ``n`` ready (or expired, not used up) rows in
+# delivery order (``chosen``, numbered ``k``); every other expired lease reclaimed (``reaped``).
+_CHOOSE: Final = """r AS (SELECT d.id, d.priority FROM djq_task d, t WHERE d.queue = %(q)s
+        AND d.state = 'ready' AND {available}{gate} ORDER BY d.priority DESC, d.id LIMIT %(n)s {lock}),
+    x AS (SELECT d.id, d.priority FROM djq_task d, t WHERE {expired} AND d.attempts < d.max_attempts{gate}
         ORDER BY d.priority DESC, d.id LIMIT %(n)s {lock}),
     chosen AS (SELECT u.id, row_number() OVER (ORDER BY u.priority DESC, u.id) AS k
         FROM (SELECT * FROM r UNION ALL SELECT * FROM x) AS u ORDER BY u.priority DESC, u.id LIMIT %(n)s),
-    gone AS (SELECT d.id FROM djq_task d, t WHERE {expired} AND d.id NOT IN (SELECT id FROM chosen) {lock}),
-    {reaped},
-    leased AS (UPDATE djq_task d SET state = 'leased', attempts = d.attempts + 1, owner = %(owner)s,
-        token = (%(tokens)s::text[])[chosen.k], lease_expires_at = t.now + %(duration)s,
+    gone AS (SELECT d.id FROM djq_task d, t WHERE {expired} AND d.id NOT IN (SELECT id FROM chosen){gate}
+        {lock}),
+    {reaped}"""
+#: the leases of the chosen rows, for "claim" and "ack_lease"
+_LEASED: Final = """leased AS (UPDATE djq_task d SET state = 'leased', attempts = d.attempts + 1,
+        owner = %(owner)s, token = (%(tokens)s::text[])[chosen.k], lease_expires_at = t.now + %(duration)s,
         available_at = CASE WHEN d.state = 'leased' THEN d.enqueued_at ELSE d.available_at END
-        FROM chosen, t WHERE d.id = chosen.id RETURNING {columns}),
+        FROM chosen, t WHERE d.id = chosen.id RETURNING {columns})"""
+# ``{gate}``: AckLease claims only if its ack found the row, and never that row (expired unreclaimed, it acks)
+_GATES: Final = {"ack_lease": " AND d.id <> %(id)s AND EXISTS (SELECT FROM a)"}  #: ``{gate}`` by key
+_TEMPLATES: Final = {
+    "claim": """WITH {now}, {choose}, {leased},
     n AS (SELECT 0 AS put, 0 AS acked, {dead} AS dead), {count}
     SELECT * FROM leased ORDER BY priority DESC, id""",
+    # as state.pop: the claim's choice (n = 1) leaves at once, its delivery counted, acked
+    "pop": """WITH {now}, {choose},
+    popped AS (DELETE FROM djq_task d USING chosen WHERE d.id = chosen.id RETURNING d.id, d.payload,
+        d.priority, 'done', d.attempts + 1, d.max_attempts, d.enqueued_at,
+        CASE WHEN d.state = 'leased' THEN d.enqueued_at ELSE d.available_at END, NULL, NULL, NULL),
+    n AS (SELECT 0 AS put, (SELECT count(*) FROM popped) AS acked, {dead} AS dead), {count}
+    SELECT * FROM popped""",
+    # as state.ack_lease: no row if the ack found none, else its id and the lease's columns (or NULLs)
+    "ack_lease": """WITH {now}, a AS (DELETE FROM djq_task d WHERE {held} RETURNING d.id), {choose}, {leased},
+    n AS (SELECT 0 AS put, (SELECT count(*) FROM a) AS acked, {dead} AS dead), {count}
+    SELECT a.id, leased.* FROM a LEFT JOIN leased ON true""",
     "put": """WITH {now},
     ins AS (INSERT INTO djq_task AS d (queue, payload, priority, state, attempts, max_attempts,
             enqueued_at, available_at)
@@ -207,7 +224,12 @@ _TEMPLATES: Final = {
 
 #: every statement by claim kind, its parts filled in (constants here: values travel as parameters)
 _STATEMENTS: Final = {
-    claim: {key: template.format(lock=lock, **_PARTS) for key, template in _TEMPLATES.items()}
+    claim: {
+        key: text.replace("{choose}", _CHOOSE)
+        .replace("{leased}", _LEASED)
+        .format(lock=lock, gate=_GATES.get(key, ""), **_PARTS)
+        for key, text in _TEMPLATES.items()
+    }
     for claim, lock in _LOCKING.items()
 }
 
@@ -298,6 +320,14 @@ def pause(left: float, due: float | None) -> float:
     return left if due is None else max(min(left, due), _MIN_PAUSE)
 
 
+def retry(op: ops.Op[R]) -> ops.Op[R]:
+    """What a waiting get runs again after ``op`` found no task: ``op``; an ``AckLease`` (acked) leases."""
+    if isinstance(op, ops.AckLease):
+        lease: ops.Op[Any] = ops.LeaseNext(token=op.next_token, owner=op.owner, duration=op.duration)
+        return lease
+    return op
+
+
 def plan(op: ops.Op[R], channel: str) -> Call[R]:
     """The statement that runs ``op`` (the queue's ``channel`` for its NOTIFY)."""
     made: Call[R] = _PLANS[type(op)](op, channel)
@@ -322,6 +352,16 @@ def _lease(op: ops.LeaseNext | ops.LeaseMany, channel: str) -> Call[Any]:
         return tasks if isinstance(op, ops.LeaseMany) else (tasks[0] if tasks else None)
 
     return Call("claim", params, result)
+
+
+def _ack_lease(op: ops.AckLease) -> Call[Task | None]:
+    def result(rows: list[Row]) -> Task | None:
+        if not rows:  # the ack found no row: nothing was changed, nothing leased
+            raise LeaseLost(task_id=op.id, token=op.token)
+        return None if rows[0][1] is None else _task(rows[0][1:])
+
+    params = {"id": _seq(op.id), "token": op.token, "n": 1, "tokens": [op.next_token], "owner": op.owner}
+    return Call("ack_lease", {**params, "duration": op.duration}, result)
 
 
 def _ack_many(leases: Sequence[tuple[str, str]]) -> Call[list[str]]:
@@ -377,6 +417,8 @@ _PLANS: Final[dict[type[ops.Op[Any]], Callable[[Any, str], Call[Any]]]] = {
     ops.PutMany: _put,
     ops.LeaseNext: _lease,
     ops.LeaseMany: _lease,
+    ops.Pop: lambda op, ch: Call("pop", {"n": 1}, lambda rows: _task(rows[0]) if rows else None),
+    ops.AckLease: lambda op, ch: _ack_lease(op),
     ops.Ack: lambda op, ch: _ack(op),
     ops.AckMany: lambda op, ch: _ack_many(op.leases),
     ops.Nack: lambda op, ch: _held("nack", op, lambda row: TaskState(row[0]), delay=op.delay, channel=ch),

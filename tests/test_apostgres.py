@@ -15,6 +15,7 @@ import pytest
 from conftest import FakeClock, server_url
 
 import djq
+from djq import ops
 
 psycopg = pytest.importorskip("psycopg")
 from djq.apostgres import AsyncPostgresQueue  # noqa: E402 (only once psycopg is known to be there)
@@ -270,5 +271,48 @@ def test_the_fake_clock_drives_leases_as_in_the_sync_client(url, name):
                 await q.release(first)
             await q.release(again)
             assert [(t.id, t.attempts) for t in await q.peek()] == [(task_id, 1)]
+
+    run(main)
+
+
+def test_pop_takes_for_good_and_a_waiting_pop_is_woken_by_a_put(url, name):
+    """Pop through the async seam: priority first, gone and acked; a waiting pop takes the next put."""
+
+    async def main():
+        async with AsyncPostgresQueue(url, name=name) as q, AsyncPostgresQueue(url, name=name) as producer:
+            low = await q.put("low")
+            high = await q.put("high", priority=3)
+            assert [(await q._submit(ops.Pop())).id for _ in "ab"] == [high, low]
+            assert await q._submit(ops.Pop()) is None
+            popping = asyncio.create_task(q._submit(ops.Pop(), wait=DEADLINE))
+            await until(listening(url, name), "the pop to LISTEN")
+            task_id = await producer.put("later")
+            popped = await popping
+            assert (popped.id, popped.state, popped.attempts) == (task_id, djq.TaskState.DONE, 1)
+            stats = await q.stats()
+            assert (stats.acked_total, stats.total) == (3, 0)
+
+    run(main)
+
+
+def test_ack_lease_acks_and_leases_the_next_or_raises_lease_lost_changing_nothing(url, name):
+    """AckLease through the async seam: the next task under next_token; a stale token changes nothing."""
+
+    async def main():
+        clock = FakeClock()
+        async with AsyncPostgresQueue(url, name=name, clock=clock) as q:
+            first, second = await q.put_many(["a", "b"])
+            held = await q.get()
+            step = ops.AckLease(id=held.id, token=held.token, next_token="n1", owner="w", duration=5.0)
+            nxt = await q._submit(step)
+            assert (held.id, nxt.id, nxt.token, nxt.owner) == (first, second, "n1", "w")
+            with pytest.raises(djq.LeaseLost):
+                await q._submit(step)  # its token no longer holds the acked task: nothing leased
+            extended = await q.extend(nxt)  # still leased under n1
+            assert (extended.id, extended.token) == (second, "n1")
+            last = ops.AckLease(id=nxt.id, token="n1", next_token="n2", owner="w", duration=5.0)
+            assert await q._submit(last) is None
+            stats = await q.stats()
+            assert (stats.acked_total, stats.total) == (2, 0)
 
     run(main)

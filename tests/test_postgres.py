@@ -23,7 +23,7 @@ import pytest
 from conftest import ROOT, FakeClock, cannot_run, server_url
 
 import djq
-from djq import TaskState, scratch
+from djq import TaskState, ops, scratch
 
 psycopg = pytest.importorskip("psycopg")
 from djq.postgres import PostgresQueue  # noqa: E402 (only once psycopg is known to be there)
@@ -446,3 +446,136 @@ def test_release_readies_the_row_uncounted_clears_the_lease_and_notifies(url, sq
     q.release(again)
     assert sql("SELECT attempts FROM djq_task WHERE queue = %s", name) == [(0,)]
     assert (q.get().id, q.stats().leased) == (task_id, 1)
+
+
+def _rows(sql, name: str):
+    return sql("SELECT id, state, token, attempts FROM djq_task WHERE queue = %s ORDER BY id", name)
+
+
+@pytest.mark.parametrize("claim", ["skip_locked", "for_update"])
+def test_pop_takes_by_priority_then_fifo_deletes_the_row_and_counts_it_acked(url, sql, opened, name, claim):
+    """Pop: the next ready task, gone in the same statement (acked_total + 1), as a DONE snapshot."""
+    q = opened(url, name, claim=claim, clock=FakeClock())
+    assert q._submit(ops.Pop()) is None  # an empty queue
+    low = q.put_many(["a", "b"])
+    high = q.put("c", priority=5)
+    popped = q._submit(ops.Pop())
+    assert (popped.id, popped.payload, popped.state, popped.attempts) == (high, "c", TaskState.DONE, 1)
+    assert (popped.owner, popped.token, popped.lease_expires_at) == (None, None, None)
+    assert [row[0] for row in _rows(sql, name)] == [int(i) for i in low]
+    assert [q._submit(ops.Pop()).id for _ in low] == low
+    assert q._submit(ops.Pop()) is None
+    stats = q.stats()
+    assert (stats.acked_total, stats.total, stats.put_total) == (3, 0, 3)
+
+
+def test_pop_reclaims_expired_leases_first(url, sql, opened, name):
+    """An expired lease is reclaimed (the used-up one dead) before the pop takes the next task."""
+    clock = FakeClock()
+    q = opened(url, name, clock=clock, max_attempts=1)
+    used_up = q.put("used up", priority=1)
+    q.get(lease=1.0)
+    clock.advance(1.0)
+    assert q._submit(ops.Pop()) is None  # the one task died of its expired lease
+    assert (q.stats().dead_total, q.stats().acked_total) == (1, 0)
+    q.requeue(used_up)
+    again = opened(url, name, clock=clock, max_attempts=2)  # the row keeps max_attempts 1: requeued
+    task_id = again.put("x")
+    leased = again.get(lease=1.0)
+    assert leased.id == used_up
+    clock.advance(1.0)
+    popped = again._submit(ops.Pop())  # the expired lease of used_up dies; x is popped
+    assert (popped.id, popped.attempts) == (task_id, 1)
+    assert _rows(sql, name) == [(int(used_up), "dead", None, 1)]
+    assert (again.stats().dead_total, again.stats().acked_total) == (2, 1)
+
+
+def test_pop_takes_an_expired_lease_with_attempts_left(url, sql, opened, name):
+    """An expired lease with attempts left is a candidate as a claim's: popped with its attempts raised."""
+    clock = FakeClock()
+    q = opened(url, name, clock=clock)
+    task_id = q.put("x")
+    q.get(lease=1.0)
+    clock.advance(1.0)
+    popped = q._submit(ops.Pop())
+    assert (popped.id, popped.attempts, popped.state, popped.token) == (task_id, 2, TaskState.DONE, None)
+    assert popped.available_at == popped.enqueued_at  # reclaimed, as state.pop's reap leaves it
+    assert _rows(sql, name) == []
+
+
+def _ack_lease(task, **fields):
+    return ops.AckLease(
+        id=task.id,
+        token=task.token,
+        next_token=fields.pop("next_token", "next-token"),
+        owner=fields.pop("owner", "me"),
+        duration=fields.pop("duration", 10.0),
+    )
+
+
+@pytest.mark.parametrize("claim", ["skip_locked", "for_update"])
+def test_ack_lease_acks_and_leases_the_next_in_one_statement(url, sql, opened, name, claim):
+    """AckLease: the held task is deleted and counted, the next leased under next_token; None when none."""
+    clock = FakeClock()
+    q = opened(url, name, claim=claim, clock=clock)
+    first, second = q.put_many(["a", "b"])
+    held = q.get()
+    assert held.id == first
+    nxt = q._submit(_ack_lease(held, owner="w", duration=5.0))
+    assert (nxt.id, nxt.state, nxt.token, nxt.owner, nxt.attempts) == (
+        second,
+        TaskState.LEASED,
+        "next-token",
+        "w",
+        1,
+    )
+    assert nxt.lease_expires_at == clock.now + 5.0
+    assert _rows(sql, name) == [(int(second), "leased", "next-token", 1)]
+    assert q._submit(_ack_lease(nxt, next_token="t3"), wait=0) is None  # acked; nothing is next
+    assert _rows(sql, name) == []
+    assert (q.stats().acked_total, q.stats().total) == (2, 0)
+
+
+def test_ack_lease_of_a_stale_token_raises_lease_lost_and_changes_nothing(url, sql, opened, name):
+    """A token that no longer holds its task: LeaseLost; no ack, no reclaim, no lease."""
+    clock = FakeClock()
+    q = opened(url, name, clock=clock)
+    q.put("x")
+    stale = q.get(lease=1.0)
+    clock.advance(1.0)
+    fresh = q.get(lease=1.0)  # the same task, leased again
+    q.put("y")
+    clock.advance(1.0)  # fresh's lease expired too: a claim would reclaim it
+    before = sql("SELECT * FROM djq_task WHERE queue = %s ORDER BY id", name)
+    with pytest.raises(djq.LeaseLost) as info:
+        q._submit(_ack_lease(stale))
+    assert info.value.task_id == stale.id
+    assert sql("SELECT * FROM djq_task WHERE queue = %s ORDER BY id", name) == before
+    assert q.stats().acked_total == 0
+    q.ack(fresh)  # a lease that expired unreclaimed still acks
+
+
+def test_ack_lease_of_an_expired_unreclaimed_lease_acks_it_and_leases_another(url, sql, opened, name):
+    """The acked row is no claim's, though its lease expired; other expired leases are reclaimed."""
+    clock = FakeClock()
+    q = opened(url, name, clock=clock, max_attempts=1)
+    mine, other, _ = q.put_many(["mine", "other", "next"])
+    held, dying = q.get(lease=1.0), q.get(lease=1.0)
+    assert (held.id, dying.id) == (mine, other)
+    clock.advance(1.0)
+    nxt = q._submit(_ack_lease(held))
+    assert nxt.payload == "next"
+    assert [row[:2] for row in _rows(sql, name)] == [(int(other), "dead"), (int(nxt.id), "leased")]
+    assert (q.stats().acked_total, q.stats().dead_total) == (1, 1)
+
+
+def test_a_waiting_ack_lease_acks_once_then_waits_as_a_lease(url, opened, name):
+    """With wait > 0 and nothing next, the ack is not run again: the wait ends with the next put."""
+    q = opened(url, name)
+    q.put("a")
+    held = q.get()
+    thread, box = in_thread(lambda: q._submit(_ack_lease(held), wait=DEADLINE))
+    until(lambda: q.stats().acked_total == 1, "the ack")
+    task_id = opened(url, name).put("b")
+    thread.join(DEADLINE)
+    assert (box["result"].id, box["result"].token) == (task_id, "next-token")
