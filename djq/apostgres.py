@@ -111,7 +111,7 @@ class AsyncPostgresQueue(AsyncBaseQueue):
         result = await self._attempt(op)
         if result or not op.waits or wait == 0:
             return result
-        return await self._wait_for(pgsql.retry(op), wait)  # an AckLease acked: it waits as a lease
+        return await self._wait_for(op, wait)
 
     async def _attempt(self, op: ops.Op[R]) -> R:
         """One statement of ``op``, whole even when cancelled (``AsyncBaseQueue._unbroken``)."""

@@ -23,7 +23,8 @@ one hot row serializes every put and ack.
 A claim is one statement: it locks the first ready (or expired, not used up) rows in
 delivery order (priority DESC, id) ``FOR UPDATE SKIP LOCKED`` (``claim="skip_locked"``) or
 ``FOR UPDATE`` (``"for_update"``: waits behind others' row locks, may come back short),
-leases them, reclaims every other expired lease as ``state.reap`` does and commits: no
+leases them (``pop`` deletes its one, counted acked; ``ack_lease`` claims only if its ack
+found its row), reclaims every other expired lease as ``state.reap`` does and commits: no
 transaction is held while a task is worked on. ``ack``, ``nack``, ``release``, ``extend``
 match id, ``state='leased'`` and token, or raise ``LeaseLost``. Every statement that makes
 a task ready (put, nack, release, requeue) NOTIFYs ``djq_<name>``, which waiting gets LISTEN on.
@@ -69,7 +70,6 @@ __all__ = [
     "listen",
     "pause",
     "plan",
-    "retry",
     "time_left",
 ]
 
@@ -161,7 +161,7 @@ _TEMPLATES: Final = {
         CASE WHEN d.state = 'leased' THEN d.enqueued_at ELSE d.available_at END, NULL, NULL, NULL),
     n AS (SELECT 0 AS put, (SELECT count(*) FROM popped) AS acked, {dead} AS dead), {count}
     SELECT * FROM popped""",
-    # as state.ack_lease: no row if the ack found none, else its id and the lease's columns (or NULLs)
+    # as state.ack_lease: the ack, then a claim (n = 1) if it found its row (_after_ack reads the row)
     "ack_lease": """WITH {now}, a AS (DELETE FROM djq_task d WHERE {held} RETURNING d.id), {choose}, {leased},
     n AS (SELECT 0 AS put, (SELECT count(*) FROM a) AS acked, {dead} AS dead), {count}
     SELECT a.id, leased.* FROM a LEFT JOIN leased ON true""",
@@ -320,14 +320,6 @@ def pause(left: float, due: float | None) -> float:
     return left if due is None else max(min(left, due), _MIN_PAUSE)
 
 
-def retry(op: ops.Op[R]) -> ops.Op[R]:
-    """What a waiting get runs again after ``op`` found no task: ``op``; an ``AckLease`` (acked) leases."""
-    if isinstance(op, ops.AckLease):
-        lease: ops.Op[Any] = ops.LeaseNext(token=op.next_token, owner=op.owner, duration=op.duration)
-        return lease
-    return op
-
-
 def plan(op: ops.Op[R], channel: str) -> Call[R]:
     """The statement that runs ``op`` (the queue's ``channel`` for its NOTIFY)."""
     made: Call[R] = _PLANS[type(op)](op, channel)
@@ -354,14 +346,9 @@ def _lease(op: ops.LeaseNext | ops.LeaseMany, channel: str) -> Call[Any]:
     return Call("claim", params, result)
 
 
-def _ack_lease(op: ops.AckLease) -> Call[Task | None]:
-    def result(rows: list[Row]) -> Task | None:
-        if not rows:  # the ack found no row: nothing was changed, nothing leased
-            raise LeaseLost(task_id=op.id, token=op.token)
-        return None if rows[0][1] is None else _task(rows[0][1:])
-
-    params = {"id": _seq(op.id), "token": op.token, "n": 1, "tokens": [op.next_token], "owner": op.owner}
-    return Call("ack_lease", {**params, "duration": op.duration}, result)
+def _after_ack(row: Row) -> Task | None:
+    """AckLease's row (none when the ack found none): the acked id, the lease's columns (NULLs: none)."""
+    return None if row[1] is None else _task(row[1:])
 
 
 def _ack_many(leases: Sequence[tuple[str, str]]) -> Call[list[str]]:
@@ -391,7 +378,7 @@ def _ack(op: ops.Ack) -> Call[None]:
 
 
 def _held(
-    key: str, op: ops.Nack | ops.Release | ops.Extend, make: Callable[[Row], R], **params: Any
+    key: str, op: ops.Nack | ops.Release | ops.Extend | ops.AckLease, make: Callable[[Row], R], **params: Any
 ) -> Call[R]:
     """Statement ``key`` on the task ``op`` holds; its row made a result, ``LeaseLost`` when there is none."""
 
@@ -418,7 +405,9 @@ _PLANS: Final[dict[type[ops.Op[Any]], Callable[[Any, str], Call[Any]]]] = {
     ops.LeaseNext: _lease,
     ops.LeaseMany: _lease,
     ops.Pop: lambda op, ch: Call("pop", {"n": 1}, lambda rows: _task(rows[0]) if rows else None),
-    ops.AckLease: lambda op, ch: _ack_lease(op),
+    ops.AckLease: lambda op, ch: _held(
+        "ack_lease", op, _after_ack, n=1, tokens=[op.next_token], owner=op.owner, duration=op.duration
+    ),
     ops.Ack: lambda op, ch: _ack(op),
     ops.AckMany: lambda op, ch: _ack_many(op.leases),
     ops.Nack: lambda op, ch: _held("nack", op, lambda row: TaskState(row[0]), delay=op.delay, channel=ch),

@@ -99,7 +99,7 @@ class PostgresQueue(BaseQueue):
         result = self._run(pgsql.plan(op, self._db.channel))
         if result or not op.waits or wait == 0:
             return result
-        return self._wait_for(pgsql.retry(op), wait)  # an AckLease acked: it waits as a lease
+        return self._wait_for(op, wait)
 
     def _run(self, call: pgsql.Call[R]) -> R:
         """Run ``call``'s statement on the statement connection; return what its rows make."""

@@ -569,13 +569,35 @@ def test_ack_lease_of_an_expired_unreclaimed_lease_acks_it_and_leases_another(ur
     assert (q.stats().acked_total, q.stats().dead_total) == (1, 1)
 
 
-def test_a_waiting_ack_lease_acks_once_then_waits_as_a_lease(url, opened, name):
-    """With wait > 0 and nothing next, the ack is not run again: the wait ends with the next put."""
+def test_ack_lease_never_waits_its_ack_is_done_once(url, opened, name):
+    """AckLease is no waiting op: with wait > 0 and nothing next it returns None at once, acked once."""
     q = opened(url, name)
     q.put("a")
     held = q.get()
-    thread, box = in_thread(lambda: q._submit(_ack_lease(held), wait=DEADLINE))
-    until(lambda: q.stats().acked_total == 1, "the ack")
-    task_id = opened(url, name).put("b")
-    thread.join(DEADLINE)
-    assert (box["result"].id, box["result"].token) == (task_id, "next-token")
+    assert q._submit(_ack_lease(held), wait=DEADLINE) is None
+    assert (q.stats().acked_total, q.stats().total) == (1, 0)
+    with pytest.raises(djq.LeaseLost):
+        q._submit(_ack_lease(held), wait=DEADLINE)
+    assert q.stats().acked_total == 1
+
+
+@pytest.mark.parametrize("claim", ["skip_locked", "for_update"])
+def test_racing_pops_take_each_task_exactly_once(url, opened, name, claim):
+    """Two clients popping at once: every task is taken by exactly one of them, and counted once."""
+    ids = opened(url, name).put_many(list(range(40)))
+    clients = [opened(url, name, claim=claim) for _ in range(2)]
+
+    def drain(q):
+        taken = []
+        while q.stats().total:  # for_update may come back short while a row is locked by the other
+            popped = q._submit(ops.Pop())
+            if popped is not None:
+                taken.append(popped.id)
+        return taken
+
+    runs = [in_thread(lambda q=q: drain(q)) for q in clients]
+    for thread, _ in runs:
+        thread.join(DEADLINE)
+    taken = [task_id for _, box in runs for task_id in box["result"]]
+    assert sorted(taken, key=int) == ids
+    assert clients[0].stats().acked_total == len(ids)
