@@ -159,8 +159,9 @@ class Consumer:
     ) -> int:
         """Handle tasks until ``max_tasks`` were handled or none came within ``timeout`` s.
 
-        The task is acked when ``handler`` returns and nacked when it raises (the error is
-        logged, and the task comes back or goes to the dead letters). A lease lost before
+        The task is acked when ``handler`` returns, together with the next task's lease (one
+        ``ack_and_get``: one lock and one write per task on a file queue), and nacked when it
+        raises (the error is logged, and the task comes back or goes to the dead letters). A lease lost before
         the ack is logged and counted in ``lost``. A handler interrupted by a
         ``BaseException`` (Ctrl-C, ``SystemExit``) is not the task's failure: the task is
         given back uncounted (``release``) and the exception goes on. Returns how many tasks
@@ -177,12 +178,14 @@ class Consumer:
         yourself).
         """
         handled = 0
-        while max_tasks is None or handled < max_tasks:
-            task = self.get(timeout=timeout)
-            if task is None:
-                break
+        task = self.get(timeout=timeout) if max_tasks is None or max_tasks > 0 else None
+        while task is not None:
             handled += 1
-            self._settle(task, ok=self._handle(handler, task, heartbeat=heartbeat))
+            ok = self._handle(handler, task, heartbeat=heartbeat)
+            if max_tasks is not None and handled >= max_tasks:
+                self._settle(task, ok=ok)
+                break
+            task = self._settle_and_get(task, ok=ok, timeout=timeout)
         return handled
 
     def _handle(self, handler: Callable[[Task], object], task: Task, *, heartbeat: bool) -> bool:
@@ -224,8 +227,29 @@ class Consumer:
                 self.queue.nack(task)
                 self.nacked += 1
         except LeaseLost:
-            logger.warning("lease on task %s was lost before it could be settled", task.id)
-            self.lost += 1
+            self._lost(task)
+
+    def _settle_and_get(self, task: Task, *, ok: bool, timeout: float | None) -> Task | None:
+        """Settle ``task``, then lease the next: an ack and that lease are one ``ack_and_get``.
+
+        One operation, so on a file queue one lock and one write per task, not two. A nack,
+        or an ack whose lease was lost, is followed by a plain get.
+        """
+        if ok:
+            try:
+                found = self.queue.ack_and_get(task, lease=self.lease, timeout=timeout, owner=self.owner)
+            except LeaseLost:
+                self._lost(task)
+            else:
+                self.acked += 1
+                return found
+        else:
+            self._settle(task, ok=False)
+        return self.get(timeout=timeout)
+
+    def _lost(self, task: Task) -> None:
+        logger.warning("lease on task %s was lost before it could be settled", task.id)
+        self.lost += 1
 
     def _release(self, task: Task) -> None:
         try:
