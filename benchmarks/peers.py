@@ -84,6 +84,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import floors
 import servers
 from throughput import file_system, load_average, version_of
 
@@ -942,6 +943,7 @@ def print_header(args: argparse.Namespace, parent: str, skipped: dict[str, str])
     print(f"folders:   a fresh folder per measurement under {parent}, on {fs}")
     if fs.startswith("tmpfs"):
         print("           (tmpfs: fsync costs nothing here; use --dir on a real disk to see it)")
+    print(floors.line(floors.measure(Path(parent))))  # what no file or broker queue here can beat
     print(f"payload:   {len(json.dumps(payload(0, 1234), separators=(',', ':')))} bytes of JSON per item")
     capped = min(args.n, args.rewrite_n)
     print(

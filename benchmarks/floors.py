@@ -1,0 +1,131 @@
+"""The machine's floors, measured where peers.py measures: what no queue on this machine can beat.
+
+- ``fdatasync``: append about 200 bytes to a file in the measurement folder and
+  ``fdatasync`` it; a durable call of any file queue costs at least this.
+- ``socket``: one round trip of a small message over a Unix socket between two Python
+  processes (``socket.socketpair``, plain ``send``/``recv``); a broker's call costs at least this.
+- ``flock``: one acquisition of an ``flock`` that two processes take in turn as fast as they
+  can (each lock, then unlock, over and over); a call under a contended file lock costs
+  at least this.
+
+Each is the median of a few rounds, in microseconds. ``python3 benchmarks/floors.py
+[--dir DIR]`` prints them; peers.py prints them above its tables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import multiprocessing
+import os
+import socket
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+ROUNDS = 5
+
+
+def fdatasync_us(folder: Path, ops: int = 300) -> float:
+    """Microseconds per append of ~200 bytes plus ``fdatasync``, in ``folder``."""
+    line = b"x" * 199 + b"\n"
+    rounds = []
+    with tempfile.TemporaryDirectory(dir=folder, prefix="floor-") as where:
+        fd = os.open(Path(where) / "journal", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        try:
+            for _ in range(ROUNDS):
+                start = time.perf_counter()
+                for _ in range(ops // ROUNDS):
+                    os.write(fd, line)
+                    os.fdatasync(fd)
+                rounds.append((time.perf_counter() - start) / (ops // ROUNDS) * 1e6)
+        finally:
+            os.close(fd)
+    return statistics.median(rounds)
+
+
+def _echo(sock: socket.socket) -> None:
+    while data := sock.recv(256):
+        sock.sendall(data)
+
+
+def socket_us(ops: int = 5000) -> float:
+    """Microseconds per round trip of a 64-byte message to another Python process and back."""
+    ctx = multiprocessing.get_context("spawn")
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    child = ctx.Process(target=_echo, args=(theirs,), daemon=True)
+    child.start()
+    theirs.close()
+    message, rounds = b"m" * 64, []
+    try:
+        ours.sendall(message)  # the child is up once this comes back
+        ours.recv(256)
+        for _ in range(ROUNDS):
+            start = time.perf_counter()
+            for _ in range(ops // ROUNDS):
+                ours.sendall(message)
+                ours.recv(256)
+            rounds.append((time.perf_counter() - start) / (ops // ROUNDS) * 1e6)
+    finally:
+        ours.close()
+        child.join(10)
+        if child.is_alive():
+            child.kill()
+    return statistics.median(rounds)
+
+
+def _contend(path: str, ops: int, barrier: object) -> None:
+    fd = os.open(path, os.O_RDWR)
+    barrier.wait(30)  # type: ignore[attr-defined]
+    for _ in range(ops):
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        fcntl.flock(fd, fcntl.LOCK_UN)
+    os.close(fd)
+
+
+def flock_us(folder: Path, ops: int = 20000) -> float:
+    """Microseconds per acquisition when two processes take one ``flock`` in turn."""
+    ctx = multiprocessing.get_context("spawn")
+    rounds = []
+    with tempfile.TemporaryDirectory(dir=folder, prefix="floor-") as where:
+        path = str(Path(where) / "lock")
+        Path(path).touch()
+        for _ in range(3):
+            barrier = ctx.Barrier(3)
+            procs = [ctx.Process(target=_contend, args=(path, ops // 2, barrier)) for _ in range(2)]
+            for p in procs:
+                p.start()
+            barrier.wait(30)
+            start = time.perf_counter()
+            for p in procs:
+                p.join(120)
+            rounds.append((time.perf_counter() - start) / ops * 1e6)
+            for p in procs:
+                if p.is_alive():
+                    p.kill()
+    return statistics.median(rounds)
+
+
+def measure(folder: Path) -> dict[str, float]:
+    """Every floor, in microseconds: ``fdatasync``, ``socket``, ``flock``."""
+    return {"fdatasync": fdatasync_us(folder), "socket": socket_us(), "flock": flock_us(folder)}
+
+
+def line(floors: dict[str, float]) -> str:
+    """The floors as peers.py prints them."""
+    return (
+        f"floors:    append+fdatasync {floors['fdatasync']:,.0f} us; Unix-socket round trip between two "
+        f"processes {floors['socket']:,.0f} us; flock contended by two processes "
+        f"{floors['flock']:,.1f} us per acquisition"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--dir", type=Path, default=Path(tempfile.gettempdir()), help="where the files go")
+    print(line(measure(parser.parse_args().dir)))
+
+
+if __name__ == "__main__":
+    main()
