@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .aio import AsyncBaseQueue
-from .client import HEARTBEAT_FRACTION
+from .client import HEARTBEAT_FRACTION, _Sending, _Taking
 from .errors import ConfigError, DjqError, LeaseLost
 from .model import JSON, Task
 
@@ -34,14 +34,8 @@ _DELIVERY: ContextVar[AsyncDelivery] = ContextVar("djq_async_delivery")  # each 
 _FINISHING: set[asyncio.Task[None]] = set()  # settles carried on past a second cancel (kept from collection)
 
 
-class AsyncProducer:
+class AsyncProducer(_Sending[AsyncBaseQueue]):
     """Puts tasks on an async queue (``Producer``'s twin)."""
-
-    def __init__(self, queue: AsyncBaseQueue, *, priority: int = 0) -> None:
-        """Send to ``queue`` with ``priority`` unless a call says otherwise."""
-        self.queue = queue
-        self.priority = priority
-        self.sent = 0  #: tasks this producer has put
 
     async def send(self, payload: JSON, *, priority: int | None = None, delay: float = 0.0) -> str:
         """Put one task; return its id."""
@@ -56,9 +50,6 @@ class AsyncProducer:
         ids = await self.queue.put_many(payloads, priority=self._priority(priority), delay=delay)
         self.sent += len(ids)
         return ids
-
-    def _priority(self, priority: int | None) -> int:
-        return self.priority if priority is None else priority
 
 
 class AsyncDelivery:
@@ -110,7 +101,7 @@ class _Plan:
         return True
 
 
-class AsyncConsumer:
+class AsyncConsumer(_Taking[AsyncBaseQueue]):
     """Takes tasks from an async queue (``Consumer``'s twin).
 
     ``async for task in AsyncConsumer(q)`` waits for each next task and leaves acking (and
@@ -133,17 +124,6 @@ class AsyncConsumer:
         >>> asyncio.run(main(pathlib.Path(tempfile.mkdtemp()) / "Queue.json"))
         ([1, 2, 3], 3)
     """
-
-    def __init__(
-        self, queue: AsyncBaseQueue, *, lease: float | None = None, owner: str | None = None
-    ) -> None:
-        """Consume from ``queue`` with leases of ``lease`` seconds (None: the queue's)."""
-        self.queue = queue
-        self.lease = lease
-        self.owner = owner
-        self.acked = 0  #: tasks acked by ``run``
-        self.nacked = 0  #: tasks nacked by ``run`` because the handler raised
-        self.lost = 0  #: leases lost before ``run`` could ack or nack
 
     async def get(self, *, timeout: float | None = None) -> Task | None:
         """Lease the next task, waiting up to ``timeout`` seconds (None: for ever)."""

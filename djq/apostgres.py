@@ -52,17 +52,8 @@ _Connection = psycopg.AsyncConnection[Row]
 class AsyncPostgresQueue(AsyncBaseQueue):
     """A djq queue named ``name`` in a PostgreSQL database, as coroutines.
 
-    Args:
-        url: a libpq URL or conninfo (``postgresql://user@host/db``); its password is never shown.
-        name: the queue inside the database: 1 to 48 of ``A-Z a-z 0-9 _ . -``.
-        clock: None (the server's clock decides every lease, delay, expiry) or epoch seconds.
-        claim: ``"skip_locked"`` (claimers pass each other's locked rows) or
-            ``"for_update"`` (they wait behind them).
-        options: ``model.SERVER_FIELDS`` (``lease``, ``max_attempts``, ``max_payload_bytes``,
-            ``fsync``); the file queue's are refused. ``config.path`` is ``Path(name)``, a placeholder.
-
-    Raises:
-        ConfigError: a bad name, claim, clock, option or malformed URL (before any I/O).
+    Its arguments, checks and errors are ``djq.postgres.PostgresQueue``'s (``url``, ``name``,
+    ``clock``, ``claim``, ``model.SERVER_FIELDS``); a bad one is a ``ConfigError`` before any I/O.
     """
 
     def __init__(

@@ -49,16 +49,10 @@ T = TypeVar("T")
 class AsyncRedisQueue(AsyncBaseQueue):
     """A queue on a Redis server (7 or later), its methods coroutines; shared by the coroutines of one loop.
 
-    The arguments, checks and errors are ``djq.redisq.RedisQueue``'s (``config.path`` is the
-    placeholder ``djq:{name}``; ``stats().file_bytes`` is Redis's ``MEMORY USAGE``).
-
-    Args:
-        url: ``redis://[user:password@]host[:port][/db]``, ``rediss://...`` or ``unix:///path``.
-        name: the queue inside the server: 1 to 100 letters, digits, ``_``, ``.`` or ``-``.
-        clock: None: the server's ``TIME`` is every statement's "now"; a callable returning
-            epoch seconds replaces it (tests, simulations with a fake clock).
-        options: ``QueueConfig`` fields ``lease``, ``max_attempts``, ``max_payload_bytes``,
-            ``fsync`` (True needs a server with ``appendonly yes``, ``appendfsync always``).
+    The arguments (``url``, ``name``, ``clock``, ``QueueConfig``'s ``lease``, ``max_attempts``,
+    ``max_payload_bytes``, ``fsync``), checks and errors are ``djq.redisq.RedisQueue``'s
+    (``config.path`` is the placeholder ``djq:{name}``; ``stats().file_bytes`` is Redis's
+    ``MEMORY USAGE``). Unlike it, nothing is asked of the server until the first call.
 
     Raises:
         ConfigError: (here) a bad name, clock, option or URL, or a file queue's option; (on the

@@ -13,6 +13,7 @@ import logging
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from contextvars import ContextVar
+from typing import Generic, TypeVar
 
 from .api import BaseQueue
 from .errors import ConfigError, DjqError, LeaseLost
@@ -27,10 +28,37 @@ HEARTBEAT_FRACTION = 0.5  #: a heartbeat extends the lease after this fraction o
 #: What producers and consumers need: the one client API (``Queue``, ``BrokerClient``, ...).
 QueueLike = BaseQueue
 
+Q = TypeVar("Q")  #: the queue a role works on: a ``QueueLike``, or an ``aio.AsyncBaseQueue``
 _DELIVERY: ContextVar[Delivery] = ContextVar("djq_delivery")  # the handler's, set by Consumer.run
 
 
-class Producer:
+class _Sending(Generic[Q]):
+    """What a producer holds, sync or async (``Producer``, ``aconsumer.AsyncProducer``)."""
+
+    def __init__(self, queue: Q, *, priority: int = 0) -> None:
+        """Send to ``queue`` with ``priority`` unless a call says otherwise."""
+        self.queue = queue
+        self.priority = priority
+        self.sent = 0  #: tasks this producer has put
+
+    def _priority(self, priority: int | None) -> int:
+        return self.priority if priority is None else priority
+
+
+class _Taking(Generic[Q]):
+    """What a consumer holds, sync or async (``Consumer``, ``aconsumer.AsyncConsumer``)."""
+
+    def __init__(self, queue: Q, *, lease: float | None = None, owner: str | None = None) -> None:
+        """Consume from ``queue`` with leases of ``lease`` seconds (None: the queue's)."""
+        self.queue = queue
+        self.lease = lease
+        self.owner = owner
+        self.acked = 0  #: tasks acked by ``run``
+        self.nacked = 0  #: tasks nacked by ``run`` because the handler raised
+        self.lost = 0  #: leases lost before ``run`` could ack or nack
+
+
+class Producer(_Sending[QueueLike]):
     """Puts tasks on a queue.
 
     Example:
@@ -39,12 +67,6 @@ class Producer:
         >>> djq.Producer(q).send({"n": 1})
         '1'
     """
-
-    def __init__(self, queue: QueueLike, *, priority: int = 0) -> None:
-        """Send to ``queue`` with ``priority`` unless a call says otherwise."""
-        self.queue = queue
-        self.priority = priority
-        self.sent = 0  #: tasks this producer has put
 
     def send(self, payload: JSON, *, priority: int | None = None, delay: float = 0.0) -> str:
         """Put one task; return its id."""
@@ -59,9 +81,6 @@ class Producer:
         ids = self.queue.put_many(payloads, priority=self._priority(priority), delay=delay)
         self.sent += len(ids)
         return ids
-
-    def _priority(self, priority: int | None) -> int:
-        return self.priority if priority is None else priority
 
 
 class Delivery:
@@ -93,7 +112,7 @@ class Delivery:
         return self.task
 
 
-class Consumer:
+class Consumer(_Taking[QueueLike]):
     """Takes tasks from a queue, one lease at a time.
 
     Iterating blocks for the next task (``for task in Consumer(q)``) and leaves acking (and
@@ -114,15 +133,6 @@ class Consumer:
         b
         2
     """
-
-    def __init__(self, queue: QueueLike, *, lease: float | None = None, owner: str | None = None) -> None:
-        """Consume from ``queue`` with leases of ``lease`` seconds (None: the queue's)."""
-        self.queue = queue
-        self.lease = lease
-        self.owner = owner
-        self.acked = 0  #: tasks acked by ``run``
-        self.nacked = 0  #: tasks nacked by ``run`` because the handler raised
-        self.lost = 0  #: leases lost before ``run`` could ack or nack
 
     def get(self, *, timeout: float | None = None) -> Task | None:
         """Lease the next task, waiting up to ``timeout`` seconds (None: for ever)."""
@@ -161,9 +171,9 @@ class Consumer:
 
         The task is acked when ``handler`` returns, together with the next task's lease (one
         ``ack_and_get``: one lock and one write per task on a file queue), and nacked when it
-        raises (the error is logged, and the task comes back or goes to the dead letters). A lease lost before
-        the ack is logged and counted in ``lost``. A handler interrupted by a
-        ``BaseException`` (Ctrl-C, ``SystemExit``) is not the task's failure: the task is
+        raises (the error is logged, and the task comes back or goes to the dead letters). A
+        lease lost before the ack is logged and counted in ``lost``. A handler interrupted by
+        a ``BaseException`` (Ctrl-C, ``SystemExit``) is not the task's failure: the task is
         given back uncounted (``release``) and the exception goes on. Returns how many tasks
         were handled.
 

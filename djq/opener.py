@@ -35,10 +35,10 @@ SCHEMES: Final = {
     "rediss": "redis",
     "unix": "redis",
 }
-#: (backend, asynchronous) -> (module, class, client library); a server's extra is djq[backend]
+#: (backend, asynchronous) -> (module, class, the server's client library); its extra is djq[backend]
 _BACKENDS: Final = {
-    ("file", False): ("queue", "Queue", "orjson"),
-    ("file", True): ("aqueue", "AsyncQueue", "orjson"),
+    ("file", False): ("queue", "Queue", None),
+    ("file", True): ("aqueue", "AsyncQueue", None),
     ("postgres", False): ("postgres", "PostgresQueue", "psycopg"),
     ("postgres", True): ("apostgres", "AsyncPostgresQueue", "psycopg"),
     ("redis", False): ("redisq", "RedisQueue", "redis"),
@@ -100,7 +100,8 @@ def open_queue(
         raise ConfigError(_NO_NAME, field="name")
     module_name, class_name, library = _BACKENDS[backend, asynchronous]
     try:
-        importlib.import_module(library)
+        if library is not None:  # a server's client library, an extra: say which when it is missing
+            importlib.import_module(library)
     except ImportError:
         raise ConfigError(
             f"{str(target).split(':')[0]}:// queues need {library}: pip install 'djq[{backend}]'",
