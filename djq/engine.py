@@ -187,21 +187,39 @@ class Engine:
     @contextmanager
     def holding(self, name: str) -> Iterator[None]:
         """Hold the mutex and the queue's lock; on first use, tidy the folder."""
+        self._enter(name)
+        try:
+            yield
+        finally:
+            self._leave()
+
+    def _enter(self, name: str) -> None:
+        """Take the mutex, then the queue's lock (``holding`` without a generator: the hot path)."""
         self.check_process()
-        with self.mutex:
+        self.mutex.acquire()
+        try:
             self._check_lock_kind()  # before the lock: a soft lock's marker is a write too
             if not self._prepared:
                 self.storage.make_folder()  # the lock file lives there too
             self.lock.acquire(timeout=self.config.lock_timeout, op=name)
-            try:
-                if not self._prepared:
-                    self.storage.remove_temp_files()  # under the lock: no live writer has one
-                    self._prepared = True
-                if not self._kind_recorded:
-                    self._record_lock_kind()
-                yield
-            finally:
-                self.lock.release()
+        except BaseException:
+            self.mutex.release()
+            raise
+        try:
+            if not self._prepared:
+                self.storage.remove_temp_files()  # under the lock: no live writer has one
+                self._prepared = True
+            if not self._kind_recorded:
+                self._record_lock_kind()
+        except BaseException:
+            self._leave()
+            raise
+
+    def _leave(self) -> None:
+        try:
+            self.lock.release()
+        finally:
+            self.mutex.release()
 
     def _check_lock_kind(self) -> None:
         """Refuse a queue recorded with a lock kind ours does not exclude (once per engine).
@@ -251,7 +269,8 @@ class Engine:
         ``change`` changes the state only through ``Transaction.apply``. If it raises, the
         files stay as they were; the cached state is dropped unless nothing changed.
         """
-        with self.holding(name):
+        self._enter(name)
+        try:
             current = self.storage.load()
             before = current.revision
             tx = Transaction(current, self.clock())
@@ -268,6 +287,8 @@ class Engine:
                     self.storage.invalidate()  # the cache holds a change the files do not: drop it
                     raise
             return result
+        finally:
+            self._leave()
 
     def run(self, op: ops.Op[T]) -> T:
         """Apply one operation: a write under the lock, a read without it, a check."""

@@ -74,6 +74,7 @@ class JournalFile:
         """Describe the files; touches nothing on disk."""
         self.path = Path(path)
         self.journal = journal_path(self.path)
+        self._journal = os.fspath(self.journal)  # a str: os.stat of a Path calls Python code first
         self.fsync = fsync
         self.mode = mode
         self.max_file_bytes = max_file_bytes
@@ -88,6 +89,7 @@ class JournalFile:
         self._size = 0  # the journal's size when last looked at
         self._stale = False  # the journal is older than the snapshot: ignore, reset before appending
         self._last: tuple[int, bytes] | None = None  # where the last line we applied starts, its checksum
+        self._last_ours = False  # whether that line is one this process appended (committed, then)
         self._fold_due = False  # an append's durability is unknown: fold at the next save
 
     @property
@@ -166,7 +168,7 @@ class JournalFile:
 
     def _stat(self) -> os.stat_result | None:
         try:
-            st = os.stat(self.journal, follow_symlinks=False)
+            st = os.stat(self._journal, follow_symlinks=False)
         except FileNotFoundError:
             return None
         except OSError as exc:
@@ -190,7 +192,8 @@ class JournalFile:
         if st.st_size > self.max_file_bytes:
             raise CorruptQueueError(path=str(self.journal), reason=f"{st.st_size} bytes is over the limit")
         self._size = st.st_size
-        if self._last is not None and not self._still_there(st.st_size):
+        ours = self._last_ours and st.st_size >= self._offset  # a line we appended is committed: no read
+        if self._last is not None and not ours and not self._still_there(st.st_size):
             return False  # lines we applied were cut off (an append that failed): read it all again
         if self._stale or st.st_size <= self._offset:
             return True
@@ -256,7 +259,7 @@ class JournalFile:
                     path=str(self.journal),
                     reason=f"line at byte {self._offset + pos} does not apply: {kind}{exc}",
                 ) from None
-            self._last = (self._offset + pos, data[pos : pos + 8])
+            self._last, self._last_ours = (self._offset + pos, data[pos : pos + 8]), False
             pos = end + 1
 
     # Writing
@@ -339,7 +342,7 @@ class JournalFile:
     def _committed(self, data: bytes) -> None:
         """Record that ``data`` is committed: in the journal (and on disk with ``fsync``)."""
         last = data.rfind(b"\n", 0, len(data) - 1) + 1
-        self._last = (self._offset + last, data[last : last + 8])
+        self._last, self._last_ours = (self._offset + last, data[last : last + 8]), True
         self._offset += len(data)
         self._size = self._offset
         self.appends += 1

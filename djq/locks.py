@@ -81,6 +81,7 @@ class _MeasuredLock:
 
     def __init__(self, path: Path, *, recorder: LockRecorder | None = None) -> None:
         self.path = path
+        self._name = os.fspath(path)  # a str: os.stat of a Path calls Python code first
         self.recorder = recorder
         self._op = ""
         self._requested_ns = self._acquired_ns = 0
@@ -211,7 +212,7 @@ class FlockLock(_MeasuredLock):
 
     def _is_current(self, fd: int) -> bool:
         try:
-            st = os.stat(self.path, follow_symlinks=False)
+            st = os.stat(self._name, follow_symlinks=False)
         except FileNotFoundError:
             return False
         held = os.fstat(fd)

@@ -128,15 +128,18 @@ def _tokens(name: str, value: Any) -> None:
     if type(value) is not tuple or not 1 <= len(value) <= MAX_BATCH:
         raise ConfigError(f"{name} must be 1 to {MAX_BATCH} tokens", field=name)
     for token in value:
-        _text(name, token)
+        if type(token) is not str or not 0 < len(token) <= MAX_TEXT or not token.isprintable():
+            _text(name, token)  # raises, naming the field
 
 
 def _leases(name: str, value: Any) -> None:
     if type(value) is not tuple or not all(type(p) is tuple and len(p) == 2 for p in value):
         raise ConfigError(f"{name} must be (id, token) pairs", field=name)
-    for task_id, token in value:
-        _string("id", task_id)
-        _text("token", token)
+    for task_id, token in value:  # the common case in one test per pair; else the full checks
+        if type(task_id) is not str or len(task_id) > MAX_TEXT or not task_id.isascii():
+            _string("id", task_id)
+        if type(token) is not str or not 0 < len(token) <= MAX_TEXT or not token.isprintable():
+            _text("token", token)
 
 
 def _states(name: str, value: Any) -> None:
@@ -475,11 +478,22 @@ def check_payload(payload: JSON, *, max_bytes: int) -> JSON:
 
 
 def _same_types(copy: Any, original: Any) -> bool:
-    """Check what ``==`` forgives: 1 == 1.0 == True, and -0.0 == 0.0 are different JSON."""
-    if type(copy) is not type(original):
+    """Check what ``==`` forgives: 1 == 1.0 == True, and -0.0 == 0.0 are different JSON.
+
+    Called after ``copy == original`` held, so both have the same shape. Scalars inside a
+    dict or list are compared in the loop; only nested containers recurse.
+    """
+    kind = type(copy)
+    if kind is not type(original):
         return False
-    if isinstance(copy, dict):
-        return all(_same_types(copy[k], original[k]) for k in copy)
-    if isinstance(copy, list):
-        return all(_same_types(a, b) for a, b in zip(copy, original, strict=True))
+    if kind is dict:
+        pairs: Any = ((value, original[key]) for key, value in copy.items())
+    elif kind is list:
+        pairs = zip(copy, original, strict=True)
+    else:
+        return True
+    for value, other in pairs:
+        inner = type(value)
+        if inner is not type(other) or ((inner is dict or inner is list) and not _same_types(value, other)):
+            return False
     return True

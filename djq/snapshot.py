@@ -250,6 +250,7 @@ class SnapshotFile:
     ) -> None:
         """Describe the file; touches nothing on disk."""
         self.path = Path(path)
+        self._name = os.fspath(self.path)  # a str: os.stat of a Path calls Python code first
         self.fsync = fsync
         self.mode = mode
         self.max_file_bytes = max_file_bytes
@@ -281,7 +282,7 @@ class SnapshotFile:
 
     def _stat_key(self) -> tuple[int, ...] | None:
         try:
-            st = os.stat(self.path, follow_symlinks=False)
+            st = os.stat(self._name, follow_symlinks=False)
         except FileNotFoundError:
             return None
         except OSError as exc:

@@ -227,7 +227,13 @@ def lease(state: QueueState, *, token: str, owner: str, duration: float, now: fl
     """Reclaim expired leases, then lease the next ready task; None when none is ready."""
     expires_at = now + duration  # before any change: a bad duration must leave the state as it was
     reap(state, now=now)
-    record = _indexed(state).next_ready(state.tasks, now)
+    return _lease_ready(state, token, owner, expires_at, now)
+
+
+def _lease_ready(state: QueueState, token: str, owner: str, expires_at: float, now: float) -> Task | None:
+    """Lease the next ready task without reclaiming first (the caller just did, at this ``now``)."""
+    index = _indexed(state)
+    record = index.next_ready(state.tasks, now)
     if record is None:
         return None
     record.state = TaskState.LEASED
@@ -235,7 +241,7 @@ def lease(state: QueueState, *, token: str, owner: str, duration: float, now: fl
     record.owner = owner
     record.token = token
     record.lease_expires_at = expires_at
-    _indexed(state).leased(record, expires_at, token)
+    index.leased(record, expires_at, token)
     state.revision += 1
     return record.snapshot()
 
@@ -272,10 +278,16 @@ def ack_lease(
 def lease_many(
     state: QueueState, *, tokens: Iterable[str], owner: str, duration: float, now: float
 ) -> list[Task]:
-    """Lease up to one task per token, in delivery order; fewer (or none) when fewer are ready."""
+    """Lease up to one task per token, in delivery order; fewer (or none) when fewer are ready.
+
+    The same as a ``lease`` per token: after the first reclaim, none at this ``now`` finds
+    anything more to reclaim (a lease granted here expires after ``now``, within the longest).
+    """
+    expires_at = now + duration
+    reap(state, now=now)
     leased = []
     for token in tokens:
-        task = lease(state, token=token, owner=owner, duration=duration, now=now)
+        task = _lease_ready(state, token, owner, expires_at, now)
         if task is None:
             break
         leased.append(task)

@@ -30,7 +30,6 @@ import errno
 import itertools
 import os
 import random
-import secrets
 import subprocess
 import sys
 from collections.abc import Callable
@@ -42,6 +41,7 @@ import pytest
 from conftest import FakeClock
 
 import djq
+import djq.api
 import djq.engine
 import djq.files
 import djq.journal
@@ -140,6 +140,12 @@ def _advance_and_extend(q: djq.Queue, held: dict[str, Any], clock: FakeClock) ->
     q.extend(held["m"][1], lease=60.0)
 
 
+def _put_from_another_process(q: djq.Queue, clock: FakeClock) -> None:
+    """A put through a second handle, as another process makes one: ``q`` must read its line."""
+    with djq.Queue(q.path, storage=q.config.storage, clock=clock, fsync=True, compact_bytes=1) as other:
+        other.put("o")
+
+
 STEPS: list[tuple[str, Step]] = [
     ("put", lambda q, h, c: q.put("a")),
     ("put_many", lambda q, h, c: q.put_many(["b", "c", {"n": 4}])),
@@ -154,6 +160,7 @@ STEPS: list[tuple[str, Step]] = [
     ("get_many-50", lambda q, h, c: _get_many(q, h, "all", 50)),
     ("nack-delay", lambda q, h, c: q.nack(h["all"][0], delay=5.0)),
     ("ack_many-rest", lambda q, h, c: q.ack_many(h["all"][1:])),
+    ("put-other", lambda q, h, c: _put_from_another_process(q, c)),  # the next step reads its line
     ("put_many-2", lambda q, h, c: q.put_many(["f", "g"])),
     ("get-2", lambda q, h, c: _get(q, h, "t2", lease=30.0)),
     ("ack-2", lambda q, h, c: q.ack(h["t2"])),
@@ -200,12 +207,11 @@ def fake(monkeypatch: pytest.MonkeyPatch) -> _FaultyOs:
     for module in MODULES:
         monkeypatch.setattr(module, "os", fake)
 
-    def token_hex(n: int | None = 8) -> str:
-        if n == 8:
-            return f"tok{next(fake.tokens):04d}"
-        return os.urandom(n or 8).hex()
+    def token() -> str:
+        return f"tok{next(fake.tokens):04d}"
 
-    monkeypatch.setattr(secrets, "token_hex", token_hex)
+    monkeypatch.setattr(djq.api, "new_token", token)
+    monkeypatch.setattr(djq.api, "new_tokens", lambda n: tuple(token() for _ in range(n)))
     return fake
 
 

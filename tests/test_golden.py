@@ -8,8 +8,6 @@ public API with a fake clock and counted lease tokens; the files must match byte
 from __future__ import annotations
 
 import itertools
-import os
-import secrets
 import shutil
 from pathlib import Path
 
@@ -32,9 +30,8 @@ class _Clock:
 def scenario(path: Path, storage: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """Every operation that writes, each at least once, in an order whose outcome is known."""
     counter = itertools.count()
-    monkeypatch.setattr(
-        secrets, "token_hex", lambda n=8: f"tok{next(counter):02d}" if n == 8 else os.urandom(n).hex()
-    )
+    monkeypatch.setattr(djq.api, "new_token", lambda: f"tok{next(counter):02d}")
+    monkeypatch.setattr(djq.api, "new_tokens", lambda n: tuple(f"tok{next(counter):02d}" for _ in range(n)))
     clock = _Clock()
     q = djq.Queue(path, storage=storage, clock=clock, fsync=False, max_attempts=2)
     q.put({"n": 1, "s": "é\u2603", "f": 1.5, "l": [1, None, True]}, priority=3, delay=2.5)
