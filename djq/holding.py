@@ -6,7 +6,7 @@ task's work time; with ``heartbeat`` a thread beside it extends the lease every
 ``Consumer.run(heartbeat=True)`` does for a real handler. ``die`` works part of a task and
 then SIGKILLs its own process with the lease held: no ``finally`` runs after that, so a
 consumer that is to die keeps its op rows in an ``OpLog``, written to a file row by row,
-which ``read_log`` reads back in the parent. Imports from djq: ``model``.
+which ``read_log`` reads back in the parent. Imports from djq: ``errors``, ``model``.
 """
 
 from __future__ import annotations
