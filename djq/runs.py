@@ -22,7 +22,7 @@ from typing import Any, Final
 import orjson
 import pandas as pd
 
-from . import frames
+from . import frames, leases
 from .errors import ConfigError
 from .model import CLAIMS, CONFIG_FIELDS, MAX_DELAY, SERVER_FIELDS, LockKind, QueueConfig, check_seconds
 from .opener import backend_of
@@ -41,13 +41,13 @@ __all__ = [
 ]
 
 _MODES: Final = ("direct", "broker")
-_FRAMES: Final = ("tasks", "locks", "ops", "depth", "workers", "batches", "server")
+_FRAMES: Final = ("tasks", "locks", "ops", "depth", "workers", "batches", "server", "kills")
 _START_METHODS: Final = ("spawn", "forkserver", "fork")
 _MAX_SEED: Final = (1 << 48) - 1  #: seed * 7919 + i (a worker's seed) stays below 2**63
 
 
 def _dist(name: str, value: float | str | Dist) -> Dist:
-    """Accept 0.002, "0.002", "exp:0.002" or a Dist; seconds."""
+    """Accept 0.002, "0.002", "exp:0.002", "lognormal:0.002" (the mean) or a Dist; seconds."""
     if isinstance(value, Dist):
         return value
     kind, _, mean = str(value).rpartition(":") if isinstance(value, str) else ("", "", value)
@@ -55,7 +55,7 @@ def _dist(name: str, value: float | str | Dist) -> Dist:
         seconds = float(mean)
     except ValueError:
         raise ConfigError(f"{name} must be seconds, or 'exp:MEAN', not {value!r}", field=name) from None
-    if kind not in ("", "const", "exp") or not math.isfinite(seconds) or seconds < 0:
+    if kind not in ("", "const", "exp", "lognormal") or not math.isfinite(seconds) or seconds < 0:
         raise ConfigError(f"{name} must be seconds >= 0, or 'exp:MEAN', not {value!r}", field=name)
     return Dist(kind=kind or "const", mean=seconds)
 
@@ -101,6 +101,8 @@ class SimConfig:
     rate: float | None = None  #: puts per second per producer, Poisson (open loop)
     batch: int = 1  #: tasks per put_many (producers) and per get_many + ack_many (consumers)
     consumer_concurrency: int = 1  #: async consumers (coroutines on one handle) per consumer process
+    heartbeat: bool = False  #: consumers extend each lease every half lease while they work on its task
+    kills: tuple[float, ...] = ()  #: seconds from the start: then one more consumer dies mid-task
     start_method: str = "spawn"  #: "spawn" works everywhere, notebooks included
     seed: int = 0
     path: Path | None = None  #: folder of the run; a fresh temporary folder when None
@@ -175,11 +177,30 @@ class SimConfig:
             raise ConfigError(
                 f"seed must be an integer from 0 to {_MAX_SEED}, not {self.seed!r:.80}", field="seed"
             )
+        self._check_kills()
         if self.queue.lock is LockKind.FLOCK and self.queue.poll_interval is not None:
             raise ConfigError(
                 "flock does not poll: poll_interval is for 'filelock' and 'soft'", field="poll_interval"
             )
         self._check_target()
+
+    def _check_kills(self) -> None:
+        """``heartbeat`` and ``kills``: one task at a time per process, and a consumer left alive."""
+        if type(self.heartbeat) is not bool:
+            raise ConfigError(
+                f"heartbeat must be True or False, not {self.heartbeat!r:.80}", field="heartbeat"
+            )
+        if isinstance(self.kills, str) or not isinstance(self.kills, tuple | list):
+            raise ConfigError(f"kills must be a sequence of seconds, not {self.kills!r:.80}", field="kills")
+        object.__setattr__(self, "kills", tuple(self.kills))
+        for value in self.kills:
+            check_seconds("kills", math.nan if value is None else value, low=0.0, high=MAX_DELAY)
+        if len(self.kills) >= self.consumers:
+            raise ConfigError(
+                f"{len(self.kills)} kills need more than {self.consumers} consumers", field="kills"
+            )
+        if (self.heartbeat or self.kills) and (self.batch > 1 or self.consumer_concurrency > 1):
+            raise ConfigError("heartbeat and kills are for batch=1 and consumer_concurrency=1", field="kills")
 
     def _check_target(self) -> None:
         """The queue's target, name and claim, and the options that backend takes."""
@@ -240,6 +261,7 @@ class Run:
     """One simulation's results: tidy frames (see ``djq.frames``) and a summary.
 
     ``server`` is the server's own view, sampled during the run (empty for a file queue).
+    ``kills`` has one row per consumer killed as planned (``djq.leases.kill_frame``).
 
     ``summary["lost"]`` and ``summary["acked_twice"]`` are the correctness oracle: both
     are 0 on every completed run.
@@ -254,6 +276,7 @@ class Run:
     summary: pd.Series
     batches: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=frames.BATCH_COLUMNS))
     server: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=frames.SERVER_COLUMNS))
+    kills: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=leases.KILL_COLUMNS))
     path: Path | None = None
 
     def save(self, folder: str | os.PathLike[str]) -> Path:

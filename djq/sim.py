@@ -15,7 +15,7 @@ of a queue file (it must hold no task), or a server URL (``postgresql://``, ``re
 A server run uses a fresh queue name (``sim-<hex>``) unless ``name=`` is given; the
 queue must hold no task when the run starts, and the runner purges whatever the run left
 in it (nothing, when it completed; its counters stay). Imports from djq: the core,
-``opener``, ``workers``, ``frames``, ``manager``, ``probes``, ``remote``, ``runs``.
+``opener``, ``workers``, ``frames``, ``leases``, ``manager``, ``probes``, ``remote``, ``runs``.
 
 Example::
 
@@ -33,6 +33,7 @@ import itertools
 import math
 import os
 import platform
+import random
 import secrets
 import sys
 import tempfile
@@ -45,7 +46,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import pandas as pd
 
-from . import frames
+from . import frames, leases
 from .api import BaseQueue
 from .errors import ConfigError
 from .manager import BrokerManager
@@ -77,6 +78,8 @@ def simulate(
     rate: float | None = None,
     batch: int = 1,
     consumer_concurrency: int = 1,
+    heartbeat: bool = False,
+    kills: Sequence[float] = (),
     start_method: str = "spawn",
     seed: int = 0,
     path: str | os.PathLike[str] | None = None,
@@ -119,6 +122,12 @@ def simulate(
             acking; 1 (the default) runs the sync client. ``consumers=1,
             consumer_concurrency=8`` against ``consumers=8`` is one process of 8 coroutines
             against 8 processes on the same queue.
+        heartbeat: consumers extend each lease every half lease while they work on its task
+            (a thread beside the work, as ``Consumer.run(heartbeat=True)``).
+        kills: seconds from the start; at each, one more consumer (chosen by ``seed``)
+            SIGKILLs itself part-way through the next task it gets, its lease held. The
+            task comes back when the lease runs out; the run's ``kills`` frame
+            (``djq.leases.kill_frame``) says when. Fewer kills than consumers.
         start_method: "spawn" (works everywhere, notebooks included), "forkserver" or "fork".
         seed: the workers' random seed.
         path: folder of the run; a fresh temporary folder when None.
@@ -144,8 +153,9 @@ def simulate(
 
     Returns:
         A ``Run`` with ``tasks``, ``locks``, ``ops``, ``depth``, ``workers``, ``batches``,
-        ``server`` frames and a ``summary`` (``frames.summarize``, ``frames.server_summary``
-        and the run's metadata: backend, server version and durability, claim).
+        ``server``, ``kills`` frames and a ``summary`` (``frames.summarize``,
+        ``frames.server_summary``, ``leases.lease_summary`` and the run's metadata:
+        backend, server version and durability, claim).
 
     Raises:
         ConfigError: an option is invalid, or one the server refuses (before any process starts).
@@ -179,6 +189,8 @@ class _Runner:
         server: dict[str, Any] = {"target": self.url, "name": self.name,
                                   "options": tuple(c.server_options().items())}  # fmt: skip
         where = server if self.server else {}
+        victims = random.Random(c.seed).sample(range(c.consumers), len(c.kills))
+        dying = dict(zip(victims, sorted(c.kills), strict=True))  # consumer index -> when it dies
         shares = [c.tasks // c.producers + (i < c.tasks % c.producers) for i in range(c.producers)]
         producers = [
             WorkerSpec(role="producer", index=i, queue=queue, out=self.records / f"P{i}.json",
@@ -190,7 +202,8 @@ class _Runner:
             WorkerSpec(role="consumer", index=i, queue=queue, out=self.records / f"C{i}.json",
                        seed=c.seed * 7919 + 1000 + i, tasks=c.tasks + self.acked_before, work=c.work,
                        lease=c.queue.lease, mode=c.mode, batch=c.batch,
-                       concurrency=c.consumer_concurrency, **where)
+                       concurrency=c.consumer_concurrency, heartbeat=c.heartbeat, die_at=dying.get(i),
+                       **where)
             for i in range(c.consumers)
         ]  # fmt: skip
         return producers + consumers
@@ -280,6 +293,8 @@ class _Runner:
         server = frames.server_frame(self.probe.rows if self.probe else [], t0)
         summary = frames.summarize(tasks, locks, depth, expected=self.config.tasks)
         summary.update(frames.server_summary(self.config.backend, server, summary["duration_s"]))
+        kills = leases.kill_frame(ops)
+        summary.update(leases.lease_summary(tasks, frames.op_frame(ops), kills))
         summary.update(
             completed=bool(workers["ok"].all()) and not limit_hit and summary["acked"] == self.config.tasks,
             time_limit_hit=limit_hit,
@@ -295,7 +310,7 @@ class _Runner:
         return Run(
             config=self.config, tasks=tasks, locks=locks, ops=frames.op_frame(ops), depth=depth,
             workers=workers, batches=batch, server=server, summary=pd.Series(summary, dtype=object),
-            path=self.folder,
+            path=self.folder, kills=kills,
         )  # fmt: skip
 
     def _server_metadata(self) -> dict[str, Any]:

@@ -12,16 +12,19 @@ runner's to sample. ``Crew`` is the parent's side of the same processes: it star
 them, releases them together, watches them, reaps them and reads back what they wrote.
 With ``concurrency`` K > 1 a consumer process runs K coroutines on one async handle.
 Imports from djq: ``aio``, ``aqueue``, ``errors``, ``model``, ``metrics``, ``queue``, ``remote``,
-``aremote`` (for a broker run with coroutines), ``opener``.
+``aremote`` (for a broker run with coroutines), ``opener``, ``holding`` (heartbeats and planned kills).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import multiprocessing
 import os
 import random
+import signal
+import statistics
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -31,6 +34,7 @@ from typing import Any, Final, Protocol
 
 import orjson
 
+from . import holding
 from .aio import AsyncBaseQueue
 from .api import BaseQueue
 from .aqueue import AsyncQueue
@@ -47,11 +51,21 @@ __all__ = ["Crew", "Dist", "WorkerSpec", "consume", "main", "produce", "worker_n
 _IDLE_GET_TIMEOUT: Final = 0.05  #: seconds an idle consumer waits before looking at the stop flag
 _START_TIMEOUT: Final = 120.0  #: seconds for every worker to reach the start barrier
 _REAP_TIMEOUT: Final = 10.0  #: seconds the workers get to stop before they are killed
+LOGNORMAL_SIGMA: Final = 1.0  #: the sigma of ``Dist(kind="lognormal")``: p99 / median = e**2.33 = 10
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Dist:
-    """A distribution of seconds: ``"const"`` (always ``mean``) or ``"exp"`` (exponential)."""
+    """A distribution of seconds: constant, exponential, or lognormal (a long tail).
+
+    ``kind`` is ``"const"`` (always ``mean``), ``"exp"`` (exponential) or ``"lognormal"``
+    (sigma ``LOGNORMAL_SIGMA``: the p99 is about 6.2 x the mean, 10 x the median).
+
+    Example:
+        >>> work = Dist.lognormal(p99=0.08)  # mean about 13 ms, median 8 ms, 1 in 100 over 80 ms
+        >>> round(work.quantile(0.99), 6), round(work.mean, 4)
+        (0.08, 0.0129)
+    """
 
     kind: str = "const"
     mean: float = 0.0
@@ -62,7 +76,27 @@ class Dist:
             return 0.0
         if self.kind == "exp":
             return rng.expovariate(1.0 / self.mean)
+        if self.kind == "lognormal":
+            return rng.lognormvariate(self._mu(), LOGNORMAL_SIGMA)
         return self.mean
+
+    @classmethod
+    def lognormal(cls, *, p99: float) -> Dist:
+        """The lognormal distribution (``LOGNORMAL_SIGMA``) whose 99th percentile is ``p99`` seconds."""
+        z99 = statistics.NormalDist().inv_cdf(0.99)
+        return cls(kind="lognormal", mean=p99 * math.exp(LOGNORMAL_SIGMA**2 / 2 - z99 * LOGNORMAL_SIGMA))
+
+    def quantile(self, q: float) -> float:
+        """The ``q`` quantile (0 < q < 1) in seconds, from the formula (not from samples)."""
+        if self.mean <= 0 or self.kind == "const":
+            return max(self.mean, 0.0)
+        if self.kind == "exp":
+            return -self.mean * math.log1p(-q)
+        return math.exp(self._mu() + LOGNORMAL_SIGMA * statistics.NormalDist().inv_cdf(q))
+
+    def _mu(self) -> float:
+        """The lognormal's mu: the mean of the logarithm of its values."""
+        return math.log(self.mean) - LOGNORMAL_SIGMA**2 / 2
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -86,6 +120,8 @@ class WorkerSpec:
     name: str | None = None  #: the queue's name in the server
     options: tuple[tuple[str, Any], ...] = ()  #: the server queue's options (``djq.open``'s)
     concurrency: int = 1  #: consumer: coroutines on one async handle (1: the sync client, no event loop)
+    heartbeat: bool = False  #: consumer: extend each lease every half lease while working on its task
+    die_at: float | None = None  #: consumer: seconds from the start; then SIGKILL itself in its next task
 
 
 class _Flag(Protocol):
@@ -166,6 +202,10 @@ def consume(spec: WorkerSpec, barrier: _Barrier, stop: _Flag) -> None:
 
     Each op row is ``[op, start_ns, end_ns, task_ids, ok, attempts]``. With
     ``spec.concurrency`` K > 1, K coroutines do this on one async handle (``_consume_async``).
+    With ``spec.heartbeat`` a thread extends the lease while the task is worked on (an
+    ``extend`` row each time). With ``spec.die_at`` the consumer SIGKILLs itself part-way
+    through the first task it gets after that time (a ``kill`` row first), and writes
+    each row to ``<out>.ops`` as it goes, since it never reaches the end.
     """
     if spec.concurrency > 1:
         asyncio.run(_consume_async(spec, barrier, stop))
@@ -173,8 +213,10 @@ def consume(spec: WorkerSpec, barrier: _Barrier, stop: _Flag) -> None:
     rng = random.Random(spec.seed)
     recorder = LockRecorder()
     queue = _open(spec, recorder)
-    ops: list[Any] = []
+    ops: list[Any] = [] if spec.die_at is None else holding.OpLog(spec.out.with_suffix(".ops"))
+    lease = spec.queue.lease if spec.lease is None else spec.lease
     barrier.wait(60)
+    die_ns = None if spec.die_at is None else time.perf_counter_ns() + int(spec.die_at * 1e9)
     while not stop.value:
         start = time.perf_counter_ns()
         tasks = queue.get_many(
@@ -185,8 +227,11 @@ def consume(spec: WorkerSpec, barrier: _Barrier, stop: _Flag) -> None:
             if queue.stats().acked_total >= spec.tasks:
                 break
             continue
-        for _ in tasks:
-            time.sleep(spec.work.sample(rng))
+        if die_ns is not None and time.perf_counter_ns() >= die_ns:
+            seconds = spec.work.sample(rng) * rng.random()
+            holding.die(queue, tasks[0], seconds, lease=lease, heartbeat=spec.heartbeat, ops=ops)
+        for task in tasks:
+            holding.work(queue, task, spec.work.sample(rng), lease=lease, heartbeat=spec.heartbeat, ops=ops)
         start = time.perf_counter_ns()
         if len(tasks) == 1:
             try:
@@ -325,8 +370,11 @@ class Crew:
         return False
 
     def failed(self) -> bool:
-        """Whether any worker has exited with an error."""
-        return any(p.exitcode not in (None, 0) for p in self.procs)
+        """Whether any worker has exited with an error (a consumer killed as planned has not)."""
+        return any(
+            p.exitcode not in (None, 0) and not _killed(s, p)
+            for s, p in zip(self.specs, self.procs, strict=True)
+        )
 
     def errors(self) -> str:
         """The reasons the failed workers left (``main`` writes them), one per worker."""
@@ -334,23 +382,36 @@ class Crew:
         return "; ".join(f"{stem}: {error.read_text()}" for stem, error in found if error.exists())
 
     def outcomes(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-        """The records the workers wrote, and one row per worker: pid, exit code, ok, error."""
+        """The records the workers wrote, and one row per worker: pid, exit code, ok, error, killed.
+
+        A consumer that killed itself as planned (``die_at``) is ok: its record is read from
+        its ``.ops`` file (its lock rows died with it).
+        """
         records, rows = [], []
         for spec, proc in zip(self.specs, self.procs, strict=True):
             error = spec.out.with_suffix(".error")
+            killed = _killed(spec, proc)
             record = orjson.loads(spec.out.read_bytes()) if spec.out.exists() else None
+            if killed:
+                ops = holding.read_log(spec.out.with_suffix(".ops"))
+                record = {"role": spec.role, "index": spec.index, "pid": proc.pid, "ops": ops, "locks": []}
             if record is not None:
                 records.append(record)
             rows.append(
                 {"worker": worker_name(spec.role, spec.index), "role": spec.role, "pid": proc.pid,
-                 "exitcode": proc.exitcode, "ok": record is not None and proc.exitcode == 0,
-                 "error": error.read_text() if error.exists() else ""}
+                 "exitcode": proc.exitcode, "ok": record is not None and (proc.exitcode == 0 or killed),
+                 "error": error.read_text() if error.exists() else "", "killed": killed}
             )  # fmt: skip
         return records, rows
 
     def _exits(self, timeout: float) -> str:
         dead = [f"{p.name} exited with code {p.exitcode}" for p in self.procs if p.exitcode not in (None, 0)]
         return ", ".join(dead) + " (see its stderr)" if dead else f"timed out after {timeout:g} s"
+
+
+def _killed(spec: WorkerSpec, proc: Any) -> bool:
+    """Whether ``proc`` is a consumer that SIGKILLed itself as its spec said (``die_at``)."""
+    return spec.die_at is not None and proc.exitcode == -signal.SIGKILL
 
 
 def _wait_quietly(barrier: Any) -> None:

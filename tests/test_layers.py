@@ -59,11 +59,25 @@ ALLOWED = {  # djq modules each module may import: each layer only from those be
     "aredisq": {"aio", "errors", "model", "ops", "redislua"},  # the same on redis.asyncio
     "opener": {"aio", "api", "errors"},  # djq.open(target); imports the backend's module when asked
     "scratch": {"errors"},  # throwaway PostgreSQL and Redis servers from the local binaries
-    "workers": {"aio", "api", "aqueue", "aremote", "errors", "model", "metrics", "opener", "queue", "remote"},
+    "holding": {"errors", "model"},  # a sim consumer's heartbeat and planned death
+    "workers": {
+        "aio",
+        "api",
+        "aqueue",
+        "aremote",
+        "errors",
+        "holding",
+        "model",
+        "metrics",
+        "opener",
+        "queue",
+        "remote",
+    },
     "frames": {"model", "metrics", "workers"},
-    "runs": {"errors", "model", "opener", "workers", "frames"},
+    "leases": set(),  # duplicates and recovery after kills, from a run's frames
+    "runs": {"errors", "model", "opener", "workers", "frames", "leases"},
     "probes": {"errors", "runs"},  # the servers' own view; psycopg / redis imported only when sampling
-    "sim": CORE | {"workers", "frames", "manager", "opener", "probes", "remote", "runs"},
+    "sim": CORE | {"workers", "frames", "leases", "manager", "opener", "probes", "remote", "runs"},
     "theory": {"errors"},
     "reference": {"errors", "files"},  # the lessons' committed results in data/
     "plot": {"model", "frames"},
@@ -89,8 +103,10 @@ THIRD_PARTY = {  # third-party packages each module may import
     "redislua": {"redis"},
     "aredisq": {"redis"},
     "workers": {"orjson"},
+    "holding": {"orjson"},
     "probes": {"psycopg", "redis"},  # inside the probes' constructors, never at import time
     "frames": {"pandas", "numpy"},
+    "leases": {"pandas"},
     "runs": {"pandas", "orjson"},
     "sim": {"pandas", "tqdm"},
     "theory": {"numpy"},
