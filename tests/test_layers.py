@@ -67,6 +67,7 @@ ALLOWED = {  # djq modules each module may import: each layer only from those be
     "theory": {"errors"},
     "groupcommit": {"errors"},  # the group-commit model, beside theory
     "floors": {"errors"},  # the machine's durable-write floor (append + fdatasync)
+    "commitplot": set(),  # notebook 09's picture, beside plot
     "reference": {"errors", "files"},  # the lessons' committed results in data/
     "plot": {"model", "frames"},
     "session": {"sim", "model", "errors", "runs"},
@@ -97,6 +98,7 @@ THIRD_PARTY = {  # third-party packages each module may import
     "sim": {"pandas", "tqdm"},
     "theory": {"numpy"},
     "groupcommit": {"numpy"},
+    "commitplot": {"matplotlib", "numpy", "pandas"},
     "reference": {"pandas"},
     "plot": {"matplotlib", "numpy", "pandas"},
     "session": {"pandas"},
