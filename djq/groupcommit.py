@@ -117,10 +117,11 @@ class GroupCommitFit:
     """The model's costs fitted to measured (batch, throughput) points (see `fit_group_commit`).
 
     Attributes:
-        t_fsync: seconds per flush: given (measured), or fitted when ``fitted_fsync``.
+        t_fsync: seconds per flush: given (measured; the median when one per point), or fitted
+            when ``fitted_fsync``.
         t_record: seconds per record, fitted.
         fitted_fsync: whether ``t_fsync`` was fitted too (False: it was given).
-        r_squared: 1 - SS_res / SS_tot of the throughputs (NaN when all are equal).
+        r_squared: 1 - SS_res / SS_tot of the log throughputs (NaN when all are equal).
         max_error: the largest |model - measured| / measured over the points.
         points: how many points were fitted.
     """
@@ -185,8 +186,21 @@ def _free_fit(batches: Floats, per_record: Floats) -> tuple[float, float]:
     return (only_flush, 0.0) if flush >= 0 else (0.0, only_record)
 
 
+def _given_flush(t_fsync: float | Batches, size: int) -> Floats:
+    """The given flush cost(s) as an array of ``size``: one number for all, or one per point."""
+    if np.ndim(t_fsync) == 0:
+        return np.full(size, _time(t_fsync, "t_fsync"))  # type: ignore[arg-type]  # a scalar here
+    try:
+        flushes = np.asarray(t_fsync, dtype=np.float64).ravel()
+    except (TypeError, ValueError):
+        raise ConfigError("t_fsync must be a number or one number per point", field="t_fsync") from None
+    if flushes.size != size or not np.all(np.isfinite(flushes)) or np.any(flushes < 0):
+        raise ConfigError(f"t_fsync must be {size} finite times >= 0, one per point", field="t_fsync")
+    return flushes
+
+
 def fit_group_commit(
-    batch: Batches, throughput: Sequence[float] | NDArray[Any], *, t_fsync: float | None = None
+    batch: Batches, throughput: Sequence[float] | NDArray[Any], *, t_fsync: float | Batches | None = None
 ) -> GroupCommitFit:
     """Fit the model's costs to measured points: ``t_record`` alone (``t_fsync`` given) or both.
 
@@ -195,18 +209,25 @@ def fit_group_commit(
     minimised are relative, so a batch of 1 (slow) and of 100 (fast) count alike. Both
     costs are kept >= 0 (a negative one is fixed at 0 and the other fitted again).
 
+    A disk's flush time drifts, so ``t_fsync`` may be one value per point, each measured
+    beside its point: the fit then uses each point's own, and returns their median as
+    ``t_fsync`` (what ``predict`` and ``knee`` use). ``r_squared`` is that of the log
+    throughputs (again every point counts alike), ``max_error`` the largest relative error.
+
     Args:
         batch: the batch size of each measurement (>= 1).
         throughput: records per second measured at each ``batch`` (> 0).
-        t_fsync: the flush's cost, measured apart (e.g. ``djq.floors.fdatasync``); None
-            fits it too (then at least 2 distinct batch sizes are needed).
+        t_fsync: the flush's cost, measured apart (e.g. ``djq.floors.fdatasync``): one
+            number, or one per point; None fits it too (then at least 2 distinct batch
+            sizes are needed).
 
     Returns:
         A `GroupCommitFit` with the fit's quality over the points.
 
     Raises:
         ConfigError: empty or unequal inputs, a batch below 1, a throughput not positive,
-            a negative ``t_fsync``, or one batch size only when ``t_fsync`` is None.
+            a negative ``t_fsync`` (or not one per point), or one batch size only when
+            ``t_fsync`` is None.
 
     Example:
         >>> batches = [1, 2, 4, 8, 16, 32]
@@ -221,16 +242,19 @@ def fit_group_commit(
     per_record = 1.0 / measured
     if t_fsync is None:
         flush, record = _free_fit(batches, per_record)
+        flushes = np.full(batches.size, flush)
     else:
-        flush = _time(t_fsync, "t_fsync")
-        # the weighted mean of what each point's records cost once the flush is paid
-        residual = per_record - flush / batches
+        flushes = _given_flush(t_fsync, batches.size)
+        flush = float(np.median(flushes))
+        # the weighted mean of what each point's records cost once its flush is paid
+        residual = per_record - flushes / batches
         record = max(float(np.sum(residual / per_record**2) / np.sum(1.0 / per_record**2)), 0.0)
-    if flush == 0 and record == 0:
+    if not np.any(flushes) and record == 0:
         raise ConfigError("the points admit no positive cost", field="throughput")
-    model = group_commit(batches, t_fsync=flush, t_record=record)
-    spread = float(np.sum((measured - measured.mean()) ** 2))
-    r_squared = 1.0 - float(np.sum((model - measured) ** 2)) / spread if spread > 0 else math.nan
+    model = batches / (flushes + batches * record)
+    logs = np.log(measured)
+    spread = float(np.sum((logs - logs.mean()) ** 2))
+    r_squared = 1.0 - float(np.sum((np.log(model) - logs) ** 2)) / spread if spread > 0 else math.nan
     return GroupCommitFit(
         t_fsync=flush, t_record=record, fitted_fsync=t_fsync is None, r_squared=r_squared,
         max_error=float(np.max(np.abs(model - measured) / measured)), points=int(batches.size),

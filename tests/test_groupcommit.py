@@ -151,3 +151,24 @@ def test_one_batch_size_is_enough_when_the_flush_is_given():
     fit = fit_group_commit([8, 8], [8 / 0.0005, 8 / 0.0005], t_fsync=0.0003)
     assert fit.t_record == pytest.approx(0.0002 / 8)
     assert math.isnan(fit.r_squared)
+
+
+def test_a_flush_per_point_follows_a_drifting_disk():
+    """Points measured while the flush drifted 10x fit exactly with each point's own flush time."""
+    batches = np.array(BATCHES * 2, dtype=float)
+    flushes = np.where(np.arange(batches.size) % 2, 0.003, 0.0003)
+    measured = batches / (flushes + batches * 0.00002)
+    fit = fit_group_commit(batches, measured, t_fsync=flushes)
+    assert fit.t_record == pytest.approx(0.00002)
+    assert fit.max_error == pytest.approx(0.0, abs=1e-9)
+    assert fit.t_fsync == pytest.approx(float(np.median(flushes)))
+    one = fit_group_commit(batches, measured, t_fsync=float(np.median(flushes)))
+    assert one.max_error > 0.5
+
+
+@pytest.mark.parametrize("flushes", [[0.001], [0.001, -0.001], [0.001, math.nan], ["a", "b"]])
+def test_a_flush_per_point_must_be_one_valid_time_per_point(flushes):
+    """Per-point flush times: as many as the points, finite and >= 0."""
+    with pytest.raises(ConfigError) as info:
+        fit_group_commit([1, 2], [100.0, 200.0], t_fsync=flushes)
+    assert info.value.field == "t_fsync"
