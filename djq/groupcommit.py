@@ -123,6 +123,7 @@ class GroupCommitFit:
         fitted_fsync: whether ``t_fsync`` was fitted too (False: it was given).
         r_squared: 1 - SS_res / SS_tot of the log throughputs (NaN when all are equal).
         max_error: the largest |model - measured| / measured over the points.
+        median_error: the median of the same, less swayed by one bad point.
         points: how many points were fitted.
     """
 
@@ -131,6 +132,7 @@ class GroupCommitFit:
     fitted_fsync: bool
     r_squared: float
     max_error: float
+    median_error: float
     points: int
 
     @property
@@ -252,10 +254,11 @@ def fit_group_commit(
     if not np.any(flushes) and record == 0:
         raise ConfigError("the points admit no positive cost", field="throughput")
     model = batches / (flushes + batches * record)
+    errors = np.abs(model - measured) / measured
     logs = np.log(measured)
     spread = float(np.sum((logs - logs.mean()) ** 2))
     r_squared = 1.0 - float(np.sum((np.log(model) - logs) ** 2)) / spread if spread > 0 else math.nan
     return GroupCommitFit(
         t_fsync=flush, t_record=record, fitted_fsync=t_fsync is None, r_squared=r_squared,
-        max_error=float(np.max(np.abs(model - measured) / measured)), points=int(batches.size),
+        max_error=float(np.max(errors)), median_error=float(np.median(errors)), points=int(batches.size),
     )  # fmt: skip

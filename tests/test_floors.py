@@ -25,3 +25,21 @@ def test_fdatasync_refuses_bad_sizes(tmp_path, kwargs, field):
     with pytest.raises(ConfigError) as info:
         floors.fdatasync(tmp_path, **kwargs)
     assert info.value.field == field
+
+
+def test_a_floor_measures_again_and_again_in_one_file_and_removes_it(tmp_path):
+    """Floor keeps one file open: each measure appends to it; close removes it, twice is harmless."""
+    with floors.Floor(tmp_path) as floor:
+        (folder,) = tmp_path.iterdir()
+        assert 0 < floor.measure() < 1
+        assert 0 < floor.measure(ops=3) < 1
+        assert (folder / "journal").stat().st_size == 4 * floors.LINE_BYTES
+    assert list(tmp_path.iterdir()) == []
+    floor.close()
+
+
+def test_a_floor_refuses_a_bad_count(tmp_path):
+    """measure(ops) needs an integer >= 1."""
+    with floors.Floor(tmp_path) as floor, pytest.raises(ConfigError) as info:
+        floor.measure(ops=0)
+    assert info.value.field == "ops"

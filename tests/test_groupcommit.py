@@ -75,6 +75,7 @@ def test_fit_recovers_both_costs_from_exact_points():
     assert fit.t_record == pytest.approx(0.00002)
     assert fit.r_squared == pytest.approx(1.0)
     assert fit.max_error == pytest.approx(0.0, abs=1e-9)
+    assert fit.median_error == pytest.approx(0.0, abs=1e-9)
     assert fit.knee == pytest.approx(15.0)
     assert fit.ceiling == pytest.approx(50_000.0)
     assert fit.points == len(BATCHES)
@@ -172,3 +173,12 @@ def test_a_flush_per_point_must_be_one_valid_time_per_point(flushes):
     with pytest.raises(ConfigError) as info:
         fit_group_commit([1, 2], [100.0, 200.0], t_fsync=flushes)
     assert info.value.field == "t_fsync"
+
+
+def test_one_bad_point_moves_the_max_error_more_than_the_median():
+    """A single point off by half sets max_error near 0.5; the median error stays small."""
+    measured = group_commit(BATCHES, t_fsync=0.0003, t_record=0.00002)
+    measured[0] *= 2.0
+    fit = fit_group_commit(BATCHES, measured, t_fsync=0.0003)
+    assert fit.max_error > 0.4
+    assert fit.median_error < 0.1
