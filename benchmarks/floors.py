@@ -24,25 +24,14 @@ import tempfile
 import time
 from pathlib import Path
 
+from djq import floors
+
 ROUNDS = 5
 
 
 def fdatasync_us(folder: Path, ops: int = 300) -> float:
-    """Microseconds per append of ~200 bytes plus ``fdatasync``, in ``folder``."""
-    line = b"x" * 199 + b"\n"
-    rounds = []
-    with tempfile.TemporaryDirectory(dir=folder, prefix="floor-") as where:
-        fd = os.open(Path(where) / "journal", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        try:
-            for _ in range(ROUNDS):
-                start = time.perf_counter()
-                for _ in range(ops // ROUNDS):
-                    os.write(fd, line)
-                    os.fdatasync(fd)
-                rounds.append((time.perf_counter() - start) / (ops // ROUNDS) * 1e6)
-        finally:
-            os.close(fd)
-    return statistics.median(rounds)
+    """Microseconds per append of ~200 bytes plus ``fdatasync``, in ``folder`` (``djq.floors``)."""
+    return floors.fdatasync(folder, ops=ops, rounds=ROUNDS) * 1e6
 
 
 def _echo(sock: socket.socket) -> None:

@@ -79,6 +79,9 @@ ALLOWED = {  # djq modules each module may import: each layer only from those be
     "probes": {"errors", "runs"},  # the servers' own view; psycopg / redis imported only when sampling
     "sim": CORE | {"workers", "frames", "leases", "manager", "opener", "probes", "remote", "runs"},
     "theory": {"errors"},
+    "groupcommit": {"errors"},  # the group-commit model, beside theory
+    "floors": {"errors"},  # the machine's durable-write floor (append + fdatasync)
+    "commitplot": set(),  # notebook 09's picture, beside plot
     "reference": {"errors", "files"},  # the lessons' committed results in data/
     "plot": {"model", "frames"},
     "session": {"sim", "model", "errors", "runs"},
@@ -110,6 +113,8 @@ THIRD_PARTY = {  # third-party packages each module may import
     "runs": {"pandas", "orjson"},
     "sim": {"pandas", "tqdm"},
     "theory": {"numpy"},
+    "groupcommit": {"numpy"},
+    "commitplot": {"matplotlib", "numpy", "pandas"},
     "reference": {"pandas"},
     "plot": {"matplotlib", "numpy", "pandas"},
     "session": {"pandas"},
