@@ -61,6 +61,7 @@ ALLOWED = {  # djq modules each module may import: each layer only from those be
     "scratch": {"errors"},  # throwaway PostgreSQL and Redis servers from the local binaries
     "workers": {"aio", "api", "aqueue", "aremote", "errors", "model", "metrics", "opener", "queue", "remote"},
     "frames": {"model", "metrics", "workers"},
+    "arrivals": {"errors"},  # intended against actual send times, windows, loads: lesson 10's measures
     "runs": {"errors", "model", "opener", "workers", "frames"},
     "probes": {"errors", "runs"},  # the servers' own view; psycopg / redis imported only when sampling
     "sim": CORE | {"workers", "frames", "manager", "opener", "probes", "remote", "runs"},
@@ -91,6 +92,7 @@ THIRD_PARTY = {  # third-party packages each module may import
     "workers": {"orjson"},
     "probes": {"psycopg", "redis"},  # inside the probes' constructors, never at import time
     "frames": {"pandas", "numpy"},
+    "arrivals": {"pandas", "numpy"},
     "runs": {"pandas", "orjson"},
     "sim": {"pandas", "tqdm"},
     "theory": {"numpy"},
