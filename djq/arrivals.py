@@ -190,22 +190,38 @@ def latency_growth(tasks: pd.DataFrame) -> float:
     return float(np.polyfit(arrival.to_numpy(), (done["acked_s"] - arrival).to_numpy(), 1)[0])
 
 
-def put_loop(ops: pd.DataFrame, *, think_s: float = 0.0) -> dict[str, Any]:
-    """A closed loop around the put: N producers, each putting, then thinking ``think_s``.
+def put_loop(ops: pd.DataFrame) -> dict[str, Any]:
+    """A closed loop around the put: N producers, each putting, then away for a while, then putting.
 
-    Returns ``producers`` (N), ``put_throughput_per_s`` (X: puts per second while any
-    producer was putting), ``put_response_s`` (R: the mean put call, measured) and
-    ``response_time_law_s``, N / X - Z: what the interactive response time law says R
-    must be (Denning and Buzen). The law counts the producer's own work between puts as
-    part of R, so it comes out a little above the measured put.
+    Returns ``producers`` (N), ``active_producers`` (their time-average number between the
+    first put and the last: a producer that starts late or finishes early counts for the
+    part of the span it was putting), ``put_throughput_per_s`` (X: puts per second over
+    that span), ``put_response_s`` (R: the mean put call), ``think_s`` (Z: the mean time
+    from a producer's put returning to its next put: its think time, if it was given one,
+    plus its own work between two puts) and ``response_time_law_s``, N / X - Z with the
+    active N: what the interactive response time law (Denning and Buzen) says R must be.
     """
-    puts = ops[ops["op"] == "put"]
-    n = int(puts["worker"].nunique())
+    puts = ops[ops["op"] == "put"].sort_values(["worker", "start_s"], kind="stable")
     span = float(puts["end_s"].max() - puts["start_s"].min()) if len(puts) else 0.0
-    x = len(puts) / span if span > 0 else math.nan
+    if span <= 0:
+        names = (
+            "active_producers",
+            "put_throughput_per_s",
+            "put_response_s",
+            "think_s",
+            "response_time_law_s",
+        )
+        return {"producers": int(puts["worker"].nunique()), **dict.fromkeys(names, math.nan)}
+    each = puts.groupby("worker").agg(first=("start_s", "min"), last=("end_s", "max"))
+    active = float((each["last"] - each["first"]).sum()) / span
+    x = len(puts) / span
+    gaps = puts["start_s"] - puts.groupby("worker")["end_s"].shift(1)
+    think = float(gaps.mean()) if gaps.notna().any() else 0.0
     return {
-        "producers": n,
+        "producers": len(each),
+        "active_producers": active,
         "put_throughput_per_s": x,
-        "put_response_s": float(puts["duration_s"].mean()) if len(puts) else math.nan,
-        "response_time_law_s": n / x - think_s if x > 0 else math.nan,
+        "put_response_s": float(puts["duration_s"].mean()),
+        "think_s": think,
+        "response_time_law_s": active / x - think,
     }

@@ -183,18 +183,34 @@ def test_latency_growth_is_the_slope_against_arrival_time():
 
 
 def test_put_loop_applies_the_response_time_law():
-    """Two producers, four puts of 0.1 s each over 0.2 s: X = 20/s, R = 0.1 s, N / X = 0.1 s."""
+    """Two producers, 0.1 s puts 0.05 s apart: R = 0.1 s, Z = 0.05 s, and N / X - Z gives R back.
+
+    P1 starts 0.1 s late and stops 0.05 s early, so over the 0.4 s span (0.4 + 0.25) / 0.4
+    producers are active on average: the law uses that, not N = 2.
+    """
     ops = pd.DataFrame(
         {
-            "worker": ["P0", "P1", "P0", "P1", "C0"],
-            "op": ["put", "put", "put", "put", "get"],
-            "start_s": [0.0, 0.0, 0.1, 0.1, 0.0],
-            "end_s": [0.1, 0.1, 0.2, 0.2, 0.3],
+            "worker": ["P0", "P0", "P0", "P1", "P1", "C0"],
+            "op": ["put", "put", "put", "put", "put", "get"],
+            "start_s": [0.0, 0.15, 0.3, 0.1, 0.25, 0.0],
+            "end_s": [0.1, 0.25, 0.4, 0.2, 0.35, 0.3],
         }
     )
     ops["duration_s"] = ops["end_s"] - ops["start_s"]
     out = arrivals.put_loop(ops)
     assert out["producers"] == 2
-    assert out["put_throughput_per_s"] == pytest.approx(20.0)
+    assert out["active_producers"] == pytest.approx((0.4 + 0.25) / 0.4)
+    assert out["put_throughput_per_s"] == pytest.approx(5 / 0.4)
     assert out["put_response_s"] == pytest.approx(0.1)
-    assert out["response_time_law_s"] == pytest.approx(0.1)
+    assert out["think_s"] == pytest.approx(0.05)
+    assert out["response_time_law_s"] == pytest.approx((0.65 / 0.4) / (5 / 0.4) - 0.05)
+
+
+def test_put_loop_without_puts_is_nan():
+    """No put, no loop to measure."""
+    ops = pd.DataFrame(
+        {"worker": ["C0"], "op": ["get"], "start_s": [0.0], "end_s": [0.1], "duration_s": [0.1]}
+    )
+    out = arrivals.put_loop(ops)
+    assert out["producers"] == 0
+    assert math.isnan(out["response_time_law_s"])
