@@ -10,7 +10,9 @@ Frames:
 * ``tasks``: one row per task put: task_id, producer, consumer, attempts, acks, created_s,
   put_s, got_s, acked_s (each when the call returned), queue_wait_s (first delivery -
   put; slightly negative when a consumer got the task before the producer's call
-  returned), service_s (ack - last delivery), latency_s (ack - created).
+  returned), service_s (ack - last delivery), latency_s (ack - created), sent_s (when the
+  put call began: the actual send time), intended_s (the open loop's scheduled send time,
+  NaN for a closed-loop put; ``djq.arrivals`` compares the two).
 * ``locks``: one row per lock acquisition: worker, role, op, requested_s, acquired_s,
   released_s, wait_s, hold_s, handoff_s (this acquire - the previous release, by anyone),
   contended (the lock was held when this one asked).
@@ -60,7 +62,7 @@ __all__ = [
 OP_COLUMNS: Final = ["worker", "role", "op", "start_s", "end_s", "duration_s", "n", "ok"]
 TASK_COLUMNS: Final = [
     "task_id", "producer", "consumer", "attempts", "acks", "created_s", "put_s", "got_s",
-    "acked_s", "queue_wait_s", "service_s", "latency_s",
+    "acked_s", "queue_wait_s", "service_s", "latency_s", "sent_s", "intended_s",
 ]  # fmt: skip
 LOCK_COLUMNS: Final = [
     "worker", "role", "op", "requested_s", "acquired_s", "released_s", "wait_s", "hold_s",
@@ -76,13 +78,13 @@ _NS: Final = 1e9
 
 def raw_ops(records: list[dict[str, Any]], t0_ns: int) -> pd.DataFrame:
     """Every client call of every worker, with its task ids: the input of ``op_frame`` and ``task_frame``."""
-    rows = [
-        (worker_name(r["role"], r["index"]), r["role"], op, start, end, ids, ok, extra)
+    rows = [  # a put row has a 7th field, its intended send time (None in closed loop)
+        (worker_name(r["role"], r["index"]), r["role"], op, start, end, ids, ok, extra, *(more or [None]))
         for r in records
-        for op, start, end, ids, ok, extra in r["ops"]
+        for op, start, end, ids, ok, extra, *more in r["ops"]
     ]
     raw = pd.DataFrame(
-        rows, columns=["worker", "role", "op", "start_ns", "end_ns", "task_ids", "ok", "extra"]
+        rows, columns=["worker", "role", "op", "start_ns", "end_ns", "task_ids", "ok", "extra", "intended_ns"]
     )
     raw["start_s"] = (raw["start_ns"] - t0_ns) / _NS
     raw["end_s"] = (raw["end_ns"] - t0_ns) / _NS
@@ -111,6 +113,8 @@ def task_frame(raw: pd.DataFrame, t0_ns: int) -> pd.DataFrame:
             "producer": puts["worker"],
             "created_s": (puts["extra"] - t0_ns) / _NS,
             "put_s": puts["end_s"],
+            "sent_s": puts["start_s"],
+            "intended_s": (pd.to_numeric(puts["intended_ns"]) - t0_ns) / _NS,
         }
     ).drop_duplicates("task_id")
     gets = _exploded(raw, "get").sort_values("end_s", kind="stable")

@@ -168,9 +168,12 @@ def _finish(spec: WorkerSpec, recorder: LockRecorder, ops: list[Any], extra: dic
 def produce(spec: WorkerSpec, barrier: _Barrier, stop: _Flag) -> None:
     """Put ``spec.tasks`` tasks, closed loop (think time) or open loop (Poisson ``rate``).
 
-    Each op row is ``[op, start_ns, end_ns, task_ids, ok, created_ns]``; ``created_ns`` is
-    when the task arrived (the scheduled time in open loop, so a producer that falls
-    behind does not hide the backlog: no coordinated omission).
+    Each op row is ``[op, start_ns, end_ns, task_ids, ok, created_ns, intended_ns]``;
+    ``created_ns`` is when the task arrived (the scheduled time in open loop, so a producer
+    that falls behind does not hide the backlog: no coordinated omission). ``intended_ns``
+    is the open loop's schedule (None in closed loop): each arrival is the previous one
+    plus an exponential gap, never reset to the clock, so a producer that falls behind
+    keeps its intended times and sends the late puts as soon as it can (``start_ns``).
     """
     rng = random.Random(spec.seed)
     recorder = LockRecorder()
@@ -179,20 +182,21 @@ def produce(spec: WorkerSpec, barrier: _Barrier, stop: _Flag) -> None:
     ops: list[Any] = []
     barrier.wait(60)
     next_arrival = time.perf_counter_ns()
+    intended: int | None = None  #: the open loop's schedule; None in closed loop
     done = 0
     while done < spec.tasks and not stop.value:
         n = min(spec.batch, spec.tasks - done)
         if spec.rate:
             next_arrival += int(rng.expovariate(spec.rate) * 1e9)
             _sleep_until(next_arrival)
-            created = next_arrival
+            created = intended = next_arrival
         else:
             time.sleep(spec.think.sample(rng))
             created = time.perf_counter_ns()
         payloads = [{"p": spec.index, "n": done + i, "pad": pad} for i in range(n)]
         start = time.perf_counter_ns()
         ids = queue.put_many(payloads)
-        ops.append(["put", start, time.perf_counter_ns(), ids, True, created])
+        ops.append(["put", start, time.perf_counter_ns(), ids, True, created, intended])
         done += n
     _finish(spec, recorder, ops, {"put": done})
 

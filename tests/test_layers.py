@@ -75,6 +75,7 @@ ALLOWED = {  # djq modules each module may import: each layer only from those be
     },
     "frames": {"model", "metrics", "workers"},
     "leases": set(),  # duplicates and recovery after kills, from a run's frames
+    "arrivals": {"errors"},  # intended against actual send times, windows, loads: lesson 10's measures
     "runs": {"errors", "model", "opener", "workers", "frames", "leases"},
     "probes": {"errors", "runs"},  # the servers' own view; psycopg / redis imported only when sampling
     "sim": CORE | {"workers", "frames", "leases", "manager", "opener", "probes", "remote", "runs"},
@@ -110,6 +111,7 @@ THIRD_PARTY = {  # third-party packages each module may import
     "probes": {"psycopg", "redis"},  # inside the probes' constructors, never at import time
     "frames": {"pandas", "numpy"},
     "leases": {"pandas"},
+    "arrivals": {"pandas", "numpy"},
     "runs": {"pandas", "orjson"},
     "sim": {"pandas", "tqdm"},
     "theory": {"numpy"},
