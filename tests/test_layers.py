@@ -65,6 +65,7 @@ ALLOWED = {  # djq modules each module may import: each layer only from those be
     "probes": {"errors", "runs"},  # the servers' own view; psycopg / redis imported only when sampling
     "sim": CORE | {"workers", "frames", "manager", "opener", "probes", "remote", "runs"},
     "theory": {"errors"},
+    "usl": {"errors", "theory"},  # the USL's fit with bootstrap intervals, N*, Amdahl
     "reference": {"errors", "files"},  # the lessons' committed results in data/
     "plot": {"model", "frames"},
     "session": {"sim", "model", "errors", "runs"},
@@ -94,6 +95,7 @@ THIRD_PARTY = {  # third-party packages each module may import
     "runs": {"pandas", "orjson"},
     "sim": {"pandas", "tqdm"},
     "theory": {"numpy"},
+    "usl": {"numpy"},
     "reference": {"pandas"},
     "plot": {"matplotlib", "numpy", "pandas"},
     "session": {"pandas"},
