@@ -66,6 +66,7 @@ ALLOWED = {  # djq modules each module may import: each layer only from those be
     "sim": CORE | {"workers", "frames", "manager", "opener", "probes", "remote", "runs"},
     "theory": {"errors"},
     "usl": {"errors", "theory"},  # the USL's fit with bootstrap intervals, N*, Amdahl
+    "cpu": set(),  # the machine's busy cores from /proc/stat
     "reference": {"errors", "files"},  # the lessons' committed results in data/
     "plot": {"model", "frames"},
     "session": {"sim", "model", "errors", "runs"},
