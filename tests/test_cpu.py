@@ -63,4 +63,4 @@ def test_this_machine_reads_when_it_has_proc_stat():
 
 def test_parse_skips_blank_lines():
     """A blank line before the cpu line is no error."""
-    assert cpu.parse("\n" + STAT.format(1, 1, 1, 1, 1, 1)) == cpu.CpuTimes(busy=5, total=7)
+    assert cpu.parse("\n" + STAT.format(1, 1, 1, 1, 1, 1)) == cpu.CpuTimes(busy=4, total=6)
