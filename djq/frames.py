@@ -32,6 +32,7 @@ Frames:
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from typing import Any, Final
 
 import numpy as np
@@ -49,12 +50,15 @@ __all__ = [
     "batch_frame",
     "broker_record",
     "depth_frame",
+    "free_while_wanted_s",
     "jain_index",
     "lock_frame",
+    "mean_finite",
     "op_frame",
     "raw_ops",
     "server_frame",
     "server_summary",
+    "short_term_jain",
     "summarize",
     "task_frame",
 ]
@@ -200,6 +204,54 @@ def jain_index(counts: pd.Series | list[float]) -> float:
     if x.size == 0 or not np.any(x):
         return math.nan
     return float(x.sum() ** 2 / (x.size * np.square(x).sum()))
+
+
+# --- lock analysis of notebook 02: free-while-wanted time, short-term fairness -------------
+
+
+def mean_finite(values: Iterable[float]) -> float:
+    """The mean of the values that are numbers (not NaN or infinite); NaN when there are none."""
+    finite = [v for v in values if math.isfinite(v)]
+    return float(np.mean(finite)) if finite else math.nan
+
+
+def free_while_wanted_s(locks: pd.DataFrame) -> float:
+    """Seconds during which nobody held the lock but at least one worker was waiting for it.
+
+    Sweeps the ``locks`` frame's events in time order: a request starts a wait, an
+    acquisition ends it and starts a hold, a release ends the hold. Time with a waiter
+    and no holder is pure waste: nobody could work on the queue (a polling waiter asleep
+    in its interval, or a woken one waiting for a core).
+    """
+    n = len(locks)
+    times = np.concatenate(
+        [locks["requested_s"], locks["acquired_s"], locks["acquired_s"], locks["released_s"]]
+    )
+    waiting = np.concatenate([np.ones(n), -np.ones(n), np.zeros(2 * n)])
+    holding = np.concatenate([np.zeros(2 * n), np.ones(n), -np.ones(n)])
+    order = np.argsort(times, kind="stable")
+    times, waiting, holding = times[order], np.cumsum(waiting[order]), np.cumsum(holding[order])
+    idle_and_wanted = (waiting[:-1] > 0) & (holding[:-1] == 0)
+    return float(np.sum(np.diff(times)[idle_and_wanted]))
+
+
+def short_term_jain(locks: pd.DataFrame, *, role: str, width_s: float) -> float:
+    """Mean Jain's index of lock acquisitions per worker of ``role`` in windows of ``width_s`` seconds.
+
+    Only the span while every worker of the role is active counts (from the last one's
+    first acquisition to the first one's last), cut into whole windows; a window where
+    nobody acquired is left out of the mean (its index is NaN). NaN when not one window fits.
+    """
+    mine = locks[locks["role"] == role]
+    times = mine.groupby("worker")["acquired_s"]
+    start, end = times.min().max(), times.max().min()
+    windows = int((end - start) // width_s) if len(mine) else 0
+    inside = mine[(mine["acquired_s"] >= start) & (mine["acquired_s"] < start + windows * width_s)]
+    if windows < 1 or inside.empty:
+        return math.nan
+    counts = pd.crosstab((inside["acquired_s"] - start) // width_s, inside["worker"])
+    counts = counts.reindex(range(windows), fill_value=0)
+    return mean_finite(jain_index(c) for c in counts.to_numpy())
 
 
 def _quantiles(prefix: str, values: pd.Series) -> dict[str, float]:

@@ -19,17 +19,20 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Sequence
-from typing import Final
+from typing import Any, Final
 
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 from matplotlib.axes import Axes
+from matplotlib.colors import to_hex
 from matplotlib.patches import Patch
 
 from .frames import jain_index
 
-__all__ = ["depth", "fairness", "heatmap", "latency_cdf", "lock_timeline", "throughput", "wait_histogram"]
+__all__ = [
+    "depth", "fairness", "heatmap", "latency_cdf", "lock_timeline", "throughput", "usl_fit", "wait_histogram",
+]  # fmt: skip
 
 _ROLE_COLORS: Final = {"producer": "tab:blue", "consumer": "tab:orange"}  # also the lane order
 _WAIT_FLOOR_S: Final = 1e-6  #: seconds; shorter waits (and 0) are drawn at it, on the log axis
@@ -404,6 +407,49 @@ def throughput(
     ax.grid(True, alpha=0.3)
     if ax.get_legend_handles_labels()[0]:  # nothing to list when the frame had no runs
         ax.legend(title=hue)
+    return ax
+
+
+def usl_fit(
+    sweep_frame: pd.DataFrame,
+    fit: Any,  # anything with predict(n) -> throughput: usl.UslEstimate, theory.UslFit
+    *,
+    x: str = "workers",
+    ax: Axes | None = None,
+    label: str | None = None,
+    color: str | None = None,
+) -> Axes:
+    """Measured throughput as points, the fitted USL as a line over them, its band and its peak.
+
+    Args:
+        sweep_frame: one row per run, with ``throughput_per_s`` and the ``x`` column.
+        fit: the law, ``fit.predict(n)``: a ``usl.UslEstimate`` (its ``band`` is shaded and
+            its ``n_star`` dotted when inside the range) or a ``theory.UslFit``.
+        x: the concurrency column; "workers" falls back to producers + consumers.
+        ax: where to draw; a new figure when None.
+        label: the points' legend label; the line's is "<label> USL fit".
+        color: one colour for all of it; the next in the cycle when None.
+
+    Returns:
+        The Axes.
+    """
+    frame = _frame(sweep_frame, "sweep", ["throughput_per_s"])
+    xs, xlabel = _workers_axis(frame, x)
+    ax = _axes(ax)
+    (points,) = ax.plot(xs, frame["throughput_per_s"], "o", color=color, label=label)
+    color = to_hex(points.get_color())
+    grid = np.linspace(1.0, max(1.0, float(xs.max()) if len(xs) else 1.0), 200)
+    ax.plot(grid, fit.predict(grid), color=color, label=f"{label or 'throughput'} USL fit")
+    band = getattr(fit, "band", None)
+    if callable(band):
+        ax.fill_between(grid, *band(grid), color=color, alpha=0.15, linewidth=0)
+    n_star = float(getattr(fit, "n_star", math.inf))
+    if math.isfinite(n_star) and n_star < grid[-1]:
+        ax.axvline(n_star, color=color, linestyle=":", linewidth=1, label=f"N* = {n_star:.1f}")
+    ax.set(xlabel=xlabel, ylabel=_label("throughput_per_s"), title="Throughput and its USL fit")
+    ax.set_ylim(bottom=0)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
     return ax
 
 

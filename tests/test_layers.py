@@ -83,6 +83,8 @@ ALLOWED = {  # djq modules each module may import: each layer only from those be
     "groupcommit": {"errors"},  # the group-commit model, beside theory
     "floors": {"errors"},  # the machine's durable-write floor (append + fdatasync)
     "commitplot": set(),  # notebook 09's picture, beside plot
+    "usl": {"errors", "theory"},  # the USL's fit with bootstrap intervals, N*, Amdahl
+    "cpu": set(),  # the machine's busy cores from /proc/stat
     "reference": {"errors", "files"},  # the lessons' committed results in data/
     "plot": {"model", "frames"},
     "session": {"sim", "model", "errors", "runs"},
@@ -117,6 +119,7 @@ THIRD_PARTY = {  # third-party packages each module may import
     "theory": {"numpy"},
     "groupcommit": {"numpy"},
     "commitplot": {"matplotlib", "numpy", "pandas"},
+    "usl": {"numpy"},
     "reference": {"pandas"},
     "plot": {"matplotlib", "numpy", "pandas"},
     "session": {"pandas"},

@@ -15,7 +15,8 @@ import pandas as pd
 import pytest
 from matplotlib.container import ErrorbarContainer
 
-from djq import frames, plot, sim
+from djq import frames, plot, sim, usl
+from djq.theory import UslFit
 
 POLL = 0.01
 TIMES = "\N{MULTIPLICATION SIGN}"
@@ -116,6 +117,7 @@ def calls(locks, depth_frame, sweep_frame):
         "fairness": lambda ax: plot.fairness(locks, ax=ax),
         "throughput": lambda ax: plot.throughput(sweep_frame, ax=ax),
         "heatmap": lambda ax: plot.heatmap(sweep_frame, x="producers", y="lock", ax=ax),
+        "usl_fit": lambda ax: plot.usl_fit(sweep_frame, UslFit(lam=100.0, sigma=0.1, kappa=0.01), ax=ax),
     }
 
 
@@ -139,10 +141,11 @@ def test_each_plot_makes_a_figure_when_no_axes_is_given(name, locks, depth_frame
 
 
 def test_all_is_sorted_and_lists_the_plots():
-    """__all__ is sorted and holds the seven plot functions."""
+    """__all__ is sorted and holds the eight plot functions."""
     assert plot.__all__ == sorted(plot.__all__)
     assert set(plot.__all__) == {
-        "depth", "fairness", "heatmap", "latency_cdf", "lock_timeline", "throughput", "wait_histogram",
+        "depth", "fairness", "heatmap", "latency_cdf", "lock_timeline", "throughput", "usl_fit",
+        "wait_histogram",
     }  # fmt: skip
 
 
@@ -365,6 +368,39 @@ def test_throughput_refuses_a_missing_hue_column(sweep_frame):
     """hue names a column; a missing one is an error that says how to get one line."""
     with pytest.raises(ValueError, match="hue=None"):
         plot.throughput(sweep_frame, hue="fsync")
+
+
+def usl_points(kappa: float) -> pd.DataFrame:
+    """A sweep frame on the USL with lam 100, sigma 0.05, 2 % noise: workers 1..8."""
+    workers = np.array([1, 2, 3, 4, 6, 8])
+    noise = 1 + 0.02 * np.random.default_rng(0).standard_normal(workers.size)
+    x = 100 * workers / (1 + 0.05 * (workers - 1) + kappa * workers * (workers - 1)) * noise
+    return pd.DataFrame({"workers": workers, "throughput_per_s": x})
+
+
+def test_usl_fit_draws_points_line_band_and_peak():
+    """Points, the fitted curve up to the largest N, a shaded band and a dotted line at N* inside."""
+    points = usl_points(0.05)
+    estimate = usl.estimate_usl(points["workers"], points["throughput_per_s"], draws=100)
+    ax = plot.usl_fit(points, estimate, label="flock", color="tab:red")
+    dots, curve, _peak = ax.get_lines()
+    np.testing.assert_allclose(dots.get_xdata(), points["workers"])
+    assert dots.get_linestyle() == "None"
+    assert curve.get_xdata()[0] == 1
+    assert curve.get_xdata()[-1] == 8
+    np.testing.assert_allclose(curve.get_ydata(), estimate.predict(curve.get_xdata()))
+    assert poll_lines(ax) == [pytest.approx(estimate.n_star)]
+    assert len(ax.collections) == 1  # the band
+    assert legend_texts(ax) == ["flock", "flock USL fit", f"N* = {estimate.n_star:.1f}"]
+    assert ax.get_xlabel() == "workers (N producers + N consumers)"
+
+
+def test_usl_fit_marks_no_peak_beyond_the_measured_range():
+    """Without coherency N* is infinite: no dotted line; a plain UslFit has no band to shade."""
+    ax = plot.usl_fit(usl_points(0.0), UslFit(lam=100.0, sigma=0.05, kappa=0.0))
+    assert poll_lines(ax) == []
+    assert not ax.collections
+    assert len(ax.get_lines()) == 2
 
 
 def test_heatmap_writes_the_mean_of_each_cell(sweep_frame):
