@@ -9,8 +9,9 @@ B* = t_fsync / t_record is the batch where the flush is half of each record's co
 past it, doubling the batch gains less than a third.
 
 Pure functions of numbers, like ``djq.theory`` (its sibling, kept apart to keep both
-small): numpy and the stdlib only, imports from djq: ``errors``; bad inputs raise
-``ConfigError`` naming the argument; a batch may be an array, and then so is the result.
+small): numpy and the stdlib only, imports from djq: ``errors`` and ``theory``'s argument
+checks; bad inputs raise ``ConfigError`` naming the argument; a batch may be an array, and
+then so is the result.
 
 References: DeWitt, Katz, Olken, Shapiro, Stonebraker and Wood, "Implementation
 techniques for main memory database systems" (SIGMOD 1984), which names group commit;
@@ -23,41 +24,20 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, TypeAlias, overload
+from typing import Any, overload
 
 import numpy as np
 from numpy.typing import NDArray
 
 from .errors import ConfigError
+from .theory import Counts as Batches
+from .theory import Floats, _counts, _non_negative
 
 __all__ = ["GroupCommitFit", "fit_group_commit", "group_commit", "knee"]
 
-Batches: TypeAlias = Sequence[float] | NDArray[Any]
-Floats: TypeAlias = NDArray[np.float64]
-
-
-def _time(value: float, field: str) -> float:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{field} must be a number of seconds, got {value!r}", field=field) from None
-    if not math.isfinite(number) or number < 0:
-        raise ConfigError(f"{field} must be finite and >= 0 seconds, got {value!r}", field=field)
-    return number
-
-
-def _batches(batch: float | Batches) -> Floats:
-    try:
-        array = np.asarray(batch, dtype=np.float64)
-    except (TypeError, ValueError):
-        raise ConfigError("batch must be a number or an array of numbers", field="batch") from None
-    if not np.all(np.isfinite(array)) or np.any(array < 1):
-        raise ConfigError("batch must be finite and >= 1 (records per flush)", field="batch")
-    return array
-
 
 def _costs(t_fsync: float, t_record: float) -> tuple[float, float]:
-    flush, record = _time(t_fsync, "t_fsync"), _time(t_record, "t_record")
+    flush, record = _non_negative(t_fsync, "t_fsync"), _non_negative(t_record, "t_record")
     if flush == 0 and record == 0:
         raise ConfigError(
             "t_fsync and t_record cannot both be 0 (a write that costs nothing)", field="t_record"
@@ -89,7 +69,7 @@ def group_commit(batch: float | Batches, *, t_fsync: float, t_record: float) -> 
         >>> group_commit([1, 10, 100], t_fsync=0.0002, t_record=0.00002).round(0).tolist()
         [4545.0, 25000.0, 45455.0]
     """
-    batches = _batches(batch)
+    batches = _counts(batch, "batch", unit="records per flush")
     flush, record = _costs(t_fsync, t_record)
     values = batches / (flush + batches * record)
     return float(values) if batches.ndim == 0 else values
@@ -155,7 +135,7 @@ class GroupCommitFit:
 
 
 def _points(batch: Batches, throughput: Sequence[float] | NDArray[Any]) -> tuple[Floats, Floats]:
-    batches = _batches(batch).ravel()
+    batches = _counts(batch, "batch", unit="records per flush").ravel()
     try:
         measured = np.asarray(throughput, dtype=np.float64).ravel()
     except (TypeError, ValueError):
@@ -191,7 +171,7 @@ def _free_fit(batches: Floats, per_record: Floats) -> tuple[float, float]:
 def _given_flush(t_fsync: float | Batches, size: int) -> Floats:
     """The given flush cost(s) as an array of ``size``: one number for all, or one per point."""
     if np.ndim(t_fsync) == 0:
-        return np.full(size, _time(t_fsync, "t_fsync"))  # type: ignore[arg-type]  # a scalar here
+        return np.full(size, _non_negative(t_fsync, "t_fsync"))  # type: ignore[arg-type]  # a scalar here
     try:
         flushes = np.asarray(t_fsync, dtype=np.float64).ravel()
     except (TypeError, ValueError):

@@ -17,16 +17,15 @@ import signal
 import threading
 import time
 from pathlib import Path
-from typing import Any, Final, Protocol
+from typing import Any, Protocol
 
 import orjson
 
+from .client import HEARTBEAT_FRACTION  # the consumers' own heartbeat period, one constant
 from .errors import LeaseLost
 from .model import Task
 
-__all__ = ["HEARTBEAT_FRACTION", "OpLog", "die", "read_log", "work"]
-
-HEARTBEAT_FRACTION: Final = 0.5  #: the heartbeat extends the lease each half lease (as ``djq.client``'s)
+__all__ = ["OpLog", "die", "read_log", "work"]
 
 
 class _Extends(Protocol):

@@ -65,14 +65,14 @@ def _positive(value: float, field: str) -> float:
     return number
 
 
-def _counts(n: float | Counts, field: str = "n") -> Floats:
-    """``n`` as a float array (0-d for a scalar), every value finite and at least 1."""
+def _counts(n: float | Counts, field: str = "n", unit: str = "a number of customers") -> Floats:
+    """``n`` as a float array (0-d for a scalar), every value finite and at least 1 (of ``unit``)."""
     try:
         array = np.asarray(n, dtype=np.float64)
     except (TypeError, ValueError):
         raise ConfigError(f"{field} must be a number or an array of numbers", field=field) from None
     if not np.all(np.isfinite(array)) or np.any(array < 1):
-        raise ConfigError(f"{field} must be finite and >= 1 (a number of customers)", field=field)
+        raise ConfigError(f"{field} must be finite and >= 1 ({unit})", field=field)
     return array
 
 

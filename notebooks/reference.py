@@ -8,7 +8,7 @@ Run from anywhere, on an otherwise idle machine (each lesson takes up to two min
 Each notebook runs headless (nbclient, a fresh ``python3`` kernel, ``MPLBACKEND=Agg``) in
 a temporary folder with ``SAVE_REFERENCE = True`` set after its parameters cell, so it
 writes ``data/<lesson>.csv`` (``djq.reference.save``) and nothing else in the
-repository. The notebook's printed verdicts are echoed here.
+repository. The cells that print the notebook's verdicts are echoed here.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ INJECTED = "SAVE_REFERENCE = True  # injected by notebooks/reference.py"
 
 
 def run(lesson: str, timeout: float) -> None:
-    """Execute one lesson notebook with its defaults and SAVE_REFERENCE set; print its last output."""
+    """Execute one lesson notebook with its defaults and SAVE_REFERENCE set; print its verdicts."""
     import nbclient
     import nbformat
 
@@ -41,15 +41,15 @@ def run(lesson: str, timeout: float) -> None:
         )
         client.execute()
     print(f"{lesson}: {time.perf_counter() - started:.0f} s")
-    last = [
-        o
+    printed = [
+        o["text"]
         for c in nb.cells
         if c.cell_type == "code"
         for o in c.get("outputs", [])
         if o.get("name") == "stdout"
     ]
-    if last:
-        print(last[-1]["text"])
+    verdicts = [text for text in printed if "reproduced:" in text]
+    print("".join(verdicts or printed[-1:]))  # the cells that print verdicts; else the last output
 
 
 def main() -> int:

@@ -59,7 +59,7 @@ ALLOWED = {  # djq modules each module may import: each layer only from those be
     "aredisq": {"aio", "errors", "model", "ops", "redislua"},  # the same on redis.asyncio
     "opener": {"aio", "api", "errors"},  # djq.open(target); imports the backend's module when asked
     "scratch": {"errors"},  # throwaway PostgreSQL and Redis servers from the local binaries
-    "holding": {"errors", "model"},  # a sim consumer's heartbeat and planned death
+    "holding": {"client", "errors", "model"},  # a sim consumer's heartbeat and planned death
     "workers": {
         "aio",
         "api",
@@ -80,7 +80,7 @@ ALLOWED = {  # djq modules each module may import: each layer only from those be
     "probes": {"errors", "runs"},  # the servers' own view; psycopg / redis imported only when sampling
     "sim": CORE | {"workers", "frames", "leases", "manager", "opener", "probes", "remote", "runs"},
     "theory": {"errors"},
-    "groupcommit": {"errors"},  # the group-commit model, beside theory
+    "groupcommit": {"errors", "theory"},  # the group-commit model, beside theory
     "floors": {"errors"},  # the machine's durable-write floor (append + fdatasync)
     "commitplot": set(),  # notebook 09's picture, beside plot
     "usl": {"errors", "theory"},  # the USL's fit with bootstrap intervals, N*, Amdahl
