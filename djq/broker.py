@@ -33,7 +33,7 @@ import os
 import selectors
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Final
 
 from . import ops, state, wire
@@ -41,7 +41,7 @@ from .channel import MAX_BUFFERED_BYTES, MAX_OUTGOING_BYTES, MAX_PENDING_REPLIES
 from .endpoint import Endpoint
 from .engine import Clock, Engine, Transaction
 from .errors import BrokerError, DjqError, LeaseError, StorageError
-from .metrics import LockRecorder
+from .metrics import BrokerMetrics, LockRecorder
 from .model import DEFAULT_QUEUE_PATH, QueueConfig
 from .watch import Watcher, watcher
 
@@ -52,7 +52,6 @@ logger = logging.getLogger(__name__)
 _WATCH: Final = "watch"  #: selector key data of the inotify descriptor
 _WATCH_SAFETY: Final = 1.0  #: seconds; with inotify, waiting gets still look this often
 DEFAULT_WATCH_INTERVAL: Final = 0.05  #: seconds between looks at the file while gets wait
-_METRIC_ROWS: Final = 200_000  #: per-batch and per-event rows kept (the newest)
 
 
 @dataclass(slots=True)
@@ -67,36 +66,6 @@ class _Pending:
     error: BaseException | None = None
     applied_ns: int = 0
     answered: bool = False
-
-
-@dataclass(slots=True)
-class BrokerMetrics:
-    """What the broker did: running counters, and the newest per-batch and per-event rows.
-
-    ``batches`` rows are ``(lock_requested_ns, lock_acquired_ns, lock_released_ns, events,
-    apply_ns, write_ns, wrote)``; ``events`` rows are ``(op, received_ns, applied_ns, replied_ns,
-    ok)``, all ``time.perf_counter_ns`` values.
-    """
-
-    requests: int = 0  #: requests received
-    applied: int = 0  #: events applied to the state (writes and served gets)
-    transactions: int = 0  #: batches applied under the lock
-    writes: int = 0  #: times the file was written
-    largest_batch: int = 0
-    dropped: int = 0  #: clients dropped for breaking a bound, sending garbage, or failing
-    errors: int = 0  #: unexpected exceptions the loop survived (each logged)
-    accept_errors: int = 0  #: failed accepts (out of descriptors, ...) the accept thread survived
-    batches: collections.deque[tuple[int, int, int, int, int, int, bool]] = field(
-        default_factory=lambda: collections.deque(maxlen=_METRIC_ROWS)
-    )
-    events: collections.deque[tuple[str, int, int, int, bool]] = field(
-        default_factory=lambda: collections.deque(maxlen=_METRIC_ROWS)
-    )
-
-    def counters(self) -> dict[str, int]:
-        """Return the running counters."""
-        names = ("requests", "applied", "transactions", "writes", "largest_batch", "dropped", "errors")
-        return {name: getattr(self, name) for name in (*names, "accept_errors")}
 
 
 class Broker:
@@ -178,9 +147,7 @@ class Broker:
     def _open(self) -> None:
         """Watch the queue's files, then let clients in."""
         names = {self.paths.queue.name, f"{self.paths.queue.name}.journal"}
-        self._watcher = watcher(self.paths.queue.parent, names)
-        if self._watcher is not None:
-            self._selector.register(self._watcher, selectors.EVENT_READ, _WATCH)
+        self._watcher = watcher(self.paths.queue.parent, names)  # on the selector while gets wait
         self._started_at = time.time()
         info = {"pid": os.getpid(), "address": str(self.paths.socket), "started_at": self._started_at}
         self._endpoint.open(info)
@@ -213,6 +180,20 @@ class Broker:
                 self._fail_batch(batch, exc)
             finally:
                 self._clients.register()
+                self._watch_while_waiting()
+
+    def _watch_while_waiting(self) -> None:
+        """Wake on the files' changes only while gets wait: else the broker's own writes wake it.
+
+        Events keep coming while the watcher is off the selector, so a change made before it
+        is back (a direct client's put) still wakes the loop; an old one costs one more look.
+        """
+        watching = self._watcher is not None and self._watcher.fileno() in self._selector.get_map()
+        if self._watcher is not None and watching != bool(self._waiting):
+            if watching:
+                self._selector.unregister(self._watcher)
+            else:
+                self._selector.register(self._watcher, selectors.EVENT_READ, _WATCH)
 
     def _step(self, batch: list[_Pending]) -> None:
         """Wait for clients (or a waiting get's time), take one request from each, run them."""
@@ -223,7 +204,7 @@ class Broker:
             elif key.data is None:  # the wake-up pipe
                 self._clients.admit()
             else:
-                self._clients.guard(key.data, key.data.serve, mask)
+                self._clients.serve(key.data, mask)
         self._take_requests(batch)
         self._run(batch)
 
@@ -261,7 +242,7 @@ class Broker:
 
     def _take_requests(self, batch: list[_Pending]) -> None:
         """Take one whole message from every client that has one, in the order they connected."""
-        for client in self._clients:
+        for client in self._clients.with_requests():
             if client.has_request():
                 self._clients.guard(client, self._request, client, batch)
 

@@ -56,10 +56,11 @@ class Channel:
         conn: the connection, past its handshake and already non-blocking.
     """
 
-    __slots__ = ("closed", "conn", "fd", "frame", "inbox", "mask", "outbox", "pending")
+    __slots__ = ("closed", "conn", "fd", "frame", "inbox", "mask", "outbox", "pending", "seq")
 
-    def __init__(self, conn: mpc.Connection) -> None:
+    def __init__(self, conn: mpc.Connection, seq: int = 0) -> None:
         self.conn = conn
+        self.seq = seq  #: its place in the order the connections arrived
         self.fd = conn.fileno()
         self.inbox = bytearray()  #: bytes read and not yet taken as a message
         self.outbox = bytearray()  #: reply bytes not yet sent
@@ -223,7 +224,9 @@ class Channels:
 
     A connection that passed its handshake arrives (from any thread), wakes the loop through
     a pipe registered on the selector (key data None), and is admitted by the loop. Whatever
-    one channel does wrong drops only it.
+    one channel does wrong drops only it. A step of the loop costs what its active clients
+    cost, not what all of them do: only the channels it touched (served, replied to, read a
+    message from) and those holding a whole message are looked at and registered again.
 
     Args:
         selector: the loop's selector.
@@ -242,6 +245,9 @@ class Channels:
         self._dropped = dropped
         self._failed = failed
         self._channels: dict[Channel, None] = {}
+        self._touched: set[Channel] = set()  # served or replied to since the last ``register``
+        self._held: set[Channel] = set()  # unregistered: a whole message waits in the inbox
+        self._seq = 0
         self._arrivals: collections.deque[mpc.Connection] = collections.deque()
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_w, False)
@@ -256,7 +262,17 @@ class Channels:
     @property
     def queued(self) -> bool:
         """True if a client has a whole message buffered (the loop must not wait for the socket)."""
-        return any(c.mask == 0 and not c.closed for c in self._channels)
+        return bool(self._held)
+
+    def serve(self, client: Channel, mask: int) -> None:
+        """Send and read what ``client``'s socket allows, as the selector's ``mask`` says."""
+        self._touched.add(client)
+        self.guard(client, client.serve, mask)
+
+    def with_requests(self) -> list[Channel]:
+        """The clients that may hold a whole request now, in the order they connected."""
+        self._touched |= self._held
+        return sorted(self._touched, key=_arrival)
 
     def buffers(self) -> dict[str, int]:
         """Bytes held for the clients: in all, and for the client holding most."""
@@ -277,7 +293,8 @@ class Channels:
         """Empty the wake-up pipe and take in the connections that arrived."""
         os.read(self._wake_r, 4096)
         while self._arrivals:
-            client = Channel(self._arrivals.popleft())
+            self._seq += 1
+            client = Channel(self._arrivals.popleft(), self._seq)
             self._channels[client] = None
             try:
                 client.register(self._selector)
@@ -286,9 +303,14 @@ class Channels:
                 self.drop(client, "cannot be registered")
 
     def register(self) -> None:
-        """Register every client for the events it wants now."""
-        for client in self:
+        """Register every client touched since the last time for the events it wants now."""
+        touched, self._touched = self._touched, set()
+        for client in touched:
             self.guard(client, client.register, self._selector)
+            if client.mask == 0 and not client.closed:
+                self._held.add(client)
+            else:
+                self._held.discard(client)
 
     def guard(self, client: Channel, action: Callable[..., object], *args: Any) -> None:
         """Run ``action(*args)`` for one client: if it breaks a bound, leaves or fails, drop only it."""
@@ -308,12 +330,14 @@ class Channels:
             logger.warning("dropped a client: %s", why)
         client.close(self._selector)
         self._channels.pop(client, None)
+        self._held.discard(client)
         self._dropped(client, fault)
 
     def reply(self, client: Channel, data: bytes) -> bool:
         """Queue one reply and send what the socket takes now; False if the client is gone."""
         if client.closed:
             return False
+        self._touched.add(client)
         self.guard(client, client.send, data)
         return not client.closed
 
@@ -327,3 +351,7 @@ class Channels:
             conn.close()
         for fd in (self._wake_r, self._wake_w):
             os.close(fd)
+
+
+def _arrival(client: Channel) -> int:
+    return client.seq

@@ -2,14 +2,19 @@
 
 Used inside simulation workers, so no pandas here: a recorder appends plain tuples of
 ``time.perf_counter_ns()`` values (one CLOCK_MONOTONIC across processes on Linux) and
-turns them into records only when asked. Imports from djq: ``errors``, ``model``.
+turns them into records only when asked; ``BrokerMetrics`` holds the broker's counters and
+rows the same way. Imports from djq: ``errors``, ``model``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import collections
+from dataclasses import dataclass, field
+from typing import Final
 
-__all__ = ["LockRecorder", "LockSample", "LockStatistics"]
+__all__ = ["BrokerMetrics", "LockRecorder", "LockSample", "LockStatistics"]
+
+_METRIC_ROWS: Final = 200_000  #: the broker's per-batch and per-event rows kept (the newest)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -72,3 +77,33 @@ class LockRecorder:
     def __len__(self) -> int:
         """Return how many acquisitions were recorded."""
         return len(self._rows)
+
+
+@dataclass(slots=True)
+class BrokerMetrics:
+    """What the broker did: running counters, and the newest per-batch and per-event rows.
+
+    ``batches`` rows are ``(lock_requested_ns, lock_acquired_ns, lock_released_ns, events,
+    apply_ns, write_ns, wrote)``; ``events`` rows are ``(op, received_ns, applied_ns, replied_ns,
+    ok)``, all ``time.perf_counter_ns`` values.
+    """
+
+    requests: int = 0  #: requests received
+    applied: int = 0  #: events applied to the state (writes and served gets)
+    transactions: int = 0  #: batches applied under the lock
+    writes: int = 0  #: times the file was written
+    largest_batch: int = 0
+    dropped: int = 0  #: clients dropped for breaking a bound, sending garbage, or failing
+    errors: int = 0  #: unexpected exceptions the loop survived (each logged)
+    accept_errors: int = 0  #: failed accepts (out of descriptors, ...) the accept thread survived
+    batches: collections.deque[tuple[int, int, int, int, int, int, bool]] = field(
+        default_factory=lambda: collections.deque(maxlen=_METRIC_ROWS)
+    )
+    events: collections.deque[tuple[str, int, int, int, bool]] = field(
+        default_factory=lambda: collections.deque(maxlen=_METRIC_ROWS)
+    )
+
+    def counters(self) -> dict[str, int]:
+        """Return the running counters."""
+        names = ("requests", "applied", "transactions", "writes", "largest_batch", "dropped", "errors")
+        return {name: getattr(self, name) for name in (*names, "accept_errors")}
