@@ -14,7 +14,7 @@ Lua: it needs no djq state machine, only the contract (``tests/test_contract.py`
 ``wait`` is how long a leasing operation may wait for a task (0: not at all; None: as
 long as it takes); every other operation is submitted with 0.
 
-Imports from djq: ``errors``, ``model``, ``ops``.
+Imports from djq: ``errors``, ``model``, ``ops``, ``process``.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
-from . import ops
+from . import ops, process
 from .errors import ConfigError
 from .model import JSON, MAX_TIMEOUT, Lease, QueueConfig, QueueStats, Task, TaskState, check_seconds
 
@@ -293,7 +293,7 @@ def _duration(config: QueueConfig, lease: float | None) -> float:
 
 def _owner(owner: str | None) -> str:
     """The lease's owner: the one given (checked by the operation), or ``pid-<pid>`` for None."""
-    return f"pid-{os.getpid()}" if owner is None else owner
+    return f"pid-{process.pid()}" if owner is None else owner
 
 
 def _timeout(timeout: float | None) -> float | None:

@@ -21,7 +21,7 @@ event loop never blocks on the server.
 
 A lost connection raises ``BrokerUnavailable`` naming the server (no password); the next
 call connects afresh, nothing is replayed. A handle belongs to one event loop.
-Imports from djq: ``aio``, ``errors``, ``model``, ``ops``, ``pgsql``.
+Imports from djq: ``aio``, ``errors``, ``model``, ``ops``, ``pgsql``, ``process``.
 """
 
 from __future__ import annotations
@@ -29,14 +29,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 import psycopg
 
-from . import ops, pgsql
+from . import ops, pgsql, process
 from .aio import AsyncBaseQueue
 from .errors import BrokerError
 from .model import QueueConfig
@@ -69,7 +68,7 @@ class AsyncPostgresQueue(AsyncBaseQueue):
         self._db = pgsql.Database.of(url, name=name, clock=clock, claim=claim, options=options)
         self._lock = asyncio.Lock()  # guards the one statement connection
         self._conn: _Connection | None = None
-        self._pid = os.getpid()
+        self._pid = process.pid()
         self._idle: list[_Connection] = []  # listening connections no get uses now
         self._returning: set[asyncio.Task[None]] = set()  # listeners being UNLISTENed for the pool
         self._generation = 0  # raised by close(): a waiting get of an older one returns
@@ -135,8 +134,8 @@ class AsyncPostgresQueue(AsyncBaseQueue):
 
     async def _connection(self) -> _Connection:
         """The statement connection, connected (schema made, fsync set) if it is not."""
-        if self._pid != os.getpid():  # a forked child must never use the parent's sockets
-            self._conn, self._idle, self._pid = None, [], os.getpid()
+        if self._pid != process.pid():  # a forked child must never use the parent's sockets
+            self._conn, self._idle, self._pid = None, [], process.pid()
         if self._conn is None or self._conn.closed:
             conn = await self._connect()
             try:

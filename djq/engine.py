@@ -19,7 +19,7 @@ writer. It is a file of its own, not a field of ``Queue.json`` or of the journal
 header, so those stay byte for byte what djq 0.1 wrote (tests/test_golden.py), and so
 the kind is known before the queue's own files are read. A custom ``Lock`` object is
 the caller's responsibility: nothing is checked or recorded for it.
-Imports from djq: ``errors``, ``model``, ``ops``, ``state``, ``storage``, ``journal``,
+Imports from djq: ``errors``, ``model``, ``ops``, ``process``, ``state``, ``storage``, ``journal``,
 ``files``, ``locks``, ``metrics``.
 """
 
@@ -28,7 +28,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -36,7 +35,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
-from . import files, locks, ops, state
+from . import files, locks, ops, process, state
 from .errors import ConfigError, CorruptQueueError, LeaseError, StorageError
 from .journal import JournalFile
 from .locks import Lock
@@ -162,14 +161,14 @@ class Engine:
             self.lock = locks.make(
                 config.lock, config.path, poll_interval=config.poll_interval, recorder=self._recorder
             )
-        self._pid = os.getpid()
+        self._pid = process.pid()
         self._prepared = False
         self._kind_checked = self._custom_lock is not None  # a custom lock: the caller's business
         self._kind_recorded = self._custom_lock is not None
 
     def check_process(self) -> None:
         """Reopen in a forked child: it must never share the parent's lock or file."""
-        if self._pid != os.getpid():
+        if self._pid != process.pid():
             self.mutex = threading.Lock()
             self._open()
 

@@ -191,6 +191,8 @@ def sync_pending(path: Path) -> None:
     Raises:
         StorageError: the folder still cannot be synced (nothing was changed).
     """
+    if not _unsynced:
+        return  # the common case, before any path arithmetic
     folder = path.parent.absolute()
     if folder not in _unsynced:
         return

@@ -21,7 +21,7 @@ replaced on every write, so a lock on it would protect nothing) and is never del
 Every lock records when it was requested, acquired and released
 (``time.perf_counter_ns``): running totals always (``stats()``), and every acquisition
 when a ``metrics.LockRecorder`` is attached. Nothing is logged or formatted while the
-lock is held. Imports from djq: ``errors``, ``model``, ``metrics``.
+lock is held. Imports from djq: ``errors``, ``model``, ``metrics``, ``process``.
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ from typing import Any, Final, Protocol, runtime_checkable
 
 import filelock
 
+from . import process
 from .errors import ConfigError, LockTimeout, StorageError
 from .metrics import LockRecorder, LockStatistics
 from .model import LockKind
@@ -165,6 +166,7 @@ class FlockLock(_MeasuredLock):
         super().__init__(path, recorder=recorder)
         self.mode = mode
         self._fd: int | None = None
+        self._ident = (-1, -1)  # the open file's (st_dev, st_ino)
         self._pid = 0
         self._held: int | None = None
 
@@ -176,9 +178,11 @@ class FlockLock(_MeasuredLock):
             raise _lock_error(self.path, exc) from exc
 
     def _shared_fd(self) -> int:
-        if self._fd is None or self._pid != os.getpid():
+        if self._fd is None or self._pid != process.pid():
             self._fd = self._open()  # a forked child's inherited copy is left alone
-            self._pid = os.getpid()
+            self._pid = process.pid()
+            held = os.fstat(self._fd)  # an open file's inode never changes: read it once
+            self._ident = (held.st_dev, held.st_ino)
         return self._fd
 
     def _acquire(self, timeout: float | None) -> None:
@@ -211,12 +215,16 @@ class FlockLock(_MeasuredLock):
         return True
 
     def _is_current(self, fd: int) -> bool:
+        """Whether the path still names the file ``fd`` holds (RELIABILITY row 20).
+
+        One ``stat``: the inode of a file held open is never reused, so the path naming it
+        means the file is still linked (no ``fstat`` for ``st_nlink``).
+        """
         try:
             st = os.stat(self._name, follow_symlinks=False)
         except FileNotFoundError:
             return False
-        held = os.fstat(fd)
-        return (st.st_dev, st.st_ino) == (held.st_dev, held.st_ino) and held.st_nlink > 0
+        return fd == self._fd and (st.st_dev, st.st_ino) == self._ident
 
     def _drop(self, fd: int) -> None:
         fcntl.flock(fd, fcntl.LOCK_UN)
@@ -232,7 +240,7 @@ class FlockLock(_MeasuredLock):
 
     def close(self) -> None:
         """Close the lock file (releasing the lock if held)."""
-        if self._fd is not None and self._pid == os.getpid():
+        if self._fd is not None and self._pid == process.pid():
             os.close(self._fd)
         self._fd = self._held = None
 

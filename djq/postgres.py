@@ -14,14 +14,13 @@ transaction.
 Durability: ``fsync`` sets ``synchronous_commit`` (on: a put returns once its commit is in the
 WAL on disk). A lost connection raises ``BrokerUnavailable`` naming the server (no password);
 the next call connects afresh, nothing is replayed. Thread-safe (one connection, one lock).
-Imports from djq: ``api``, ``errors``, ``model``, ``ops``, ``pgsql``.
+Imports from djq: ``api``, ``errors``, ``model``, ``ops``, ``pgsql``, ``process``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -29,7 +28,7 @@ from typing import Any, Final, TypeVar
 
 import psycopg
 
-from . import ops, pgsql
+from . import ops, pgsql, process
 from .api import BaseQueue
 from .errors import BrokerError
 from .model import QueueConfig
@@ -71,7 +70,7 @@ class PostgresQueue(BaseQueue):
         self._db = pgsql.Database.of(url, name=name, clock=clock, claim=claim, options=options)
         self._mutex = threading.Lock()  # guards the one statement connection
         self._conn: psycopg.Connection[Row] | None = None
-        self._pid = os.getpid()
+        self._pid = process.pid()
         self._idle: list[psycopg.Connection[Row]] = []  # listening connections no get uses now
         self._generation = 0  # raised by close(): a waiting get of an older one returns
 
@@ -112,8 +111,8 @@ class PostgresQueue(BaseQueue):
 
     def _connection(self) -> psycopg.Connection[Row]:
         """The statement connection, connected (schema made, fsync set) if it is not."""
-        if self._pid != os.getpid():  # a forked child must never use the parent's sockets
-            self._conn, self._idle, self._pid = None, [], os.getpid()
+        if self._pid != process.pid():  # a forked child must never use the parent's sockets
+            self._conn, self._idle, self._pid = None, [], process.pid()
         if self._conn is None or self._conn.closed:
             conn = self._connect()
             with self._errors(conn):

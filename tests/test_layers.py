@@ -10,10 +10,11 @@ import pytest
 PACKAGE = Path(__file__).resolve().parent.parent / "djq"
 CORE = {
     "errors", "model", "ops", "state", "files", "snapshot", "storage", "journal", "locks", "metrics",
-    "watch", "engine", "api", "queue", "index", "lines",
+    "watch", "engine", "api", "queue", "index", "lines", "process",
 }  # fmt: skip
 ALLOWED = {  # djq modules each module may import: each layer only from those below it
     "errors": set(),
+    "process": set(),  # this process's pid without a system call per ask
     "model": {"errors"},
     "ops": {"errors", "model"},  # the operations: one vocabulary, one codec, validation once
     "index": {"model"},  # the heaps that make lease and reap O(log n); pure
@@ -24,17 +25,28 @@ ALLOWED = {  # djq modules each module may import: each layer only from those be
     "storage": {"errors", "ops", "snapshot", "state"},  # the protocol, and rewrite storage
     "lines": {"errors", "ops"},  # the journal's line and header codec
     "journal": {"errors", "files", "lines", "model", "snapshot", "state", "storage"},
-    "locks": {"errors", "model", "metrics"},
+    "locks": {"errors", "model", "metrics", "process"},
     "watch": set(),
-    "engine": {"errors", "files", "journal", "locks", "metrics", "model", "ops", "state", "storage"},
-    "api": {"errors", "model", "ops"},  # the one client API: knows operations, never a transport
+    "engine": {
+        "errors",
+        "files",
+        "journal",
+        "locks",
+        "metrics",
+        "model",
+        "ops",
+        "process",
+        "state",
+        "storage",
+    },
+    "api": {"errors", "model", "ops", "process"},  # the one client API: knows operations, never a transport
     "queue": {"api", "engine", "errors", "locks", "metrics", "model", "ops", "state", "storage", "watch"},
     "aio": {"api", "errors", "model", "ops"},  # the one client API as coroutines: shares api's builders
     "aqueue": {"aio", "engine", "errors", "model", "ops", "queue", "state", "watch"},  # the file, async
     "client": {"api", "errors", "model"},
     "aconsumer": {"aio", "client", "errors", "model"},  # the async consumer and producer
     "wire": {"errors", "model", "ops"},
-    "remote": {"api", "errors", "model", "ops", "wire"},
+    "remote": {"api", "errors", "model", "ops", "process", "wire"},
     "aremote": {"aio", "errors", "model", "ops", "remote", "wire"},  # the broker's client on asyncio streams
     "channel": {"wire"},  # one client connection: non-blocking framing, bounded buffers
     "endpoint": {"errors", "files", "wire"},  # the broker's socket, key, accept and handshake
@@ -52,8 +64,15 @@ ALLOWED = {  # djq modules each module may import: each layer only from those be
     },
     "manager": {"errors", "files", "model", "remote", "wire"},  # files: make_folder (0700 parents)
     "pgsql": {"errors", "model", "ops"},  # the schema, statements and decoding both PostgreSQL clients share
-    "postgres": {"api", "errors", "model", "ops", "pgsql"},  # the operations as SQL (psycopg 3)
-    "apostgres": {"aio", "errors", "model", "ops", "pgsql"},  # the same on psycopg's AsyncConnection
+    "postgres": {"api", "errors", "model", "ops", "pgsql", "process"},  # the operations as SQL (psycopg 3)
+    "apostgres": {
+        "aio",
+        "errors",
+        "model",
+        "ops",
+        "pgsql",
+        "process",
+    },  # the same on psycopg's AsyncConnection
     "redislua": {"errors", "model", "ops"},  # the Lua script, keys and codec both Redis clients share
     "redisq": {"api", "errors", "model", "ops", "redislua"},  # the operations as Lua scripts (redis-py)
     "aredisq": {"aio", "errors", "model", "ops", "redislua"},  # the same on redis.asyncio
