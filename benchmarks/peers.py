@@ -72,6 +72,7 @@ import math
 import multiprocessing
 import os
 import platform
+import resource
 import shutil
 import sqlite3
 import sys
@@ -490,6 +491,10 @@ class Multi:
     errors: int = 0
     note: str = ""
     ran: bool = False  #: False when the run failed before its counts meant anything
+    user_us: float = math.nan  #: the four workers' user CPU per item delivered
+    sys_us: float = math.nan  #: their system CPU per item
+    waits: float = math.nan  #: their voluntary context switches per item (blocked: a lock, a socket)
+    preempted: float = math.nan  #: their involuntary ones per item (descheduled while runnable)
 
 
 @dataclass(frozen=True)
@@ -513,11 +518,13 @@ def _worker(spec: dict[str, Any], barrier: Any, shared: Shared) -> None:
     }
     store: Store | None = None
     started = False
+    before = resource.getrusage(resource.RUSAGE_SELF)
     try:
         system = System(**spec["system"])
         store = open_store(system, Path(spec["folder"]), spec["fsync"])
         barrier.wait(60)
         started = True
+        before = resource.getrusage(resource.RUSAGE_SELF)
         if spec["role"] == "producer":
             _produce(store, spec, record)
         elif hasattr(store, "consume"):  # pgqueuer: its QueueManager pushes the jobs
@@ -530,6 +537,13 @@ def _worker(spec: dict[str, Any], barrier: Any, shared: Shared) -> None:
         if not started:
             barrier.abort()  # nobody waits for a child that will never come
     finally:
+        after = resource.getrusage(resource.RUSAGE_SELF)  # from the barrier on: the run's own cost
+        record["cost"] = [
+            after.ru_utime - before.ru_utime,
+            after.ru_stime - before.ru_stime,
+            after.ru_nvcsw - before.ru_nvcsw,
+            after.ru_nivcsw - before.ru_nivcsw,
+        ]
         if store is not None:
             with contextlib.suppress(Exception):
                 store.close()
@@ -666,6 +680,7 @@ def producers_and_consumers(
         lasts = [r["last_ns"] for r in records[PRODUCERS:] if r["last_ns"] is not None]
         if firsts and lasts:
             result.items_per_s = len(seen) / ((max(lasts) - min(firsts)) / 1e9)
+        _add_cost(result, records, len(seen))
         notes = [r["error"] for r in records if r["error"]]
         if killed:
             notes.insert(0, f"{killed} child(ren) killed at the time limit")
@@ -673,6 +688,15 @@ def producers_and_consumers(
             notes.insert(0, f"only {len(put)} of {n} put")
         result.note = "; ".join(dict.fromkeys(notes))
     return result
+
+
+def _add_cost(result: Multi, records: Sequence[dict[str, Any]], items: int) -> None:
+    """What the items cost the workers, per item: CPU (µs) and context switches, summed over all four."""
+    costs = [r["cost"] for r in records if "cost" in r]
+    if items and len(costs) == len(records):
+        user, system, waits, preempted = (sum(c[i] for c in costs) / items for i in range(4))
+        result.user_us, result.sys_us = 1e6 * user, 1e6 * system
+        result.waits, result.preempted = waits, preempted
 
 
 def _read_record(path: Path) -> dict[str, Any]:
@@ -867,7 +891,8 @@ def measure_row(
     row.multi = m = _guarded(Multi(n=row.n), producers_and_consumers, row.system, fresh(), *common)
     progress.say(
         f"{label}: 2P+2C, N={row.n}: {m.items_per_s:,.0f} items/s, "
-        f"lost {m.lost}, dup {m.dup}, left {m.left}, errors {m.errors} {m.note}",
+        f"lost {m.lost}, dup {m.dup}, left {m.left}, errors {m.errors}, "
+        f"{m.user_us + m.sys_us:,.0f} us of the workers' CPU per item {m.note}",
         time.perf_counter() - started,
     )
     for depth in depths:
@@ -989,6 +1014,30 @@ def print_main(rows: Sequence[Row]) -> None:
                 + " ".join(_num(q.get(key, math.nan), 8, 2) for key in ("put", "get", "mp"))
             )
     servers.print_notes([r for r in rows if r.system.server is None])
+    print()
+
+
+COST_TITLE = (
+    f"{'system':<26} {'fsync':<5} {'cpu/item':>8} {'user':>6} {'sys':>6} {'waits':>6} {'preempt':>7} "
+    f"{'1P/item':>7}"
+)
+
+
+def print_cost(rows: Sequence[Row]) -> None:
+    """Per item of 2P+2C: the four workers' CPU and context switches, beside one process's cost."""
+    print("2P2C: what each item cost the four workers (their own CPU, µs, and context switches per item;")
+    print("a broker's or a server's own process is not counted); 1P/item: one process's put and get+ack,")
+    print("wall time per item, for comparison")
+    print(COST_TITLE)
+    for fsync in (True, False):
+        for r in (r for r in rows if r.fsync == fsync and r.system.server is None and r.multi.ran):
+            m, s = r.multi, r.single
+            one = 1e6 / s.put_per_s + 1e6 / s.get_per_s if s.put_per_s > 0 and s.get_per_s > 0 else math.nan
+            print(
+                f"{r.system.name:<26} {'on' if r.fsync else 'off':<5} {_num(m.user_us + m.sys_us, 8)} "
+                f"{_num(m.user_us, 6)} {_num(m.sys_us, 6)} {_num(m.waits, 6, 2)} {_num(m.preempted, 7, 2)} "
+                f"{_num(one, 7)}"
+            )
     print()
 
 
@@ -1218,6 +1267,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     files = len(served) < len(rows) or not served
     if files:
         print_main(rows)
+        print_cost(rows)
     if served:
         servers.print_table(served, on)
     print_depths(rows, args.depths)

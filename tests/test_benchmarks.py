@@ -30,10 +30,10 @@ def peers(*args: str, tmp_path: Path, env: dict[str, str] | None = None) -> subp
     )
 
 
-def table(out: str) -> list[dict[str, str]]:
-    """The rows of the main table, as {column: cell}."""
+def table(out: str, column: str = "lost") -> list[dict[str, str]]:
+    """The rows of the table whose head has ``column`` (the main table's: "lost"), as {column: cell}."""
     lines = out.splitlines()
-    start = next(i for i, line in enumerate(lines) if line.startswith("system") and " lost " in line)
+    start = next(i for i, line in enumerate(lines) if line.startswith("system") and column in line.split())
     head = lines[start].split()
     rows = []
     for line in lines[start + 1 :]:
@@ -63,6 +63,14 @@ def test_a_quick_djq_run_prints_the_table_and_loses_nothing(tmp_path):
         for column in ("put/s", "get+ack/s", "2P2C/s"):
             assert float(row[column].replace(",", "")) > 0, (column, row)
     assert "failed" not in out, out
+    costs = table(out, "cpu/item")  # 2P2C's cost per item in the workers, beside one process's
+    assert sorted((r["system"], r["fsync"]) for r in costs) == sorted((r["system"], r["fsync"]) for r in rows)
+    for row in costs:
+        user, system, total = (float(row[c].replace(",", "")) for c in ("user", "sys", "cpu/item"))
+        assert user + system > 0, row
+        assert abs(total - (user + system)) <= 1, row  # each printed rounded
+        assert float(row["waits"]) >= 0, row
+        assert float(row["1P/item"].replace(",", "")) > 0, row
     assert "microseconds per op" in out  # the depth table
     assert list(tmp_path.iterdir()) == []  # the temporary queues are gone
 
