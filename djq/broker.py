@@ -101,6 +101,7 @@ class Broker:
         self._clock = clock
         self._watch = watch_interval
         self._watcher: Watcher | None = None  # inotify on the queue's files, where available
+        self._watching = False  # the watcher is on the selector (only while gets wait)
         self._selector = selectors.DefaultSelector()  # kept for the broker's life: one per loop costs
         self._clients = Channels(self._selector, dropped=self._dropped, failed=self._failed)
         self._waiting: collections.deque[_Pending] = collections.deque()
@@ -188,12 +189,13 @@ class Broker:
         Events keep coming while the watcher is off the selector, so a change made before it
         is back (a direct client's put) still wakes the loop; an old one costs one more look.
         """
-        watching = self._watcher is not None and self._watcher.fileno() in self._selector.get_map()
-        if self._watcher is not None and watching != bool(self._waiting):
-            if watching:
-                self._selector.unregister(self._watcher)
-            else:
-                self._selector.register(self._watcher, selectors.EVENT_READ, _WATCH)
+        if self._watcher is None or self._watching == bool(self._waiting):
+            return
+        if self._watching:
+            self._selector.unregister(self._watcher)
+        else:
+            self._selector.register(self._watcher, selectors.EVENT_READ, _WATCH)
+        self._watching = not self._watching
 
     def _step(self, batch: list[_Pending]) -> None:
         """Wait for clients (or a waiting get's time), take one request from each, run them."""

@@ -17,6 +17,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import logging
+import operator
 import os
 import selectors
 import struct
@@ -272,7 +273,7 @@ class Channels:
     def with_requests(self) -> list[Channel]:
         """The clients that may hold a whole request now, in the order they connected."""
         self._touched |= self._held
-        return sorted(self._touched, key=_arrival)
+        return sorted(self._touched, key=operator.attrgetter("seq"))
 
     def buffers(self) -> dict[str, int]:
         """Bytes held for the clients: in all, and for the client holding most."""
@@ -351,7 +352,3 @@ class Channels:
             conn.close()
         for fd in (self._wake_r, self._wake_w):
             os.close(fd)
-
-
-def _arrival(client: Channel) -> int:
-    return client.seq

@@ -278,9 +278,7 @@ def _receive(conn: mpc.Connection, limit: float | None, what: str) -> bytes:
     deadline = None if limit is None else time.monotonic() + limit
     poller = select.poll()  # not conn.poll: that builds a selector per call, a third of a call's cost
     poller.register(conn.fileno(), select.POLLIN)
-    while not poller.poll(
-        math.ceil(1000 * (_POLL_CHUNK if deadline is None else min(_POLL_CHUNK, _remaining(deadline))))
-    ):
+    while not poller.poll(math.ceil(1000 * (_POLL_CHUNK if deadline is None else _remaining(deadline)))):
         if deadline is not None and time.monotonic() >= deadline:
             raise _Timeout(what)
     try:
