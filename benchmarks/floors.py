@@ -1,7 +1,10 @@
 """The machine's floors, measured where peers.py measures: what no queue on this machine can beat.
 
 - ``fdatasync``: append about 200 bytes to a file in the measurement folder and
-  ``fdatasync`` it; a durable call of any file queue costs at least this.
+  ``fdatasync`` it; a durable call of a file queue that appends costs at least this.
+- ``overwrite``: the same bytes written over zeros synced beforehand, then ``fdatasync``
+  (the file's size does not change: data alone is flushed); djq's journal writes so, and
+  a durable call of any file queue costs at least this.
 - ``socket``: one round trip of a small message over a Unix socket between two Python
   processes (``socket.socketpair``, plain ``send``/``recv``); a broker's call costs at least this.
 - ``flock``: one acquisition of an ``flock`` that two processes take in turn as fast as they
@@ -29,9 +32,9 @@ from djq import floors
 ROUNDS = 5
 
 
-def fdatasync_us(folder: Path, ops: int = 300) -> float:
-    """Microseconds per append of ~200 bytes plus ``fdatasync``, in ``folder`` (``djq.floors``)."""
-    return floors.fdatasync(folder, ops=ops, rounds=ROUNDS) * 1e6
+def fdatasync_us(folder: Path, ops: int = 300, *, over_zeros: bool = False) -> float:
+    """Microseconds per append (or write over zeros) of ~200 bytes plus ``fdatasync`` (``djq.floors``)."""
+    return floors.fdatasync(folder, ops=ops, rounds=ROUNDS, over_zeros=over_zeros) * 1e6
 
 
 def _echo(sock: socket.socket) -> None:
@@ -97,14 +100,20 @@ def flock_us(folder: Path, ops: int = 20000) -> float:
 
 
 def measure(folder: Path) -> dict[str, float]:
-    """Every floor, in microseconds: ``fdatasync``, ``socket``, ``flock``."""
-    return {"fdatasync": fdatasync_us(folder), "socket": socket_us(), "flock": flock_us(folder)}
+    """Every floor, in microseconds: ``fdatasync``, ``overwrite``, ``socket``, ``flock``."""
+    return {
+        "fdatasync": fdatasync_us(folder),
+        "overwrite": fdatasync_us(folder, over_zeros=True),
+        "socket": socket_us(),
+        "flock": flock_us(folder),
+    }
 
 
 def line(floors: dict[str, float]) -> str:
     """The floors as peers.py prints them."""
     return (
-        f"floors:    append+fdatasync {floors['fdatasync']:,.0f} us; Unix-socket round trip between two "
+        f"floors:    append+fdatasync {floors['fdatasync']:,.0f} us, write over zeros+fdatasync "
+        f"{floors['overwrite']:,.0f} us; Unix-socket round trip between two "
         f"processes {floors['socket']:,.0f} us; flock contended by two processes "
         f"{floors['flock']:,.1f} us per acquisition"
     )

@@ -147,7 +147,7 @@ class QueueStats:
     put_total: int  #: tasks ever put
     acked_total: int  #: tasks ever acked
     dead_total: int  #: times a task went to the dead letters
-    file_bytes: int  #: size of Queue.json; 0 when it does not exist yet
+    file_bytes: int  #: size of Queue.json and its journal's lines (not the zeros after them); 0: none yet
 
     @property
     def total(self) -> int:

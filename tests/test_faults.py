@@ -1,8 +1,8 @@
 """Fault injection at every I/O call, as SQLite tests it (RELIABILITY R2).
 
 A fixed workload (puts, gets, acks, nacks, an extend, compactions; both storages; fsync
-on) runs once while every call djq makes to ``os.open``, ``os.write``, ``os.read``,
-``os.pread``, ``os.fsync``, ``os.fdatasync``, ``os.replace``, ``os.link`` and
+on) runs once while every call djq makes to ``os.open``, ``os.write``, ``os.pwrite``,
+``os.read``, ``os.pread``, ``os.fsync``, ``os.fdatasync``, ``os.replace``, ``os.link`` and
 ``os.ftruncate`` (which undoes a failed append: persistent faults fail it too) is counted
 (the ``os`` name of djq.files, djq.snapshot, djq.journal and djq.locks is a counting
 wrapper). Then, for k = 1..N, the workload reruns from the same start (same clock, same
@@ -86,9 +86,10 @@ class _FaultyOs:
             if self.count == self.fail_at or (self.persistent and 0 < self.fail_at <= self.count):
                 if self.fired_in is None:
                     self.fired_in = self.step
-                fd, data = (*args, b"")[:2] if name == "write" else (0, b"")
+                fd, data = (*args, b"")[:2] if name in ("write", "pwrite") else (0, b"")
                 if self.code == errno.ENOSPC and not self.persistent and len(data) > 1:
-                    return os.write(fd, bytes(data[: len(data) // 2]))  # the disk fills part way
+                    part = bytes(data[: len(data) // 2])  # the disk fills part way
+                    return os.write(fd, part) if name == "write" else os.pwrite(fd, part, args[2])
                 raise OSError(self.code, os.strerror(self.code))
         return getattr(os, name)(*args, **kw)
 
@@ -97,6 +98,9 @@ class _FaultyOs:
 
     def write(self, *args: Any, **kw: Any) -> Any:
         return self._call("write", *args, **kw)
+
+    def pwrite(self, *args: Any, **kw: Any) -> Any:
+        return self._call("pwrite", *args, **kw)
 
     def read(self, *args: Any, **kw: Any) -> Any:
         return self._call("read", *args, **kw)
@@ -336,7 +340,7 @@ def test_every_io_call_failing_leaves_the_committed_state(
     kinds = {name for name, _, _ in sites}
     assert {"open", "write", "fsync", "replace"} <= kinds, kinds
     if storage == "journal":
-        assert {"fdatasync", "pread", "link"} <= kinds, kinds
+        assert {"fdatasync", "pread", "pwrite", "link"} <= kinds, kinds
     ks = _sample(fake)
     assert {(sites[k - 1][0], sites[k - 1][1]) for k in ks} == {(s[0], s[1]) for s in sites}
     failures = []

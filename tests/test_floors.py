@@ -43,3 +43,16 @@ def test_a_floor_refuses_a_bad_count(tmp_path):
     with floors.Floor(tmp_path) as floor, pytest.raises(ConfigError) as info:
         floor.measure(ops=0)
     assert info.value.field == "ops"
+
+
+def test_a_floor_over_zeros_writes_its_lines_over_zeros_it_wrote_first(tmp_path):
+    """over_zeros: the file holds the lines, then zeros; its size is what the zeros made it."""
+    with floors.Floor(tmp_path, over_zeros=True) as floor:
+        (folder,) = tmp_path.iterdir()
+        assert 0 < floor.measure(ops=3) < 1
+        assert 0 < floor.measure() < 1
+        data = (folder / "journal").read_bytes()
+        assert data[: 4 * floors.LINE_BYTES] == (b"x" * (floors.LINE_BYTES - 1) + b"\n") * 4
+        assert not data[4 * floors.LINE_BYTES :].strip(b"\0")
+    assert list(tmp_path.iterdir()) == []
+    assert 0 < floors.fdatasync(tmp_path, ops=4, rounds=2, over_zeros=True) < 1

@@ -93,9 +93,12 @@ def _tokenless(value: Any) -> Any:
 
 
 def _journal_bytes(path: Path) -> bytes:
+    """The journal's lines: what comes before the zeros it grows by (which must be zeros only)."""
     data = file_bytes(journal_path(path))
     assert data is not None
-    return data
+    lines, _, zeros = data.partition(b"\0")
+    assert not zeros.strip(b"\0"), "bytes other than zeros after the journal's end"
+    return lines
 
 
 def _generation(path: Path) -> int:
@@ -199,21 +202,24 @@ def _seeded_journal(path: Path, open_queue: Callable[..., djq.Queue], clock: Fak
     return before, after, data, start
 
 
+@pytest.mark.parametrize("zeros", [0, 400], ids=["file-ends", "zeros-follow"])
 @pytest.mark.parametrize("last", list(LAST_CALLS))
 def test_a_torn_last_line_at_every_byte_is_never_applied_and_the_next_write_cuts_it(
-    tmp_path: Path, path: Path, open_queue: Callable[..., djq.Queue], clock: FakeClock, last: str
+    tmp_path: Path, path: Path, open_queue: Callable[..., djq.Queue], clock: FakeClock, last: str, zeros: int
 ):
     """The journal cut anywhere in its last line reads as if the line were not there.
 
-    From the line's first byte to all of it but its newline: a fresh queue sees the state
-    before the last call (stats, peek, dead letters, every task with its lease), ``check``
-    reports the torn bytes, and the next put cuts them off before appending, so the file
-    then holds the good lines and the put, and reads back cleanly.
+    From the line's first byte to all of it but its newline, with the file ending there
+    (an older djq's journal) or zeros after it (the room a journal grows into, longer than
+    the put's line): a fresh queue sees the state before the last call (stats, peek, dead
+    letters, every task with its lease), ``check`` reports the torn bytes, and the next put
+    writes over them, so the file then holds the good lines, the put and zeros only, and
+    reads back cleanly.
     """
     before, _, data, start = _seeded_journal(path, open_queue, clock, last)
     assert _view(open_queue(path)) != before  # the whole line is applied
     for cut in range(start, len(data)):  # len(data) - 1: the line without its newline
-        copy = _copy(path, tmp_path / f"cut-{cut}" / "Queue.json", data[:cut])
+        copy = _copy(path, tmp_path / f"cut-{cut}" / "Queue.json", data[:cut] + bytes(zeros))
         fresh = open_queue(copy)
         assert _view(fresh) == before, f"cut at byte {cut}"
         problems = fresh.check()
@@ -222,7 +228,7 @@ def test_a_torn_last_line_at_every_byte_is_never_applied_and_the_next_write_cuts
         else:
             assert len(problems) == 1, problems
             assert f"a {TORN} of {cut - start} bytes" in problems[0]
-        assert journal_path(copy).read_bytes() == data[:cut], "check without fix changed the journal"
+        assert journal_path(copy).read_bytes() == data[:cut] + bytes(zeros), "check changed the journal"
 
         new_id = fresh.put({"after": cut})
         written = _journal_bytes(copy)
@@ -241,6 +247,58 @@ def test_a_torn_last_line_at_every_byte_is_never_applied_and_the_next_write_cuts
         assert seen["stats"].put_total == before["stats"].put_total + 1
         fresh.close()
         reader.close()
+
+
+def test_bytes_after_the_zeros_are_never_applied_and_the_next_write_cuts_them(
+    tmp_path: Path, path: Path, open_queue: Callable[..., djq.Queue], clock: FakeClock
+):
+    """Bytes past the first NUL (a write whose pages reached the disk out of order) are not lines.
+
+    They are never applied, even when they look like one; ``check`` reports them. The next
+    write cuts them off before writing when they are in the zeros a reader looks at first
+    (4 KiB); farther ones are cut by the write that reaches them, or by ``check(fix=True)``:
+    they never join a line.
+    """
+    _, after, data, _ = _seeded_journal(path, open_queue, clock, "put")
+    line = _lines(data)[-1]
+    for gap in (1, 300, 5000):  # in the zeros a reader looks at first, and past them
+        damaged = data + bytes(gap) + line + line[:20] + bytes(100)
+        copy = _copy(path, tmp_path / f"gap-{gap}" / "Queue.json", damaged)
+        fresh = open_queue(copy)
+        assert _view(fresh) == after
+        problems = fresh.check()
+        assert len(problems) == 1, problems
+        assert "bytes other than zeros after its end" in problems[0]
+        new_id = fresh.put({"after": gap})
+        reader = open_queue(copy)
+        if gap > 4096:
+            assert len(reader.check()) == 1
+            assert reader.check(fix=True) == []
+        assert _journal_bytes(copy) == data + _lines(_journal_bytes(copy))[-1]  # checks: zeros only after
+        assert reader.check() == []
+        assert sorted(t.id for t in reader.peek(1_000)) == sorted([t.id for t in after["peek"]] + [new_id])
+        fresh.close()
+        reader.close()
+
+
+def test_the_journal_grows_by_zeros_within_max_file_bytes_and_every_process_reads_it(
+    path: Path, open_queue: Callable[..., djq.Queue]
+):
+    """Lines are written over zeros; the file grows by ``GROW`` and never past ``max_file_bytes``."""
+    limit = djq.journal.GROW + 30_000
+    a, b = open_queue(path, max_file_bytes=limit), open_queue(path, max_file_bytes=limit)
+    a.put("first")
+    padded = 0
+    for i in range(400):  # past GROW, then past the limit: folded into Queue.json
+        (a if i % 2 else b).put({"i": i, "pad": "p" * 200})
+        size = journal_path(path).stat().st_size
+        assert size <= limit
+        padded += size > len(_journal_bytes(path))  # which asserts that only zeros follow the lines
+    assert _generation(path) > 1, "the journal never reached the limit"
+    assert padded > 300, "the lines were not written over zeros"
+    for q in (a, b, open_queue(path)):
+        assert [t.payload for t in q.peek(500)][1:] == [{"i": i, "pad": "p" * 200} for i in range(400)]
+        assert q.check() == []
 
 
 def _damage(data: bytes, line_start: int, where: str) -> bytes:
@@ -516,9 +574,13 @@ class _JournalOs:
         os.fsync(fd)
 
     def write(self, fd: int, data: bytes) -> int:
+        return self.pwrite(fd, data, None)
+
+    def pwrite(self, fd: int, data: bytes, at: int | None) -> int:
         if self.write_error is not None:
             raise self.write_error
-        written = os.write(fd, data[: len(data) // 2] if self.short_write else data)
+        data = data[: len(data) // 2] if self.short_write else data
+        written = os.write(fd, data) if at is None else os.pwrite(fd, data, at)
         if self.after_write is not None:
             self.after_write()
         return written
@@ -546,6 +608,9 @@ class _OnlyTheJournal:
 
     def write(self, fd: int, data: bytes) -> int:
         return int(self._os(fd).write(fd, data))
+
+    def pwrite(self, fd: int, data: bytes, at: int) -> int:
+        return int(self._os(fd).pwrite(fd, data, at))
 
     def replace(self, src: Any, dst: Any) -> None:
         (self.fake if str(dst).endswith(".journal") else os).replace(src, dst)
@@ -1237,10 +1302,12 @@ def test_a_read_error_on_the_journal_is_a_storage_error(
             raise OSError(errno.EIO, os.strerror(errno.EIO))
 
     monkeypatch.setattr(djq.journal, "os", _Os())
+    monkeypatch.setattr(djq.files, "os", _Os())
     with pytest.raises(djq.StorageError) as info:
         q.stats()
     assert not isinstance(info.value, djq.CorruptQueueError)
     assert info.value.errno == errno.EIO
     assert info.value.path == str(journal_path(path))
     monkeypatch.setattr(djq.journal, "os", os)
+    monkeypatch.setattr(djq.files, "os", os)
     assert q.stats().ready == 3
