@@ -13,17 +13,18 @@ journal older than the snapshot was folded already and is ignored; one newer tha
 snapshot means the snapshot read was stale, and it is read again.
 
 A line is ``<crc32 of the JSON, 8 hex digits> <JSON>`` and a newline. The journal ends at
-its first NUL or the file's end: it grows ``GROW`` zero bytes at a time and lines are
-written over the zeros, so an ``fdatasync`` flushes data, not the file's size (a third
-less time per durable write, ``benchmarks/peers.py`` shows; an older djq's journal, with
-no zeros, reads the same). A writer killed mid-write leaves a last line without its
+its first NUL or the file's end. With ``fsync`` it grows ``GROW`` zero bytes at a time and
+lines are written over the zeros, so an ``fdatasync`` flushes data, not the file's size
+(a third less time per durable write, ``benchmarks/floors.py`` shows); without, lines go
+at the file's end, where a reader finds them with no read. Either reads the other's (and
+an older djq's). A writer killed mid-write leaves a last line without its
 newline (or with a bad checksum): never applied, and written over by the next writer,
 which first cuts off bytes after the end that are not zeros (pages that reached the disk
 out of order). A bad line before the last is corruption (``CorruptQueueError``), never
 skipped; so is a complete line that does not decode to a valid operation this djq knows
 (a newer djq's, say), and a header of a newer journal version. The lines' codec is
-``lines``. Imports from djq: ``errors``, ``files``, ``lines``, ``model``, ``snapshot``,
-``state``, ``storage``.
+``lines``; ``replay`` applies them. Imports from djq: ``errors``, ``files``, ``lines``,
+``model``, ``replay``, ``snapshot``, ``state``, ``storage``.
 
 A change is committed when its lines are appended (and fdatasynced, with ``fsync``), or,
 when it is folded, when the new snapshot is in place. ``save`` raises ``StorageError``
@@ -41,10 +42,11 @@ import stat
 from collections.abc import Sequence
 from pathlib import Path
 
-from . import files, state
-from .errors import CorruptQueueError, LeaseError, StorageError
-from .lines import JOURNAL_FORMAT, decode_header, decode_line, encode_header, encode_line, is_checksummed
+from . import files
+from .errors import CorruptQueueError, StorageError
+from .lines import JOURNAL_FORMAT, decode_header, decode_line, encode_header, encode_line
 from .model import DEFAULT_COMPACT_BYTES, DEFAULT_MAX_FILE_BYTES
+from .replay import check_journal, replay
 from .snapshot import Snapshot, SnapshotFile
 from .state import QueueState
 from .storage import Applied, Problem, check_snapshot
@@ -179,7 +181,11 @@ class JournalFile:
 
     def _stat(self) -> os.stat_result | None:
         try:
-            st = files.stat_untimed(self._journal)
+            st = (
+                files.stat_untimed(self._journal)
+                if self.fsync
+                else os.stat(self._journal, follow_symlinks=False)
+            )
         except FileNotFoundError:
             return None
         except OSError as exc:
@@ -260,29 +266,10 @@ class JournalFile:
 
     def _replay(self, current: QueueState, data: bytes, start: int) -> int:
         """Apply every complete line of ``data`` from ``start``; return the bytes applied."""
-        pos = start
-        while True:
-            end = data.find(b"\n", pos)
-            if end < 0:
-                return pos - start  # a torn last line (or none): never applied
-            try:
-                event, now = decode_line(data[pos:end])
-            except (ValueError, KeyError, TypeError, AttributeError) as exc:
-                if data.find(b"\n", end + 1) < 0 and not is_checksummed(data[pos:end]):
-                    return pos - start  # the last line is damaged: torn, never applied
-                raise CorruptQueueError(
-                    path=str(self.journal), reason=f"bad line at byte {self._offset + pos}: {exc}"
-                ) from None
-            try:
-                state.apply(current, event, now=now)
-            except Exception as exc:  # a checksum-valid line with a value the rules cannot take
-                kind = "" if isinstance(exc, LeaseError) else f"{type(exc).__name__}: "
-                raise CorruptQueueError(
-                    path=str(self.journal),
-                    reason=f"line at byte {self._offset + pos} does not apply: {kind}{exc}",
-                ) from None
-            self._last, self._last_ours = (self._offset + pos, data[pos : pos + 8]), False
-            pos = end + 1
+        applied, last = replay(current, data, start, path=self.journal, at=self._offset)
+        if last >= 0:
+            self._last, self._last_ours = (self._offset + last, data[last : last + 8]), False
+        return applied
 
     # Writing
 
@@ -360,7 +347,7 @@ class JournalFile:
             self._reset(generation)
 
     def _write(self, data: bytes) -> None:
-        """Write ``data`` over a torn line and the zeros after it, growing the file by ``GROW`` at its end."""
+        """Write ``data`` over a torn line and the zeros after it; grow the file (``GROW``, with fsync)."""
         fd, at = self._fd, self._offset
         end = at + len(data)
         if self._zeros_to < 0 or (  # bytes after the end that are not zeros: cut them off
@@ -369,7 +356,8 @@ class JournalFile:
         ):
             os.ftruncate(fd, at)  # type: ignore[arg-type]
             self._size = self._capacity = self._zeros_to = at
-        through = max(self._size, end if end < self._capacity else min(end + GROW, self.max_file_bytes))
+        grow = GROW if self.fsync else 0
+        through = max(self._size, end if end < self._capacity else min(end + grow, self.max_file_bytes))
         files.write_padded(fd, data, at, through)  # type: ignore[arg-type]
         self._capacity = max(self._capacity, through)
         self._zeros_to = max(self._zeros_to, through)
@@ -473,40 +461,9 @@ class JournalFile:
     def _check_journal(self) -> list[Problem]:
         self.invalidate()
         try:
-            snapshot = self.snapshot.load()
-            data = self.journal.read_bytes()
-        except FileNotFoundError:
-            return []
-        except (OSError, CorruptQueueError) as exc:
-            return [Problem("io" if not isinstance(exc, CorruptQueueError) else "corrupt", str(exc))]
-        end = data.find(b"\n")
-        if end < 0:
-            return [Problem("corrupt", f"{self.journal}: no complete header line")] if data else []
-        try:
-            generation = decode_header(data[:end], self.journal)
-        except CorruptQueueError as exc:
-            return [Problem("corrupt", str(exc))]
-        if generation < snapshot.generation:
-            return []  # folded already; the next write replaces it
-        if generation > snapshot.generation:
-            message = (
-                f"{self.journal}: generation {generation} is ahead of the snapshot's {snapshot.generation}"
-            )
-            return [Problem("corrupt", message)]
-        stop = data.find(0, end + 1)
-        body = data if stop < 0 else data[:stop]  # the journal ends at its first NUL
-        try:
-            applied = self._replay(snapshot.state, body, end + 1)
-        except CorruptQueueError as exc:
-            return [Problem("corrupt", str(exc))]
+            return check_journal(self.snapshot, self.journal)
         finally:
             self.invalidate()
-        torn = len(body) - (end + 1) - applied
-        junk = stop >= 0 and data.count(0, stop) != len(data) - stop
-        found = [f"a torn last line of {torn} bytes"] if torn else []
-        found += [f"bytes other than zeros after its end (byte {stop})"] if junk else []
-        message = f"{self.journal}: {' and '.join(found)} (never applied; the next write cuts it)"
-        return [Problem("torn", message, fixable=True)] if found else []
 
     def repair(self, problems: Sequence[Problem]) -> None:
         """Cut off a torn last line and what follows it, if a problem is one (after ``load``, locked)."""

@@ -10,7 +10,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parent.parent / "djq"
 CORE = {
     "errors", "model", "ops", "state", "files", "snapshot", "storage", "journal", "locks", "metrics",
-    "watch", "engine", "api", "queue", "index", "lines", "process",
+    "watch", "engine", "api", "queue", "index", "lines", "process", "replay",
 }  # fmt: skip
 ALLOWED = {  # djq modules each module may import: each layer only from those below it
     "errors": set(),
@@ -24,7 +24,8 @@ ALLOWED = {  # djq modules each module may import: each layer only from those be
     "snapshot": {"errors", "files", "model", "state"},
     "storage": {"errors", "ops", "snapshot", "state"},  # the protocol, and rewrite storage
     "lines": {"errors", "ops"},  # the journal's line and header codec
-    "journal": {"errors", "files", "lines", "model", "snapshot", "state", "storage"},
+    "replay": {"errors", "lines", "snapshot", "state", "storage"},  # journal lines applied; a journal checked
+    "journal": {"errors", "files", "lines", "model", "replay", "snapshot", "state", "storage"},
     "locks": {"errors", "model", "metrics", "process"},
     "watch": set(),
     "engine": {
