@@ -53,7 +53,6 @@ __all__ = [
     "unlink_quietly",
     "write_all",
     "write_atomic",
-    "write_padded",
 ]
 
 logger = logging.getLogger(__name__)
@@ -275,14 +274,6 @@ def read_to_zeros(fd: int, at: int, size: int, first: int = 4096) -> tuple[bytes
         return data, at + len(data)  # the file's end, no zeros after it
     zeros = data.count(0, end) == len(data) - end
     return data[:end], at + len(data) if zeros else -1
-
-
-def write_padded(fd: int, data: bytes, at: int, through: int) -> None:
-    """Write ``data`` at ``at``, and zeros after it through byte ``through``, with one ``pwrite``."""
-    block = data + bytes(through - at - len(data)) if through > at + len(data) else data
-    written = os.pwrite(fd, block, at)
-    if written != len(block):  # a regular file writes all or fails, unless the disk filled
-        raise OSError(errno.ENOSPC, f"short write ({written} of {len(block)} bytes)")
 
 
 _STATX_MASK = 0x1 | 0x100 | 0x200  # STATX_TYPE | STATX_INO | STATX_SIZE: no timestamps

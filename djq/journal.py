@@ -212,7 +212,8 @@ class JournalFile:
         ours = self._last_ours and st.st_size >= self._offset  # a line we appended is committed: no read
         if self._last is not None and not ours and not self._still_there(st.st_size):
             return False  # lines we applied were cut off (an append that failed): read it all again
-        if self._stale:
+        if self._stale or st.st_size <= self._offset:  # nothing after what we applied: no read
+            self._size = self._zeros_to = self._offset
             return True
         data = self._read_to_end()
         if not data:
@@ -347,20 +348,31 @@ class JournalFile:
             self._reset(generation)
 
     def _write(self, data: bytes) -> None:
-        """Write ``data`` over a torn line and the zeros after it; grow the file (``GROW``, with fsync)."""
-        fd, at = self._fd, self._offset
-        end = at + len(data)
-        if self._zeros_to < 0 or (  # bytes after the end that are not zeros: cut them off
+        """Write ``data`` where the journal ends, with one ``pwrite``: at the file's end, or over zeros."""
+        at = self._offset
+        if self.fsync or self._size != at or self._capacity != at:  # else: at the file's end, as an append
+            data = self._padded(data)
+        written = os.pwrite(self._fd, data, at)  # type: ignore[arg-type]
+        if written != len(data):  # a regular file writes all or fails, unless the disk filled
+            raise OSError(errno.ENOSPC, f"short write ({written} of {len(data)} bytes)")
+        self._capacity = max(self._capacity, at + written)
+        self._zeros_to = max(self._zeros_to, at + written)
+
+    def _padded(self, data: bytes) -> bytes:
+        """``data`` and the zeros to write after it: over a torn line; at the end, ``GROW`` (with fsync).
+
+        Bytes after the end that are not zeros (a dead writer's pages) are cut off first.
+        """
+        at, end = self._offset, self._offset + len(data)
+        if self._zeros_to < 0 or (
             self._zeros_to < min(end + 1, self._capacity)
             and self._pread(min(end + 1, self._capacity) - self._zeros_to, self._zeros_to).strip(b"\0")
         ):
-            os.ftruncate(fd, at)  # type: ignore[arg-type]
+            os.ftruncate(self._fd, at)  # type: ignore[arg-type]
             self._size = self._capacity = self._zeros_to = at
         grow = GROW if self.fsync else 0
         through = max(self._size, end if end < self._capacity else min(end + grow, self.max_file_bytes))
-        files.write_padded(fd, data, at, through)  # type: ignore[arg-type]
-        self._capacity = max(self._capacity, through)
-        self._zeros_to = max(self._zeros_to, through)
+        return data + bytes(through - end) if through > end else data
 
     def _committed(self, data: bytes) -> None:
         """Record that ``data`` is committed: in the journal (and on disk with ``fsync``)."""
