@@ -52,6 +52,7 @@ logger = logging.getLogger(__name__)
 _WATCH: Final = "watch"  #: selector key data of the inotify descriptor
 _WATCH_SAFETY: Final = 1.0  #: seconds; with inotify, waiting gets still look this often
 DEFAULT_WATCH_INTERVAL: Final = 0.05  #: seconds between looks at the file while gets wait
+SPIN: Final = 100e-6  #: seconds the loop looks for the next request before it sleeps (``Broker(spin=)``)
 
 
 @dataclass(slots=True)
@@ -81,6 +82,11 @@ class Broker:
             is replaced by ``path``.
         clock: wall-clock time source for leases and delays.
         watch_interval: seconds between looks at the file's metadata while gets wait.
+        spin: seconds the loop looks for the next request without sleeping, after a batch,
+            before it blocks. A lone client sends its next call within tens of µs of a
+            reply, and a process that blocked takes about as long again to wake (on this
+            VM most of a bare socket round trip): spinning 100 µs cuts a lone client's put
+            from about 140 to 100 µs, and costs an idle broker one spin (0: never spin).
     """
 
     def __init__(
@@ -90,6 +96,7 @@ class Broker:
         config: QueueConfig | None = None,
         clock: Clock = time.time,
         watch_interval: float = DEFAULT_WATCH_INTERVAL,
+        spin: float = SPIN,
     ) -> None:
         """Describe the broker; nothing is touched until ``serve``."""
         base = config or QueueConfig()
@@ -100,6 +107,7 @@ class Broker:
         self._engine = Engine(self.config, clock=clock, recorder=self._recorder)
         self._clock = clock
         self._watch = watch_interval
+        self._spin = spin
         self._watcher: Watcher | None = None  # inotify on the queue's files, where available
         self._watching = False  # the watcher is on the selector (only while gets wait)
         self._selector = selectors.DefaultSelector()  # kept for the broker's life: one per loop costs
@@ -199,7 +207,13 @@ class Broker:
 
     def _step(self, batch: list[_Pending]) -> None:
         """Wait for clients (or a waiting get's time), take one request from each, run them."""
-        ready = self._selector.select(0.0 if self._clients.queued else self._timeout())
+        ready = self._selector.select(0.0)
+        if not ready and not self._clients.queued:
+            until = time.perf_counter() + self._spin
+            while not ready and time.perf_counter() < until:
+                ready = self._selector.select(0.0)
+            if not ready:
+                ready = self._selector.select(self._timeout())
         for key, mask in ready:
             if key.data is _WATCH:
                 self._watcher.drain()  # type: ignore[union-attr]  # a change: _run looks if gets wait

@@ -469,6 +469,32 @@ def test_a_second_start_for_the_same_file_is_refused(manager: djq.BrokerManager,
     assert _still_serves(queue_path) == "1"
 
 
+@pytest.mark.parametrize("spin", [0.0, 0.01], ids=["sleeps-at-once", "spins-10ms"])
+def test_a_broker_serves_every_call_whether_it_spins_before_sleeping_or_not(queue_path: Path, spin: float):
+    """``spin=0`` blocks as soon as no request is in; a 10 ms spin looks again and again first.
+
+    Either way every call is served in order, and a waiting get that times out comes back.
+    """
+    broker = Broker(queue_path, config=QueueConfig(path=queue_path, fsync=False), spin=spin)
+    thread = threading.Thread(target=broker.serve, daemon=True)
+    thread.start()
+    try:
+        assert broker.ready.wait(10)
+        with djq.connect(queue_path) as q:
+            ids = [q.put(i) for i in range(5)]
+            got = [q.get() for _ in range(5)]
+            for task in got:
+                assert task is not None
+                q.ack(task)
+            assert [t.id for t in got if t is not None] == ids
+            assert q.get(timeout=0.05) is None
+            assert q.stats().acked_total == 5
+    finally:
+        broker.shutdown()
+        thread.join(10)
+    assert not thread.is_alive()
+
+
 def test_a_broker_stopped_in_a_thread_leaves_no_accept_thread_behind(queue_path: Path):
     """serve() returns only after its accept thread ended, so one process can run brokers again and again."""
     for _ in range(3):
