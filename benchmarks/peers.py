@@ -952,7 +952,8 @@ def _num(value: float, width: int, digits: int = 0) -> str:
     return f"{'-':>{width}}" if math.isnan(value) else f"{value:>{width},.{digits}f}"
 
 
-def print_header(args: argparse.Namespace, parent: str, skipped: dict[str, str]) -> None:
+def print_header(args: argparse.Namespace, parent: str, skipped: dict[str, str]) -> dict[str, float]:
+    """Print what was run where, and the machine's floors; return the floors (µs)."""
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else "?"
     fs = file_system(parent)
     batch_ops = [m for m in ("get_many", "ack_many") if hasattr(djq.Queue, m)]
@@ -968,7 +969,8 @@ def print_header(args: argparse.Namespace, parent: str, skipped: dict[str, str])
     print(f"folders:   a fresh folder per measurement under {parent}, on {fs}")
     if fs.startswith("tmpfs"):
         print("           (tmpfs: fsync costs nothing here; use --dir on a real disk to see it)")
-    print(floors.line(floors.measure(Path(parent))))  # what no file or broker queue here can beat
+    measured = floors.measure(Path(parent))  # what no file or broker queue here can beat
+    print(floors.line(measured))
     print(f"payload:   {len(json.dumps(payload(0, 1234), separators=(',', ':')))} bytes of JSON per item")
     capped = min(args.n, args.rewrite_n)
     print(
@@ -987,6 +989,7 @@ def print_header(args: argparse.Namespace, parent: str, skipped: dict[str, str])
     for name, why in skipped.items():
         print(f"skipped:   {name}: {why}")
     print()
+    return measured
 
 
 MAIN_TITLE = (
@@ -1014,6 +1017,36 @@ def print_main(rows: Sequence[Row]) -> None:
                 + " ".join(_num(q.get(key, math.nan), 8, 2) for key in ("put", "get", "mp"))
             )
     servers.print_notes([r for r in rows if r.system.server is None])
+    print()
+
+
+FLOORS_TITLE = (
+    f"{'system':<26} {'fsync':<5} {'put':>7} {'get':>7} {'floor':>7} {'put:floor':>9} {'get:floor':>9}  "
+    "floor_is"
+)
+
+
+def print_floors(rows: Sequence[Row], measured: dict[str, float]) -> None:
+    """One process's djq calls (µs per call) beside the floor measured in the same run."""
+    print("djq, one process, one call at a time: µs per call beside the floor it cannot beat (get: get+ack")
+    print(
+        "is two calls; pop and ack_and_get one). floor_is: write = a write over zeros + fdatasync (fsync on);"
+    )
+    print("socket = the bare socket round trip (broker); direct with fsync off has no floor here")
+    print(FLOORS_TITLE)
+    write, trip = measured.get("overwrite", measured["fdatasync"]), measured["socket"]
+    for r in (r for r in rows if r.system.is_djq and r.single.put_per_s > 0 and r.single.get_per_s > 0):
+        broker = r.system.broker
+        if not (broker or r.fsync):
+            continue
+        floor = (trip if broker else 0.0) + (write if r.fsync else 0.0)
+        what = "+".join(w for w, on in (("socket", broker), ("write", r.fsync)) if on)
+        put = 1e6 / r.single.put_per_s
+        get = 1e6 / r.single.get_per_s / (2 if r.system.consume == "get" else 1)
+        print(
+            f"{r.system.name:<26} {'on' if r.fsync else 'off':<5} {_num(put, 7)} {_num(get, 7)} "
+            f"{_num(floor, 7)} {_num(put / floor, 9, 2)} {_num(get / floor, 9, 2)}  {what}"
+        )
     print()
 
 
@@ -1255,7 +1288,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     systems = [s for s in args.chosen if s.name not in skipped]
     parent = args.dir or tempfile.gettempdir()
     started = time.perf_counter()
-    print_header(args, parent, skipped)
+    measured = print_header(args, parent, skipped)
     sys.stdout.flush()
     with (
         servers.Servers() as on,
@@ -1267,6 +1300,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     files = len(served) < len(rows) or not served
     if files:
         print_main(rows)
+        print_floors(rows, measured)
         print_cost(rows)
     if served:
         servers.print_table(served, on)

@@ -71,6 +71,16 @@ def test_a_quick_djq_run_prints_the_table_and_loses_nothing(tmp_path):
         assert abs(total - (user + system)) <= 1, row  # each printed rounded
         assert float(row["waits"]) >= 0, row
         assert float(row["1P/item"].replace(",", "")) > 0, row
+    beside = table(out, "put:floor")  # one process's calls beside the floors measured in the run
+    assert {(r["system"], r["fsync"]) for r in beside} == {
+        (s, f) for s in SYSTEMS for f in ("on", "off") if f == "on" or s.endswith("broker")
+    }, out
+    for row in beside:
+        put, floor = (float(row[c].replace(",", "")) for c in ("put", "floor"))
+        assert floor > 0, row
+        assert float(row["put:floor"]) == pytest.approx(put / floor, abs=0.01 + put / floor * 0.01), row
+        through_socket = {"on": "socket+write", "off": "socket"}[row["fsync"]]
+        assert row["floor_is"] == (through_socket if row["system"].endswith("broker") else "write"), row
     assert "microseconds per op" in out  # the depth table
     assert list(tmp_path.iterdir()) == []  # the temporary queues are gone
 
