@@ -1300,7 +1300,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     files = len(served) < len(rows) or not served
     if files:
         print_main(rows)
-        print_floors(rows, measured)
+        if args.batch == 1:  # per call: with batches a call moves several items
+            print_floors(rows, measured)
         print_cost(rows)
     if served:
         servers.print_table(served, on)
