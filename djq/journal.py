@@ -343,7 +343,7 @@ class JournalFile:
             )
 
     def _ready_to_append(self, generation: int) -> None:
-        """Start the journal of ``generation`` if it has none we can append to, else cut a torn line."""
+        """Start the journal of ``generation`` if it has none to write to (a torn line: ``_write``)."""
         if self._fd is None or self._stale or self._offset == 0:  # 0: no complete header
             self._reset(generation)
 

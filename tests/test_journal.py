@@ -1316,3 +1316,16 @@ def test_a_read_error_on_the_journal_is_a_storage_error(
     monkeypatch.setattr(djq.journal, "os", os)
     monkeypatch.setattr(djq.files, "os", os)
     assert q.stats().ready == 3
+
+
+def test_stat_untimed_reports_what_lstat_does_but_no_times(tmp_path: Path):
+    """The journal's stat (statx without timestamps): lstat's type, inode and size; a missing file raises."""
+    target = tmp_path / "file"
+    target.write_bytes(b"12345")
+    link = tmp_path / "link"
+    link.symlink_to(target)
+    for name in (target, link):
+        untimed, full = djq.files.stat_untimed(os.fsencode(name)), os.lstat(name)
+        assert (untimed.st_mode, untimed.st_ino, untimed.st_size) == (full.st_mode, full.st_ino, full.st_size)
+    with pytest.raises(FileNotFoundError):
+        djq.files.stat_untimed(os.fsencode(tmp_path / "missing"))
