@@ -51,6 +51,7 @@ __all__ = ["AsyncBaseQueue"]
 logger = logging.getLogger(__name__)
 R = TypeVar("R")
 _CLEANUPS: set[asyncio.Task[None]] = set()  #: give-backs under way after a cancel (kept from collection)
+_LEASES = (ops.LeaseNext, ops.LeaseMany, ops.AckLease)  #: the operations that hand out a lease
 
 
 class AsyncBaseQueue(abc.ABC):
@@ -189,10 +190,16 @@ class AsyncBaseQueue(abc.ABC):
             raise
 
     async def _after_cancel(self, op: ops.Op[Any], work: asyncio.Future[Any]) -> None:
-        """Wait for the cancelled attempt to end; give back every task it leased (a popped one is gone)."""
+        """Wait for the cancelled attempt to end; give back every task it leased (a popped one is gone).
+
+        Only a lease hands out a task: an extend's renewed task is the caller's already (a
+        heartbeat cancelled mid-extend must not give back the task its handler still holds).
+        """
         try:
             result = await work
         except BaseException:  # it failed, or never ran: nothing was leased by it
+            return
+        if not isinstance(op, _LEASES):
             return
         for task in result if isinstance(result, list) else [result]:
             if not isinstance(task, Task) or task.state is not TaskState.LEASED:

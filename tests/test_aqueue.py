@@ -171,6 +171,31 @@ def test_a_get_cancelled_during_its_lease_gives_the_task_back_uncounted(path: Pa
     asyncio.run(main())
 
 
+def test_an_extend_cancelled_during_its_attempt_renews_the_lease_and_gives_nothing_back(path: Path):
+    """A heartbeat's extend cancelled while it waits for the lock: the holder keeps the task.
+
+    The extend ends first (the lease renewed), and nothing is released: the holder's ack
+    still succeeds. (The give-back after a cancel is for what a lease handed out.)
+    """
+
+    async def main() -> None:
+        async with djq.AsyncQueue(path, fsync=False, lease=30) as q:
+            await q.put("x")
+            task = await q.get()
+            assert task is not None
+            async with _lock_held(path) as let_go:
+                extend = asyncio.ensure_future(q.extend(task, lease=60))
+                await _after_ticks(extend.cancel)
+                let_go()
+                with pytest.raises(asyncio.CancelledError):
+                    await extend
+            assert (await q.stats()).leased == 1
+            await q.ack(task)
+            assert (await q.stats()).acked_total == 1
+
+    asyncio.run(main())
+
+
 def test_a_cancelled_put_has_happened_when_the_cancel_is_raised(path: Path):
     """A put cancelled while it waits for the lock completes first; the queue then holds the task."""
 
