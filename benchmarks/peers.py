@@ -1034,7 +1034,7 @@ def print_floors(rows: Sequence[Row], measured: dict[str, float]) -> None:
     )
     print("socket = the bare socket round trip (broker); direct with fsync off has no floor here")
     print(FLOORS_TITLE)
-    write, trip = measured.get("overwrite", measured["fdatasync"]), measured["socket"]
+    write, trip = measured["overwrite"], measured["socket"]
     for r in (r for r in rows if r.system.is_djq and r.single.put_per_s > 0 and r.single.get_per_s > 0):
         broker = r.system.broker
         if not (broker or r.fsync):

@@ -46,6 +46,7 @@ __all__ = [
     "error",
     "fsync_folder",
     "make_folder",
+    "only_zeros",
     "read_all",
     "read_small",
     "read_to_zeros",
@@ -275,8 +276,12 @@ def read_to_zeros(fd: int, at: int, size: int, first: int = 4096) -> tuple[bytes
         end = data.find(0)
     if end < 0:
         return data, at + len(data)  # the file's end, no zeros after it
-    zeros = data.count(0, end) == len(data) - end
-    return data[:end], at + len(data) if zeros else -1
+    return data[:end], at + len(data) if only_zeros(data, end) else -1
+
+
+def only_zeros(data: bytes, start: int = 0) -> bool:
+    """Whether every byte of ``data`` from ``start`` on is a NUL (the room a journal grows into)."""
+    return data.count(0, start) == len(data) - start
 
 
 _STATX_MASK = 0x1 | 0x100 | 0x200  # STATX_TYPE | STATX_INO | STATX_SIZE: no timestamps

@@ -181,7 +181,7 @@ class JournalFile:
 
     def _stat(self) -> os.stat_result | None:
         try:
-            st = (
+            st = (  # without fsync no fdatasync pays for the times being read: the faster os.stat
                 files.stat_untimed(self._journal)
                 if self.fsync
                 else os.stat(self._journal, follow_symlinks=False)
@@ -364,9 +364,10 @@ class JournalFile:
         Bytes after the end that are not zeros (a dead writer's pages) are cut off first.
         """
         at, end = self._offset, self._offset + len(data)
+        window = min(end + 1, self._capacity)  # what this write covers, and the byte after it
         if self._zeros_to < 0 or (
-            self._zeros_to < min(end + 1, self._capacity)
-            and self._pread(min(end + 1, self._capacity) - self._zeros_to, self._zeros_to).strip(b"\0")
+            self._zeros_to < window
+            and not files.only_zeros(self._pread(window - self._zeros_to, self._zeros_to))
         ):
             os.ftruncate(self._fd, at)  # type: ignore[arg-type]
             self._size = self._capacity = self._zeros_to = at
@@ -446,12 +447,13 @@ class JournalFile:
         self._open(st)
         self._offset = self._size = self._capacity = self._zeros_to = len(header)
 
-    def cut_torn(self, *, always: bool = False) -> bool:
-        """Cut off a torn last journal line and what follows it (after ``load``, under the lock).
+    def cut_torn(self) -> bool:
+        """Cut off a torn last journal line and all that follows it (after ``load``, under the lock).
 
-        Returns whether there was one; ``always`` cuts off the zeros after the end too.
+        Whatever is after the last complete line goes: a torn line, zeros, and bytes that
+        are not zeros past them. Returns whether there was a torn line.
         """
-        if self._fd is None or self._stale or (self._size == self._offset and not always):
+        if self._fd is None or self._stale:
             return False
         try:
             os.ftruncate(self._fd, self._offset)
@@ -480,4 +482,4 @@ class JournalFile:
     def repair(self, problems: Sequence[Problem]) -> None:
         """Cut off a torn last line and what follows it, if a problem is one (after ``load``, locked)."""
         if any(p.kind == "torn" for p in problems):
-            self.cut_torn(always=True)
+            self.cut_torn()

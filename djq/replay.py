@@ -5,15 +5,15 @@ yet: each complete line decoded (``lines``) and applied by the pure rules
 (``state.apply``), a torn last line left alone, anything else that fails corruption.
 ``check_journal`` reads a journal whole, as ``djq check`` does, and says what is wrong
 with it. ``journal`` owns the files; this module reads bytes it is given (and, for
-``check_journal``, the two files). Imports from djq: ``errors``, ``lines``, ``snapshot``,
-``state``, ``storage``.
+``check_journal``, the two files). Imports from djq: ``errors``, ``files``, ``lines``,
+``snapshot``, ``state``, ``storage``.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from . import state
+from . import files, state
 from .errors import CorruptQueueError, LeaseError
 from .lines import decode_header, decode_line, is_checksummed
 from .snapshot import SnapshotFile
@@ -89,7 +89,7 @@ def check_journal(snapshot_file: SnapshotFile, path: Path) -> list[Problem]:
     except CorruptQueueError as exc:
         return [Problem("corrupt", str(exc))]
     torn = len(body) - (end + 1) - applied
-    junk = stop >= 0 and data.count(0, stop) != len(data) - stop
+    junk = stop >= 0 and not files.only_zeros(data, stop)
     found = [f"a torn last line of {torn} bytes"] if torn else []
     found += [f"bytes other than zeros after its end (byte {stop})"] if junk else []
     message = f"{path}: {' and '.join(found)} (never applied; the next write cuts it)"

@@ -24,7 +24,14 @@ ALLOWED = {  # djq modules each module may import: each layer only from those be
     "snapshot": {"errors", "files", "model", "state"},
     "storage": {"errors", "ops", "snapshot", "state"},  # the protocol, and rewrite storage
     "lines": {"errors", "ops"},  # the journal's line and header codec
-    "replay": {"errors", "lines", "snapshot", "state", "storage"},  # journal lines applied; a journal checked
+    "replay": {
+        "errors",
+        "files",
+        "lines",
+        "snapshot",
+        "state",
+        "storage",
+    },  # journal lines applied; a journal checked
     "journal": {"errors", "files", "lines", "model", "replay", "snapshot", "state", "storage"},
     "locks": {"errors", "model", "metrics", "process"},
     "watch": set(),
