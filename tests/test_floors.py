@@ -49,10 +49,11 @@ def test_a_floor_over_zeros_writes_its_lines_over_zeros_it_wrote_first(tmp_path)
     """over_zeros: the file holds the lines, then zeros; its size is what the zeros made it."""
     with floors.Floor(tmp_path, over_zeros=True) as floor:
         (folder,) = tmp_path.iterdir()
-        assert 0 < floor.measure(ops=3) < 1
-        assert 0 < floor.measure() < 1
+        assert floor.measure(ops=3) > 0  # seconds per write; how many is benchmarks/floors.py's to say
+        assert floor.measure() > 0
         data = (folder / "journal").read_bytes()
         assert data[: 4 * floors.LINE_BYTES] == (b"x" * (floors.LINE_BYTES - 1) + b"\n") * 4
         assert not data[4 * floors.LINE_BYTES :].strip(b"\0")
     assert list(tmp_path.iterdir()) == []
-    assert 0 < floors.fdatasync(tmp_path, ops=4, rounds=2, over_zeros=True) < 1
+    assert floors.fdatasync(tmp_path, ops=4, rounds=2, over_zeros=True) > 0
+    assert list(tmp_path.iterdir()) == []
