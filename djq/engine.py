@@ -41,7 +41,7 @@ from .journal import JournalFile
 from .locks import Lock
 from .metrics import LockRecorder
 from .model import LockKind, QueueConfig, StorageKind
-from .storage import Behind, Problem, QueueFile, Storage
+from .storage import Problem, QueueFile, Storage
 
 __all__ = ["Clock", "Engine", "Transaction", "lock_kind_path", "open_storage"]
 
@@ -49,8 +49,6 @@ logger = logging.getLogger(__name__)
 
 Clock = Callable[[], float]
 T = TypeVar("T")
-
-BACKLOG: Final = 2048  #: bytes of others' lines (about 7) a holder applies before it reads them unlocked
 
 LOCK_KIND_FORMAT: Final = "djq.lockkind"
 #: Kinds that exclude each other share a protocol: "filelock" takes an flock on the same file.
@@ -270,8 +268,9 @@ class Engine:
         ``change`` changes the state only through ``Transaction.apply``. If it raises, the
         files stay as they were; the cached state is dropped unless nothing changed.
         """
-        current = self._enter_loaded(name)
+        self._enter(name)
         try:
+            current = self.storage.load()
             before = current.revision
             tx = Transaction(current, self.clock())
             try:
@@ -289,37 +288,6 @@ class Engine:
             return result
         finally:
             self._leave()
-
-    def _enter_loaded(self, name: str) -> state.QueueState:
-        """Take the lock (``_enter``) and return the state under it.
-
-        A process that finds more than ``BACKLOG`` bytes of other processes' lines to
-        apply (it waited while others went on writing, or was away) lets go of the
-        lock, applies them without it (as ``look`` does), and takes the lock again for
-        the few written meanwhile. With 2 producers and 2 consumers on 2 cores, one call at
-        a time, a process often takes the lock dozens of times in a row while the others
-        wait; the holds that then replayed their backlog (about 2 % of them) were more than
-        half of the time the lock was held, and the items/s went up by 10 to 30 %.
-        """
-        self._enter(name)
-        try:
-            return self.storage.load(most=BACKLOG)
-        except Behind:
-            self._leave()
-        except BaseException:
-            self._leave()
-            raise
-        with self.mutex:
-            try:
-                self.storage.load()
-            except StorageError:
-                pass  # read again under the lock, where its error is the call's
-        self._enter(name)
-        try:
-            return self.storage.load()
-        except BaseException:
-            self._leave()
-            raise
 
     def run(self, op: ops.Op[T]) -> T:
         """Apply one operation: a write under the lock, a read without it, a check."""

@@ -49,7 +49,7 @@ from .model import DEFAULT_COMPACT_BYTES, DEFAULT_MAX_FILE_BYTES
 from .replay import check_journal, replay
 from .snapshot import Snapshot, SnapshotFile
 from .state import QueueState
-from .storage import Applied, Behind, Problem, check_snapshot
+from .storage import Applied, Problem, check_snapshot
 
 GROW = 64 * 1024  #: zero bytes the journal grows by when a write would reach its end
 
@@ -158,13 +158,10 @@ class JournalFile:
 
     # Reading
 
-    def load(self, most: int | None = None) -> QueueState:
+    def load(self) -> QueueState:
         """Return the state: the snapshot with every complete journal line applied.
 
-        ``most``: raise ``Behind`` instead of applying more than this many bytes of lines.
-
         Raises:
-            Behind: more than ``most`` bytes of lines wait; none of them were applied.
             CorruptQueueError: the snapshot or a journal line before the last is corrupt.
         """
         for _ in range(5):
@@ -173,9 +170,7 @@ class JournalFile:
                 self._close_journal()
                 self._base = snapshot
             try:
-                caught_up = self._catch_up(snapshot, most)
-            except Behind:
-                raise  # nothing applied: the cache is still good
+                caught_up = self._catch_up(snapshot)
             except BaseException:
                 self.invalidate()  # lines may be applied to the cached snapshot already: never reuse it
                 raise
@@ -199,7 +194,7 @@ class JournalFile:
             raise CorruptQueueError(path=str(self.journal), reason="not a regular file")
         return st
 
-    def _catch_up(self, snapshot: Snapshot, most: int | None = None) -> bool:
+    def _catch_up(self, snapshot: Snapshot) -> bool:
         """Apply the journal lines this process has not applied; False if the snapshot is stale."""
         st = self._stat()
         if st is None:
@@ -235,8 +230,6 @@ class JournalFile:
             if generation > snapshot.generation:
                 return False
             start = end + 1
-        if most is not None and len(data) - start > most:
-            raise Behind
         self._offset += start + self._replay(snapshot.state, data, start)
         return True
 

@@ -20,7 +20,7 @@ from .ops import Op
 from .snapshot import Snapshot, SnapshotFile
 from .state import QueueState
 
-__all__ = ["Applied", "Behind", "Problem", "QueueFile", "Storage"]
+__all__ = ["Applied", "Problem", "QueueFile", "Storage"]
 
 #: The operations a transaction applied that changed the state, each with its ``now``.
 Applied = Sequence[tuple[Op[Any], float]]
@@ -42,14 +42,6 @@ class Problem:
         return self.message
 
 
-class Behind(Exception):
-    """``load(most=)`` found more than ``most`` bytes to apply, and applied none of them.
-
-    The caller, which holds the lock, lets go of it, reads them without it, and takes
-    the lock again: catching up on a long backlog then holds up no other process.
-    """
-
-
 class Storage(Protocol):
     """What the engine needs of a storage: bytes and files, never rules.
 
@@ -67,12 +59,8 @@ class Storage(Protocol):
     def writes(self) -> int:
         """Times something was written."""
 
-    def load(self, most: int | None = None) -> QueueState:
-        """Return the current state (the cache, unless the files changed).
-
-        ``most``: raise ``Behind`` instead of applying more than this many bytes that
-        other processes wrote (None: apply all there is).
-        """
+    def load(self) -> QueueState:
+        """Return the current state (the cache, unless the files changed)."""
 
     def save(self, state: QueueState, applied: Applied | None) -> None:
         """Store ``state``; ``applied`` are the operations that made it from the loaded one."""
@@ -115,11 +103,8 @@ class QueueFile(SnapshotFile):
     are in the journal beside it.
     """
 
-    def load(self, most: int | None = None) -> QueueState:  # type: ignore[override]
-        """Return the state in the file, reading it only if it changed (``most``: unused).
-
-        Every change rewrites the whole file, so there is no backlog to read apart.
-        """
+    def load(self) -> QueueState:  # type: ignore[override]
+        """Return the state in the file, reading it only if it changed."""
         snapshot = super().load()
         if snapshot.storage == "journal":
             self.invalidate()

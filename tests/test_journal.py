@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import errno
-import fcntl
 import logging
 import os
 import random
@@ -32,11 +31,8 @@ import pytest
 from conftest import FakeClock, file_bytes, run_djq
 
 import djq
-import djq.engine
 import djq.files
 import djq.journal
-import djq.locks
-import djq.model
 from djq import ops
 from djq.engine import Transaction
 from djq.files import temp_files
@@ -1333,43 +1329,3 @@ def test_stat_untimed_reports_what_lstat_does_but_no_times(tmp_path: Path):
         assert (untimed.st_mode, untimed.st_ino, untimed.st_size) == (full.st_mode, full.st_ino, full.st_size)
     with pytest.raises(FileNotFoundError):
         djq.files.stat_untimed(os.fsencode(tmp_path / "missing"))
-
-
-@pytest.mark.parametrize("lines", [1, 80])
-def test_a_writer_far_behind_catches_up_without_the_lock(
-    tmp_path: Path, open_queue: Callable[..., djq.Queue], monkeypatch: pytest.MonkeyPatch, lines: int
-):
-    """Others' lines past ``engine.BACKLOG`` bytes are applied with the lock free; a few, under it.
-
-    A process that waited while others wrote (or was away) would otherwise hold everyone
-    up while it replays them. Either way it ends with every line applied once.
-    """
-    path = tmp_path / "Queue.json"
-    a, b = open_queue(path), open_queue(path)
-    b.put({"n": -1})
-    before = journal_path(path).stat().st_size
-    for n in range(lines):
-        a.put({"n": n, "pad": "x" * 200})
-    far = journal_path(path).stat().st_size - before > djq.engine.BACKLOG
-    assert far == (lines > 1)
-    lock = djq.locks.lock_path(path, djq.model.LockKind.FLOCK)
-    held: list[bool] = []
-    real = djq.journal.replay
-
-    def replay(*args: Any, **kwargs: Any) -> Any:
-        with open(lock, "rb") as other:  # another open file: flock conflicts with ours
-            try:
-                fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                held.append(True)
-            else:
-                held.append(False)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(djq.journal, "replay", replay)
-    b.put({"n": lines})
-    assert held == [not far]
-    monkeypatch.setattr(djq.journal, "replay", real)
-    got = [b.get() for _ in range(lines + 2)]
-    assert [t.payload["n"] for t in got] == [-1, *range(lines + 1)]
-    assert b.get() is None
