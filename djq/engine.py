@@ -270,27 +270,52 @@ class Engine:
         """
         self._enter(name)
         try:
-            current = self.storage.load()
-            before = current.revision
-            tx = Transaction(current, self.clock())
-            try:
-                result = change(tx)
-            except BaseException as exc:
-                if current.revision != before or not isinstance(exc, LeaseError):
-                    self.storage.invalidate()
-                raise
-            if current.revision != before:
-                try:
-                    self.storage.save(current, tx.applied)
-                except BaseException:
-                    self.storage.invalidate()  # the cache holds a change the files do not: drop it
-                    raise
-            return result
+            return self._transact(change)
         finally:
             self._leave()
 
+    def _transact(self, change: Callable[[Transaction], T]) -> T:
+        """``transact``'s work, under the lock."""
+        current = self.storage.load()
+        before = current.revision
+        tx = Transaction(current, self.clock())
+        try:
+            result = change(tx)
+        except BaseException as exc:
+            if current.revision != before or not isinstance(exc, LeaseError):
+                self.storage.invalidate()
+            raise
+        if current.revision != before:
+            try:
+                self.storage.save(current, tx.applied)
+            except BaseException:
+                self.storage.invalidate()  # the cache holds a change the files do not: drop it
+                raise
+        return result
+
+    def put(self, op: ops.PutMany) -> list[str]:
+        """Store a put under the lock, and apply it once the lock is free (``Storage.put_deferred``).
+
+        A put needs only a count of the tasks before it; the lines it passed over and its
+        own are applied with the lock free, so other processes wait on none of that work.
+        """
+        self._enter("put")
+        ids = None
+        try:
+            ids = self.storage.put_deferred(op, self.clock())
+            return self._transact(lambda tx: tx.apply(op)) if ids is None else ids
+        finally:
+            try:
+                self.lock.release()
+                if ids is not None:
+                    self.storage.settle()
+            finally:
+                self.mutex.release()
+
     def run(self, op: ops.Op[T]) -> T:
         """Apply one operation: a write under the lock, a read without it, a check."""
+        if type(op) is ops.PutMany:
+            return self.put(op)  # type: ignore[return-value]
         if op.writes:
             label = op.name.removesuffix("_many")  # the lock's rows say "put", "lease", "ack"
             return self.transact(label, lambda tx: tx.apply(op))

@@ -5,12 +5,15 @@ storage a call appends one line per event to ``Queue.json.journal`` instead (one
 ``write``, and one ``fdatasync`` with ``fsync``), and each process applies only the
 lines it has not seen yet, with the same pure transitions (``state.apply``): the events
 are deterministic given the state and their ``now``, so every process rebuilds the
-same state. When the journal outgrows the snapshot (and at least ``compact_bytes``), it
-is folded into a fresh ``Queue.json`` (atomic replace) with the next ``generation``, and
-the journal is replaced by an empty one of that generation. The journal's first line
-names its generation, so a reader never applies an old journal to a new snapshot: a
-journal older than the snapshot was folded already and is ignored; one newer than the
-snapshot means the snapshot read was stale, and it is read again.
+same state. A put needs only how many tasks there have been (ids are sequence numbers):
+under the lock it counts what the new lines add and appends its own, and applies them
+all once the lock is free (``put_deferred``, ``settle``). When the journal outgrows the
+snapshot (and at least ``compact_bytes``), it is folded into a fresh ``Queue.json``
+(atomic replace) with the next ``generation``, and the journal is replaced by an empty
+one of that generation. The journal's first line names its generation, so a reader
+never applies an old journal to a new snapshot: a journal older than the snapshot was
+folded already and is ignored; one newer than the snapshot means the snapshot read was
+stale, and it is read again.
 
 A line is ``<crc32 of the JSON, 8 hex digits> <JSON>`` and a newline. The journal ends at
 its first NUL or the file's end. With ``fsync`` it grows ``GROW`` zero bytes at a time and
@@ -24,7 +27,7 @@ out of order). A bad line before the last is corruption (``CorruptQueueError``),
 skipped; so is a complete line that does not decode to a valid operation this djq knows
 (a newer djq's, say), and a header of a newer journal version. The lines' codec is
 ``lines``; ``replay`` applies them. Imports from djq: ``errors``, ``files``, ``lines``,
-``model``, ``replay``, ``snapshot``, ``state``, ``storage``.
+``model``, ``ops``, ``replay``, ``snapshot``, ``state``, ``storage``.
 
 A change is committed when its lines are appended (and fdatasynced, with ``fsync``), or,
 when it is folded, when the new snapshot is in place. ``save`` raises ``StorageError``
@@ -41,12 +44,13 @@ import os
 import stat
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
-from . import files
+from . import files, ops
 from .errors import CorruptQueueError, StorageError
 from .lines import JOURNAL_FORMAT, decode_header, decode_line, encode_header, encode_line
 from .model import DEFAULT_COMPACT_BYTES, DEFAULT_MAX_FILE_BYTES
-from .replay import check_journal, replay
+from .replay import apply_line, check_journal, count_puts, replay
 from .snapshot import Snapshot, SnapshotFile
 from .state import QueueState
 from .storage import Applied, Problem, check_snapshot
@@ -102,6 +106,10 @@ class JournalFile:
         self._last: tuple[int, bytes] | None = None  # where the last line we applied starts, its checksum
         self._last_ours = False  # whether that line is one this process appended (committed, then)
         self._fold_due = False  # an append's durability is unknown: fold at the next save
+        # Journal lines past _base.state's, to apply in order (put_deferred): where each starts,
+        # and its bytes (others' lines, not decoded yet; op None) or our put and its now.
+        self._deferred: list[tuple[int, bytes, ops.Op[Any] | None, float]] = []
+        self._ahead = 0  # the tasks the deferred lines add
 
     @property
     def reads(self) -> int:
@@ -127,10 +135,14 @@ class JournalFile:
         if self._fd is not None:
             os.close(self._fd)
         self._fd, self._ino, self._stale, self._last = None, -1, False, None
-        self._offset = self._size = self._capacity = self._zeros_to = 0
+        self._offset = self._size = self._capacity = self._zeros_to = self._ahead = 0
+        self._deferred = []
 
     def cached(self) -> QueueState | None:
-        """The state as last read or written, without looking at the files (None: none yet)."""
+        """The state as last read or written, without looking at the files (None: none yet).
+
+        Deferred puts are not in it yet (``put_deferred``): a hint, as the files may have changed too.
+        """
         return None if self._base is None else self._base.state
 
     def has_changed(self) -> bool:
@@ -170,6 +182,8 @@ class JournalFile:
                 self._close_journal()
                 self._base = snapshot
             try:
+                if self._deferred:
+                    self._apply_deferred(snapshot.state)
                 caught_up = self._catch_up(snapshot)
             except BaseException:
                 self.invalidate()  # lines may be applied to the cached snapshot already: never reuse it
@@ -194,8 +208,12 @@ class JournalFile:
             raise CorruptQueueError(path=str(self.journal), reason="not a regular file")
         return st
 
-    def _catch_up(self, snapshot: Snapshot) -> bool:
-        """Apply the journal lines this process has not applied; False if the snapshot is stale."""
+    def _catch_up(self, snapshot: Snapshot, *, count: bool = False) -> bool:
+        """Apply the journal lines this process has not applied; False if the snapshot is stale.
+
+        With ``count`` they are counted and deferred instead (``put_deferred``); then False
+        also means a line is not plainly an operation: ``load`` must judge it.
+        """
         st = self._stat()
         if st is None:
             if self._offset:  # the journal we applied was replaced: so was the snapshot
@@ -230,6 +248,8 @@ class JournalFile:
             if generation > snapshot.generation:
                 return False
             start = end + 1
+        if count:
+            return self._defer(data, start)
         self._offset += start + self._replay(snapshot.state, data, start)
         return True
 
@@ -265,6 +285,41 @@ class JournalFile:
             raise files.error("cannot open", self.journal, exc) from exc
         self._fd, self._ino = fd, os.fstat(fd).st_ino
 
+    def _defer(self, data: bytes, start: int) -> bool:
+        """Count the complete lines of ``data`` from ``start``, defer applying them; False: ``load`` must."""
+        counted = count_puts(data, start)
+        if counted is None:
+            return False
+        size, tasks, last = counted
+        if size:
+            self._deferred.append((self._offset + start, data[start : start + size], None, 0.0))
+            self._ahead += tasks
+            self._last, self._last_ours = (self._offset + last, data[last : last + 8]), False
+            self._offset += start + size
+        return True
+
+    def _apply_deferred(self, current: QueueState) -> None:
+        """Apply the deferred lines to ``current``, in journal order."""
+        deferred, self._deferred, self._ahead = self._deferred, [], 0
+        for at, data, op, now in deferred:
+            if op is None:
+                replay(current, data, 0, path=self.journal, at=at)
+            else:
+                apply_line(current, op, now, path=self.journal, at=at)
+
+    def settle(self) -> None:
+        """Apply the deferred lines now, with the queue's lock free (they are in memory); never raises.
+
+        A line that does not apply (a checksum-valid line no djq writes) drops the cache: the
+        next ``load`` reads the files afresh and raises ``CorruptQueueError`` naming it.
+        """
+        if self._deferred and self._base is not None:
+            try:
+                self._apply_deferred(self._base.state)
+            except Exception as exc:
+                logger.warning("%s: %s", self.journal, exc)
+                self.invalidate()
+
     def _replay(self, current: QueueState, data: bytes, start: int) -> int:
         """Apply every complete line of ``data`` from ``start``; return the bytes applied."""
         applied, last = replay(current, data, start, path=self.journal, at=self._offset)
@@ -273,6 +328,51 @@ class JournalFile:
         return applied
 
     # Writing
+
+    def put_deferred(self, op: ops.PutMany, now: float) -> list[str] | None:
+        """Append a put without applying it, or others' lines before it; return its ids (under the lock).
+
+        A put needs nothing of the state but how many tasks there have been (its ids are
+        the next sequence numbers). So under the lock it only counts the tasks that
+        others' new lines add (checksum and JSON, about 1 us a line, where applying one
+        costs 10 or more) and appends its own line, as ``save`` would; both are kept, in
+        order, for ``settle`` to apply once the lock is free (or the next ``load``). A
+        line that only the rules refuse is found then, after this put is stored. None
+        when the put must go the whole way (``load``, apply, ``save``): a snapshot it has
+        not read, a fold due, a line that is not plainly an operation (a torn one, say),
+        or a journal that would outgrow its limit.
+
+        Raises:
+            StorageError: the put is not stored; the files are as before, the cache dropped.
+        """
+        base = self._base
+        if base is None or base.storage != "journal" or self._fold_due or self._stale or self._offset == 0:
+            return None
+        try:
+            if self.snapshot.load() is not base or not self._catch_up(base, count=True):
+                return None
+        except BaseException:
+            self.invalidate()
+            raise
+        first = base.state.next_seq + self._ahead
+        data = encode_line(op, now)
+        if self._offset + len(data) > self.max_file_bytes:
+            return None
+        self._append_lines(data, base.generation)
+        self._deferred.append((self._offset, b"", op, now))
+        self._ahead += len(op.payloads)
+        self._committed(data)
+        if self._compaction_due():
+            try:
+                self.compact(self.load())
+            except Exception as exc:  # housekeeping: the put is in the journal already
+                logger.warning("%s: compaction failed, tried again at a later write: %s", self.path, exc)
+        return [str(first + i) for i in range(len(op.payloads))]
+
+    def _compaction_due(self) -> bool:
+        """Whether the journal outgrew the snapshot (and ``compact_bytes``): fold it."""
+        threshold = max(min(self.compact_bytes, self.max_file_bytes // 2), self.snapshot.file_bytes())
+        return self._offset > threshold
 
     def save(self, current: QueueState, applied: Applied | None) -> None:
         """Append the operations applied since ``load`` (one write); compact when the journal is big.
@@ -302,7 +402,7 @@ class JournalFile:
             return
         self._append_lines(data, base.generation)
         self._committed(data)
-        if self._offset > max(min(self.compact_bytes, self.max_file_bytes // 2), self.snapshot.file_bytes()):
+        if self._compaction_due():
             try:
                 self.compact(current)
             except Exception as exc:  # housekeeping: the change is in the journal already

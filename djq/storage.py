@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from .errors import ConfigError, CorruptQueueError, StorageError
-from .ops import Op
+from .ops import Op, PutMany
 from .snapshot import Snapshot, SnapshotFile
 from .state import QueueState
 
@@ -64,6 +64,12 @@ class Storage(Protocol):
 
     def save(self, state: QueueState, applied: Applied | None) -> None:
         """Store ``state``; ``applied`` are the operations that made it from the loaded one."""
+
+    def put_deferred(self, op: PutMany, now: float) -> list[str] | None:
+        """Store a put, not yet applied to the state (under the lock); None: ``load``, apply, ``save`` it."""
+
+    def settle(self) -> None:
+        """Apply what ``put_deferred`` deferred (with the lock free); never raises."""
 
     def has_changed(self) -> bool:
         """Whether the files differ from what this process last read or wrote."""
@@ -118,6 +124,13 @@ class QueueFile(SnapshotFile):
     def cached(self) -> QueueState | None:
         """The state as last read or written, without looking at the file (None: none yet)."""
         return None if self._snapshot is None else self._snapshot.state
+
+    def put_deferred(self, op: PutMany, now: float) -> list[str] | None:
+        """None: the file holds the whole state, so every put is applied to it."""
+        return None
+
+    def settle(self) -> None:
+        """Nothing is ever deferred."""
 
     def save(self, state: QueueState, applied: Applied | None = None) -> None:  # type: ignore[override]
         """Replace the file with ``state`` (``applied`` is not needed: the file holds it all)."""

@@ -15,8 +15,10 @@ processes and SIGKILLs are in test_processes.py and test_crash.py.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import errno
+import fcntl
 import logging
 import os
 import random
@@ -820,6 +822,122 @@ def test_random_calls_on_two_journal_queues_match_a_rewrite_queue(
     assert stats.dead_total > 0
     print(f"seed {seed}: generation {_generation(path)}, {stats}")
     assert _generation(path) >= 5, "the journal was seldom compacted"
+
+
+# A put counts under the lock, and applies once it is free
+
+
+def _lock_is_free(path: Path) -> bool:
+    """Whether the queue's flock can be taken now, from an open file of its own."""
+    fd = os.open(path.with_name(path.name + ".lock"), os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(fd)  # closing the file lets go of the lock, if we took it
+    return True
+
+
+def test_a_put_applies_the_lines_it_passed_over_once_the_lock_is_free(
+    path: Path, open_queue: Callable[..., djq.Queue], clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+):
+    """A put needs only how many tasks came before it: under the lock it counts others' lines.
+
+    Another process's puts, leases and acks, and the put itself, are applied after the
+    lock is released; the put's ids and the state are what applying them first gives.
+    """
+    producer, worker = open_queue(path, lock="flock"), open_queue(path, lock="flock")
+    assert producer.put("first") == "1"
+    worker.put_many(["a", "b", "c"])
+    worker.ack(worker.get())
+    worker.get()
+    applied: list[bool] = []  # for each replay and each rule applied: was the lock free?
+    replay, rule = djq.journal.replay, djq.journal.apply_line
+    monkeypatch.setattr(
+        djq.journal, "replay", lambda *a, **k: applied.append(_lock_is_free(path)) or replay(*a, **k)
+    )
+    monkeypatch.setattr(
+        djq.journal, "apply_line", lambda *a, **k: applied.append(_lock_is_free(path)) or rule(*a, **k)
+    )
+    assert producer.put("second") == "5"
+    assert applied == [True, True], "the worker's lines, then the put, each applied with the lock free"
+    monkeypatch.undo()
+    assert _view(producer) == _view(worker) == _view(open_queue(path))
+    assert [t.payload for t in producer.peek()] == ["b", "c", "second"]  # "first" acked, "a" leased
+
+
+def test_a_queue_that_only_puts_gives_the_ids_and_state_of_one_that_applies_every_line(
+    path: Path, open_queue: Callable[..., djq.Queue], clock: FakeClock
+):
+    """One queue only puts while two others lease, ack, nack and compact; it never looks in between.
+
+    Every id it gets follows the ids before it (whoever put them), and when it looks at
+    last it sees what the others and a fresh queue see, through several compactions.
+    """
+    rng = random.Random(7)
+    producer = open_queue(path, compact_bytes=600)
+    workers = [open_queue(path, compact_bytes=600) for _ in range(2)]
+    producer.put("seed")
+    held: list[Task] = []
+    expected_id = 2
+    for step in range(300):
+        roll = rng.random()
+        if roll < 0.4:
+            count = rng.randrange(1, 4)
+            ids = producer.put_many([{"step": step, "i": i} for i in range(count)])
+            assert ids == [str(expected_id + i) for i in range(count)], f"step {step}"
+            expected_id += count
+        elif roll < 0.5:
+            assert workers[step % 2].put({"step": step}) == str(expected_id), f"step {step}"
+            expected_id += 1
+        elif roll < 0.75:
+            task = workers[step % 2].get(lease=5.0)
+            if task is not None:
+                held.append(task)
+        elif held:
+            task = held.pop(rng.randrange(len(held)))
+            call = rng.choice([djq.Queue.ack, djq.Queue.ack, djq.Queue.nack])
+            with contextlib.suppress(djq.LeaseLost):  # expired and leased again meanwhile
+                call(workers[rng.randrange(2)], task)  # either worker: the token is the task's
+        clock.advance(rng.choice([0.1, 0.1, 3.0]))
+    assert producer.file.compactions + sum(w.file.compactions for w in workers) >= 5
+    expected = _view(workers[0])
+    assert _view(producer) == expected
+    assert _view(workers[1]) == expected
+    assert _view(open_queue(path)) == expected
+    assert expected["next_seq"] == expected_id
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [{"op": "ack", "id": "1", "token": "nobody's"}, {"op": "nack", "id": "1", "token": "t", "delay": "soon"}],
+)
+def test_a_put_after_a_checksum_valid_bad_line_is_stored_and_the_next_call_names_the_line(
+    path: Path, open_queue: Callable[..., djq.Queue], bad: dict[str, Any], caplog: pytest.LogCaptureFixture
+):
+    """A line whose checksum holds but which no djq writes (bad values): a put counts past it.
+
+    The put is stored after it (nothing is lost, the bad line is left as it is), and the
+    put's own process reports the line at its next call, as every reader does.
+    """
+    producer = open_queue(path)
+    producer.put_many(["a", "b"])
+    doc = orjson.dumps({**bad, "now": 1.0})
+    with journal_path(path).open("ab") as f:
+        at = f.tell()
+        f.write(b"%08x %s\n" % (zlib.crc32(doc), doc))
+    damaged = journal_path(path).read_bytes()
+    with caplog.at_level(logging.WARNING, logger="djq.journal"):
+        assert producer.put("c") == "3"
+    assert f"byte {at}" in caplog.text
+    data = journal_path(path).read_bytes()
+    assert data.startswith(damaged)
+    assert decode_line(data[len(damaged) : -1])[0] == ops.PutMany(payloads=("c",), max_attempts=2)
+    for q in (producer, open_queue(path)):
+        with pytest.raises(djq.CorruptQueueError, match=f"at byte {at}"):
+            q.stats()
+    assert journal_path(path).read_bytes() == data
 
 
 # Durability and failed appends

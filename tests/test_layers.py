@@ -28,11 +28,12 @@ ALLOWED = {  # djq modules each module may import: each layer only from those be
         "errors",
         "files",
         "lines",
+        "ops",
         "snapshot",
         "state",
         "storage",
-    },  # journal lines applied; a journal checked
-    "journal": {"errors", "files", "lines", "model", "replay", "snapshot", "state", "storage"},
+    },  # journal lines applied (or counted); a journal checked
+    "journal": {"errors", "files", "lines", "model", "ops", "replay", "snapshot", "state", "storage"},
     "locks": {"errors", "model", "metrics", "process"},
     "watch": set(),
     "engine": {
@@ -124,6 +125,7 @@ THIRD_PARTY = {  # third-party packages each module may import
     "ops": {"orjson"},
     "snapshot": {"orjson"},
     "lines": {"orjson"},
+    "replay": {"orjson"},
     "endpoint": {"orjson"},
     "figures": {"matplotlib", "pandas"},
     "wire": {"orjson"},
