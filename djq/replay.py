@@ -89,7 +89,7 @@ def apply_line(current: QueueState, op: ops.Op[Any], now: float, *, path: Path, 
         CorruptQueueError: the rules cannot take it (a checksum-valid line with a bad value).
     """
     try:
-        state.apply(current, op, now=now)
+        state.advance(current, op, now=now)
     except Exception as exc:
         kind = "" if isinstance(exc, LeaseError) else f"{type(exc).__name__}: "
         reason = f"line at byte {at} does not apply: {kind}{exc}"

@@ -47,6 +47,7 @@ __all__ = [
     "ack",
     "ack_lease",
     "ack_many",
+    "advance",
     "apply",
     "dead",
     "extend",
@@ -142,6 +143,17 @@ def apply(state: QueueState, op: ops.Op[Any], *, now: float) -> Any:
     return rule(state, op, now)
 
 
+def advance(state: QueueState, op: ops.Op[Any], *, now: float) -> None:
+    """Apply one operation for its change alone, as a journal's replay does: ``apply`` without its result.
+
+    The same change as ``apply`` (the same rule), without the snapshots a caller would get.
+    """
+    rule = _CHANGES.get(type(op)) or RULES.get(type(op))
+    if rule is None:
+        raise TypeError(f"no rule for {op!r}")
+    rule(state, op, now)
+
+
 def put(
     state: QueueState,
     payload: JSON,
@@ -165,6 +177,13 @@ def put_many(
     now: float,
 ) -> list[Task]:
     """Append several tasks in order; return their snapshots."""
+    return [record.snapshot() for record in _add(state, payloads, priority, delay, max_attempts, now)]
+
+
+def _add(
+    state: QueueState, payloads: Iterable[JSON], priority: int, delay: float, max_attempts: int, now: float
+) -> list[Record]:
+    """Append tasks in order; return their records (``put_many`` without the snapshots)."""
     added = []
     for payload in payloads:
         seq = state.next_seq
@@ -180,7 +199,7 @@ def put_many(
         state.tasks[record.id] = record
         state.next_seq = seq + 1
         _indexed(state).ready(record)
-        added.append(record.snapshot())
+        added.append(record)
     if added:
         state.put_total += len(added)
         state.revision += 1
@@ -225,12 +244,18 @@ def reap(state: QueueState, *, now: float) -> list[str]:
 
 def lease(state: QueueState, *, token: str, owner: str, duration: float, now: float) -> Task | None:
     """Reclaim expired leases, then lease the next ready task; None when none is ready."""
+    record = _lease(state, token, owner, duration, now)
+    return None if record is None else record.snapshot()
+
+
+def _lease(state: QueueState, token: str, owner: str, duration: float, now: float) -> Record | None:
+    """``lease`` without the snapshot: the record leased, or None."""
     expires_at = now + duration  # before any change: a bad duration must leave the state as it was
     reap(state, now=now)
     return _lease_ready(state, token, owner, expires_at, now)
 
 
-def _lease_ready(state: QueueState, token: str, owner: str, expires_at: float, now: float) -> Task | None:
+def _lease_ready(state: QueueState, token: str, owner: str, expires_at: float, now: float) -> Record | None:
     """Lease the next ready task without reclaiming first (the caller just did, at this ``now``)."""
     index = _indexed(state)
     record = index.next_ready(state.tasks, now)
@@ -243,7 +268,7 @@ def _lease_ready(state: QueueState, token: str, owner: str, expires_at: float, n
     record.lease_expires_at = expires_at
     index.leased(record, expires_at, token)
     state.revision += 1
-    return record.snapshot()
+    return record
 
 
 def pop(state: QueueState, *, now: float) -> Task | None:
@@ -287,10 +312,10 @@ def lease_many(
     reap(state, now=now)
     leased = []
     for token in tokens:
-        task = _lease_ready(state, token, owner, expires_at, now)
-        if task is None:
+        record = _lease_ready(state, token, owner, expires_at, now)
+        if record is None:
             break
-        leased.append(task)
+        leased.append(record.snapshot())
     return leased
 
 
@@ -457,10 +482,7 @@ def stats(state: QueueState, *, now: float, file_bytes: int = 0) -> QueueStats:
 
 def _put_ids(state: QueueState, op: ops.Put | ops.PutMany, now: float) -> list[str]:
     payloads = op.payloads if isinstance(op, ops.PutMany) else (op.payload,)
-    tasks = put_many(
-        state, payloads, priority=op.priority, delay=op.delay, max_attempts=op.max_attempts, now=now
-    )
-    return [t.id for t in tasks]
+    return [record.id for record in _add(state, payloads, op.priority, op.delay, op.max_attempts, now)]
 
 
 RULES: Final[dict[type[ops.Op[Any]], Callable[[QueueState, Any, float], Any]]] = {
@@ -486,3 +508,13 @@ RULES: Final[dict[type[ops.Op[Any]], Callable[[QueueState, Any, float], Any]]] =
     ops.Peek: lambda s, op, now: peek(s, op.limit, now=now),
     ops.Dead: lambda s, op, now: dead(s),
 }
+#: Rules whose result ``advance`` does not build: a lease's snapshot of the task it leased.
+_CHANGES: Final[dict[type[ops.Op[Any]], Callable[[QueueState, Any, float], Any]]] = {
+    ops.LeaseNext: lambda s, op, now: _lease(s, op.token, op.owner, op.duration, now),
+    ops.AckLease: lambda s, op, now: _ack_lease(s, op, now),
+}
+
+
+def _ack_lease(state: QueueState, op: ops.AckLease, now: float) -> None:
+    ack(state, op.id, op.token, now=now)
+    _lease(state, op.next_token, op.owner, op.duration, now)

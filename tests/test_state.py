@@ -1421,3 +1421,29 @@ def test_the_clock_stepping_back_through_apply_changes_only_what_it_should():
     assert _ids(apply(s, Peek(limit=10), now=now)) == ["1", "2", "3"]
     leased = apply(s, LeaseMany(tokens=("x", "y", "z"), owner="o", duration=1.0), now=now)
     assert _ids(leased) == ["1", "2"]
+
+
+def test_advance_makes_the_change_apply_makes_without_its_result():
+    """A journal's replay uses ``advance``: every operation leaves the state exactly as ``apply`` does."""
+    script: list[tuple[ops.Op, float]] = [
+        (PutMany(payloads=({"n": 1}, "two", [3])), 1.0),
+        (Put(payload="four", priority=2), 1.0),
+        (LeaseNext(token="a", owner="w", duration=5.0), 2.0),
+        (LeaseMany(tokens=("b", "c", "d"), owner="w", duration=5.0), 2.0),
+        (AckLease(id="4", token="a", next_token="e", owner="w", duration=5.0), 3.0),
+        (Ack(id="1", token="b"), 3.0),
+        (Nack(id="2", token="c", delay=1.0), 3.0),
+        (Extend(id="3", token="d", duration=9.0), 3.0),
+        (LeaseNext(token="f", owner="v", duration=1.0), 20.0),  # reclaims what expired
+        (Pop(), 21.0),
+        (Reap(), 40.0),
+        (LeaseNext(token="g", owner="v", duration=1.0), 41.0),  # nothing ready: a reclaim only
+    ]
+    applied, advanced = QueueState(), QueueState()
+    for op, now in script:
+        apply(applied, op, now=now)
+        assert state.advance(advanced, op, now=now) is None
+        assert advanced == applied, op
+        assert advanced.revision == applied.revision
+    with pytest.raises(LeaseLost):
+        state.advance(advanced, Ack(id="1", token="b"), now=50.0)
