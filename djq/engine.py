@@ -214,9 +214,12 @@ class Engine:
             self._leave()
             raise
 
-    def _leave(self) -> None:
+    def _leave(self, *, settle: bool = False) -> None:
+        """Release the queue's lock, then (``settle``: apply what a put deferred) the mutex."""
         try:
             self.lock.release()
+            if settle:
+                self.storage.settle()
         finally:
             self.mutex.release()
 
@@ -305,12 +308,7 @@ class Engine:
             ids = self.storage.put_deferred(op, self.clock())
             return self._transact(lambda tx: tx.apply(op)) if ids is None else ids
         finally:
-            try:
-                self.lock.release()
-                if ids is not None:
-                    self.storage.settle()
-            finally:
-                self.mutex.release()
+            self._leave(settle=ids is not None)
 
     def run(self, op: ops.Op[T]) -> T:
         """Apply one operation: a write under the lock, a read without it, a check."""

@@ -516,5 +516,6 @@ _CHANGES: Final[dict[type[ops.Op[Any]], Callable[[QueueState, Any, float], Any]]
 
 
 def _ack_lease(state: QueueState, op: ops.AckLease, now: float) -> None:
+    """``ack_lease`` without the snapshot of the task it leased."""
     ack(state, op.id, op.token, now=now)
     _lease(state, op.next_token, op.owner, op.duration, now)

@@ -853,13 +853,16 @@ def test_a_put_applies_the_lines_it_passed_over_once_the_lock_is_free(
     worker.ack(worker.get())
     worker.get()
     applied: list[bool] = []  # for each replay and each rule applied: was the lock free?
-    replay, rule = djq.journal.replay, djq.journal.apply_line
-    monkeypatch.setattr(
-        djq.journal, "replay", lambda *a, **k: applied.append(_lock_is_free(path)) or replay(*a, **k)
-    )
-    monkeypatch.setattr(
-        djq.journal, "apply_line", lambda *a, **k: applied.append(_lock_is_free(path)) or rule(*a, **k)
-    )
+
+    def spy(real: Callable[..., Any]) -> Callable[..., Any]:
+        def call(*args: Any, **kwargs: Any) -> Any:
+            applied.append(_lock_is_free(path))
+            return real(*args, **kwargs)
+
+        return call
+
+    monkeypatch.setattr(djq.journal, "replay", spy(djq.journal.replay))
+    monkeypatch.setattr(djq.journal, "apply_line", spy(djq.journal.apply_line))
     assert producer.put("second") == "5"
     assert applied == [True, True], "the worker's lines, then the put, each applied with the lock free"
     monkeypatch.undo()
