@@ -29,7 +29,6 @@ import contextlib
 import math
 import os
 import socket
-import struct
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
@@ -303,31 +302,31 @@ class _Stream:
         self.writer = writer
 
     async def send(self, data: bytes) -> None:
-        """Send one message: the bytes ``Connection.send_bytes`` sends."""
-        size = len(data)
-        self.writer.write(struct.pack("!i", size) if size <= 0x7FFF_FFFF else struct.pack("!iQ", -1, size))
-        self.writer.write(data)
+        """Send one message, framed (``wire.frame``)."""
+        self.writer.write(wire.frame(data))
         await self.writer.drain()
 
     async def receive(self) -> bytes:
-        """Read one whole message, as ``Connection.recv_bytes(wire.MAX_MESSAGE_BYTES)`` does.
+        """Read one whole message (``wire.frame_size``), as the sync client does.
 
         Raises:
             EOFError: the broker closed the connection before a message began.
             OSError: it closed it mid-message, or announced a message over the limit.
         """
         try:
-            (size,) = struct.unpack("!i", await self.reader.readexactly(4))
+            head = await self.reader.readexactly(4)
         except asyncio.IncompleteReadError as exc:
             if exc.partial:
                 raise OSError("got end of file during message") from None
             raise EOFError from None
         try:
-            if size == -1:  # the long form: 8 more bytes of length
-                (size,) = struct.unpack("!Q", await self.reader.readexactly(8))
-            if not 0 <= size <= wire.MAX_MESSAGE_BYTES:
-                raise OSError("bad message length")
-            return await self.reader.readexactly(size)
+            found = wire.frame_size(head)
+            if found is None:  # the long form: 8 more bytes of length
+                head += await self.reader.readexactly(8)
+                found = wire.frame_size(head)
+            return await self.reader.readexactly(found[1])  # type: ignore[index]  # 12 bytes: whole
+        except ValueError as exc:
+            raise OSError(f"the broker {exc}") from None
         except asyncio.IncompleteReadError:
             raise OSError("got end of file during message") from None
 

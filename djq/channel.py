@@ -20,7 +20,6 @@ import logging
 import operator
 import os
 import selectors
-import struct
 from collections.abc import Callable, Iterator
 from multiprocessing import connection as mpc
 from typing import Any, Final
@@ -90,18 +89,10 @@ class Channel:
 
     def _prefix(self) -> tuple[int, int] | None:
         """Return (header bytes, body bytes) from the inbox's length prefix; None if it is not all here."""
-        if len(self.inbox) < 4:
-            return None
-        (size,) = struct.unpack_from("!i", self.inbox)
-        header = 4
-        if size == -1:  # multiprocessing's long form: 8 more bytes of length
-            if len(self.inbox) < 12:
-                return None
-            (size,) = struct.unpack_from("!Q", self.inbox, 4)
-            header = 12
-        if not 0 <= size <= wire.MAX_MESSAGE_BYTES:
-            raise Drop(f"announced a message of {size} bytes (the limit is {wire.MAX_MESSAGE_BYTES})")
-        return header, size
+        try:
+            return wire.frame_size(self.inbox)
+        except ValueError as exc:
+            raise Drop(str(exc)) from None
 
     def has_request(self) -> bool:
         """True if a whole message waits and the client has read all its replies."""
@@ -186,9 +177,7 @@ class Channel:
         Raises:
             Drop: the client left, or its unsent replies are past ``MAX_OUTGOING_BYTES``.
         """
-        size = len(data)
-        self.outbox += struct.pack("!i", size) if size <= 0x7FFF_FFFF else struct.pack("!iQ", -1, size)
-        self.outbox += data
+        self.outbox += wire.frame(data)
         self.flush()
         if len(self.outbox) > MAX_OUTGOING_BYTES:
             raise Drop(f"does not read its replies ({len(self.outbox)} bytes unsent)")

@@ -40,6 +40,9 @@ DEFAULT_REPLY_TIMEOUT: Final = 60.0  #: seconds a call waits for its reply (beyo
 _POLL_CHUNK: Final = 3600.0  #: seconds; longer waits are polled in pieces (poll takes at most ~24 days)
 _MAX_IDLE: Final = 8  #: idle connections a client keeps for its threads' next calls
 _TIMED_OUT: Final = (errno.EAGAIN, errno.EWOULDBLOCK, errno.ETIMEDOUT)
+_MAX_SOCKET_TIMEOUT: Final = _POLL_CHUNK * 24  #: seconds; the longest socket timeout set (longer: inf)
+_FIRST_READ: Final = 1 << 16  #: bytes asked of a reply's first read (most replies are far shorter)
+_READ_CHUNK: Final = 1 << 20  #: bytes asked of each further read
 
 
 def connect(
@@ -140,9 +143,9 @@ class BrokerClient(BaseQueue):
         """Connect, prove we have the key, and exchange hellos, all within the timeout."""
         return mpc.Connection(handshake(self._paths, self._timeout).detach())
 
-    def _receive(self, conn: mpc.Connection, limit: float | None, what: str) -> bytes:
+    def _receive(self, fd: int, limit: float | None, what: str, *, poll: bool = True) -> bytes:
         """Wait up to ``limit`` seconds (None: for ever) for a whole reply; return its bytes."""
-        return _receive(conn, limit, what)
+        return _receive(fd, limit, what, poll=poll)
 
     def _call(self, data: bytes, wait: float | None = 0.0) -> Any:
         """Send one request and return its reply's value (or raise the error it carries)."""
@@ -150,8 +153,10 @@ class BrokerClient(BaseQueue):
         limit = None if forever else wait + self._timeout  # type: ignore[operator]  # not None here
         conn, generation = self._borrow()
         try:
-            _send(conn, data, "the request")
-            reply = self._receive(conn, limit, "the reply")
+            _send(conn.fileno(), data, "the request")
+            # a call that does not wait is bounded by the socket's own timeout: no poll needed
+            poll = wait != 0.0 or self._timeout > _MAX_SOCKET_TIMEOUT
+            reply = self._receive(conn.fileno(), limit, "the reply", poll=poll)
         except _Timeout as exc:
             conn.close()  # a late reply must never answer the next call
             raise late(self._paths, self._timeout, limit, request=str(exc) == "the request") from None
@@ -262,36 +267,79 @@ def _greet(sock: socket.socket, key: bytes, deadline: float) -> None:
         _socket_timeouts(conn.fileno(), _remaining(deadline))
         mpc.answer_challenge(conn, key)
         mpc.deliver_challenge(conn, key)
-        _send(conn, wire.encode_hello(), "its handshake")
-        wire.decode_reply(_receive(conn, _remaining(deadline), "its handshake"))
+        _send(conn.fileno(), wire.encode_hello(), "its handshake")
+        wire.decode_reply(_receive(conn.fileno(), _remaining(deadline), "its handshake"))
     finally:
         conn.close()
 
 
-def _receive(conn: mpc.Connection, limit: float | None, what: str) -> bytes:
-    """Wait up to ``limit`` seconds (None: for ever) for a whole reply; return its bytes.
+def _receive(fd: int, limit: float | None, what: str, *, poll: bool = True) -> bytes:
+    """Wait up to ``limit`` seconds (None: for ever) for a whole reply on socket ``fd``; return its bytes.
+
+    Without ``poll`` the read blocks for as long as the socket's own timeout allows: what a
+    call that does not wait wants, without a poll's system call.
 
     Raises:
         _Timeout: nothing came in time, or the reply stopped halfway for the socket's timeout.
         OSError, EOFError: the connection broke.
     """
-    deadline = None if limit is None else time.monotonic() + limit
-    poller = select.poll()  # not conn.poll: that builds a selector per call, a third of a call's cost
-    poller.register(conn.fileno(), select.POLLIN)
-    while not poller.poll(math.ceil(1000 * (_POLL_CHUNK if deadline is None else _remaining(deadline)))):
-        if deadline is not None and time.monotonic() >= deadline:
-            raise _Timeout(what)
+    if poll:
+        deadline = None if limit is None else time.monotonic() + limit
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+        while not poller.poll(math.ceil(1000 * (_POLL_CHUNK if deadline is None else _remaining(deadline)))):
+            if deadline is not None and time.monotonic() >= deadline:
+                raise _Timeout(what)
     try:
-        return conn.recv_bytes(wire.MAX_MESSAGE_BYTES)
+        return _read_message(fd)
     except OSError as exc:
         if exc.errno in _TIMED_OUT:
             raise _Timeout(what) from None
         raise
 
 
-def _send(conn: mpc.Connection, data: bytes, what: str) -> None:
+def _read_message(fd: int) -> bytes:
+    """Read one message (``wire.frame_size``) from blocking socket ``fd``: most often in one read.
+
+    Raises:
+        EOFError: the connection closed before a message began.
+        OSError: it closed mid-message, a read timed out, or the broker announced a message
+            over the limit or sent more than one reply.
+    """
+    data = os.read(fd, _FIRST_READ)
+    if not data:
+        raise EOFError
     try:
-        conn.send_bytes(data)
+        while (found := wire.frame_size(data)) is None:
+            data += _more(fd, 12)
+    except ValueError as exc:
+        raise OSError(f"the broker {exc}") from None
+    header, size = found
+    end = header + size
+    if len(data) < end:
+        whole = bytearray(data)
+        while len(whole) < end:
+            whole += _more(fd, end - len(whole))
+        data = bytes(whole)
+    if len(data) > end:  # one request, one reply: anything more is not the broker's protocol
+        raise OSError(f"the broker sent {len(data) - end} bytes past its reply")
+    return data[header:]
+
+
+def _more(fd: int, wanted: int) -> bytes:
+    """Read up to ``wanted`` more bytes of a message begun; OSError if the connection closed."""
+    chunk = os.read(fd, min(wanted, _READ_CHUNK))
+    if not chunk:
+        raise OSError("got end of file during message")
+    return chunk
+
+
+def _send(fd: int, data: bytes, what: str) -> None:
+    """Send one framed message on blocking socket ``fd`` (its SO_SNDTIMEO bounds each write)."""
+    view = memoryview(wire.frame(data))
+    try:
+        while view:
+            view = view[os.write(fd, view) :]
     except OSError as exc:
         if exc.errno in _TIMED_OUT:
             raise _Timeout(what) from None
@@ -351,4 +399,4 @@ def _remaining(deadline: float) -> float:
 
 def _socket_timeouts(fd: int, seconds: float) -> None:
     """Socket timeouts of ``seconds`` (inf: never), clamped to what the socket option holds."""
-    wire.socket_timeouts(fd, 0.0 if math.isinf(seconds) else min(max(seconds, 1e-3), _POLL_CHUNK * 24))
+    wire.socket_timeouts(fd, 0.0 if math.isinf(seconds) else min(max(seconds, 1e-3), _MAX_SOCKET_TIMEOUT))

@@ -5,8 +5,9 @@ may wait (``{"op": "lease", "token": ..., "owner": ..., "duration": ..., "wait":
 or one of the broker's own messages (``ping``, ``metrics``, ``shutdown``). A reply is
 ``{"ok": value}`` or ``{"error": {"type": <djq error class>, "attrs": {...}}}``. Both
 travel in ``multiprocessing.connection``'s framing (a 4-byte big-endian signed length, or
--1 then an 8-byte one, then the bytes): the client uses ``Connection.send_bytes``/
-``recv_bytes``, the broker frames them itself on non-blocking sockets. A message is at
+-1 then an 8-byte one, then the bytes; ``frame`` and ``frame_size``), so the handshake can
+be ``multiprocessing``'s own; past it, both sides frame the messages themselves, on their
+sockets' descriptors (a call's reply is one read, not ``recv_bytes``' two). A message is at
 most ``MAX_MESSAGE_BYTES``; nothing is ever unpickled, and an error class is rebuilt only
 if it is one of djq's own. Everything a client sends is
 checked here with the same checks the client ran when it built the operation (the broker's
@@ -48,6 +49,8 @@ __all__ = [
     "encode_hello",
     "encode_ok",
     "encode_request",
+    "frame",
+    "frame_size",
 ]
 
 R = TypeVar("R")
@@ -102,6 +105,32 @@ class Request:
     wait: float | None = 0.0  #: seconds a lease may wait for a task; None: as long as it takes
     control: str = ""  #: "ping", "metrics" or "shutdown" when ``op`` is None
     args: dict[str, Any] = field(default_factory=dict)
+
+
+def frame(data: bytes) -> bytes:
+    """Return ``data`` framed as ``multiprocessing.connection.Connection.send_bytes`` frames it."""
+    size = len(data)
+    return (struct.pack("!i", size) if size <= 0x7FFF_FFFF else struct.pack("!iQ", -1, size)) + data
+
+
+def frame_size(head: bytes | bytearray) -> tuple[int, int] | None:
+    """Return (header bytes, body bytes) of the message ``head`` begins; None if its prefix is not all here.
+
+    Raises:
+        ValueError: the prefix announces a negative message or one over ``MAX_MESSAGE_BYTES``.
+    """
+    if len(head) < 4:
+        return None
+    (size,) = struct.unpack_from("!i", head)
+    header = 4
+    if size == -1:  # the long form: 8 more bytes of length
+        if len(head) < 12:
+            return None
+        (size,) = struct.unpack_from("!Q", head, 4)
+        header = 12
+    if not 0 <= size <= MAX_MESSAGE_BYTES:
+        raise ValueError(f"announced a message of {size} bytes (the limit is {MAX_MESSAGE_BYTES})")
+    return header, size
 
 
 def socket_timeouts(fd: int, seconds: float) -> None:

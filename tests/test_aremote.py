@@ -237,6 +237,23 @@ def fake_broker(queue_path: Path) -> Iterator[Callable[[list[bytes]], None]]:
             assert not thread.is_alive()
 
 
+def test_the_sync_client_reads_one_reply_per_call_and_refuses_more_or_a_length_over_the_limit(
+    fake_broker: Callable[[list[bytes]], None], queue_path: Path
+):
+    """The sync client frames replies itself: bytes past a reply, or too long a length, lose the broker."""
+    fake_broker([_frame(wire.encode_ok(["a"]), long=True), _frame(wire.encode_ok([])) + b"\0\0\0\0"])
+    client = djq.BrokerClient(queue_path, timeout=BOUND)
+    try:
+        assert client.check() == ["a"]
+        with pytest.raises(djq.BrokerUnavailable, match="sent 4 bytes past its reply"):
+            client.check()
+        fake_broker([struct.pack("!i", wire.MAX_MESSAGE_BYTES + 1)])  # the next call connects again
+        with pytest.raises(djq.BrokerUnavailable, match="announced a message of"):
+            client.check()
+    finally:
+        client.close()
+
+
 def test_malformed_replies_raise_broker_protocol_error_and_the_long_length_form_is_read(
     fake_broker: Callable[[list[bytes]], None], queue_path: Path
 ):

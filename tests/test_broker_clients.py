@@ -602,11 +602,11 @@ def test_a_call_that_fails_after_sending_never_leaves_its_reply_for_the_next_cal
         real = djq.BrokerClient._receive
         calls = []
 
-        def interrupted(self: Any, *args: Any) -> bytes:
+        def interrupted(self: Any, *args: Any, **kwargs: Any) -> bytes:
             calls.append(1)
             if len(calls) == 1:
                 raise OverflowError("timeout too large")  # as poll() once did for huge waits
-            return real(self, *args)
+            return real(self, *args, **kwargs)
 
         monkeypatch.setattr(djq.BrokerClient, "_receive", interrupted)
         with pytest.raises(OverflowError):

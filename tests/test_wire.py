@@ -767,3 +767,41 @@ def test_a_socket_path_too_long_for_a_unix_address_is_a_config_error(tmp_path: P
     with pytest.raises(ConfigError, match="shorter folder") as info:
         wire.broker_paths(deep)
     assert info.value.field == "path"
+
+
+# Framing: multiprocessing.connection's, written and read by djq itself past the handshake
+
+
+@pytest.mark.parametrize("size", [0, 5, 70_000])
+def test_frame_writes_the_bytes_send_bytes_writes(size: int):
+    """``wire.frame`` is ``Connection.send_bytes``' framing, so mpc's handshake and djq's messages mix."""
+    from multiprocessing import connection as mpc
+
+    data = os.urandom(size)
+    ours, theirs = mpc.Pipe()  # a socket pair on POSIX
+    try:
+        ours.send_bytes(data)
+        sent = b""
+        while len(sent) < size + 4:
+            sent += os.read(theirs.fileno(), 1 << 20)
+        assert sent == wire.frame(data)
+        assert wire.frame_size(sent) == (4, size)
+    finally:
+        ours.close()
+        theirs.close()
+
+
+def test_frame_size_reads_both_forms_and_waits_for_a_whole_prefix():
+    long = b"\xff\xff\xff\xff" + (7).to_bytes(8, "big") + b"payload"
+    assert wire.frame_size(long) == (12, 7)
+    assert wire.frame_size(long[:11]) is None  # the long form's length is not all here
+    assert wire.frame_size(b"\0\0\0") is None
+    assert wire.frame_size(bytearray(b"\0\0\0\x02hi")) == (4, 2)
+
+
+@pytest.mark.parametrize(
+    "prefix", [(wire.MAX_MESSAGE_BYTES + 1).to_bytes(4, "big"), (-2).to_bytes(4, "big", signed=True)]
+)
+def test_frame_size_refuses_a_length_over_the_limit_or_negative(prefix: bytes):
+    with pytest.raises(ValueError, match="announced a message of"):
+        wire.frame_size(prefix)
