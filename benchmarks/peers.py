@@ -40,6 +40,14 @@ djq runs as ``djq-<storage>-<lock>-<direct|broker>``: every storage mode this dj
 every call, so its N is capped (``--rewrite-n``) and it skips depths above 10,000.
 Peers that are not installed are skipped with a note.
 
+On a shared or virtual machine one system's rate moves by tens of percent between
+minutes (a disk's flush time, another guest's load), so a single pass cannot rank two
+systems that differ by less. ``--rounds K`` measures everything K times, round after
+round (every system once per round, the floors at the start of each), and the tables
+show each cell's median; ``lost``, ``dup``, ``left`` and ``err`` are summed over the
+rounds. A last table gives each ratio of every round: the ratios of one round are
+measured minutes apart at most, so their spread says how far the medians can be trusted.
+
 Server systems (``servers.py``), only with ``--servers`` or when ``--systems`` names them:
 djq's PostgreSQL queue (``djq-postgres``, ``djq-postgres-for_update``) and Redis queue
 (``djq-redis``) beside pgqueuer and the bare floors ``pg-floor`` (SKIP LOCKED
@@ -54,6 +62,7 @@ How to run, from the repository root (the default set takes several minutes on 2
     python3 benchmarks/peers.py
     python3 benchmarks/peers.py --quick --systems 'djq-*-flock-direct,diskcache'
     python3 benchmarks/peers.py --full --n 20000 --dir /var/tmp
+    python3 benchmarks/peers.py --rounds 3 --depths 100 --systems 'djq-journal-flock-*,diskcache'
     python3 benchmarks/peers.py --systems 'djq-postgres*,djq-redis,pgqueuer,pg-floor,redis-floor' --n 4000
     python3 benchmarks/peers.py --help
 
@@ -823,6 +832,7 @@ class Row:
     multi: Multi = field(default_factory=Multi)
     depths: dict[int, DepthCell] = field(default_factory=dict)
     ratios: dict[str, float] = field(default_factory=dict)
+    rounds: list[Row] = field(default_factory=list)  #: with --rounds K > 1: each round's row
 
 
 class Progress:
@@ -844,11 +854,22 @@ class Progress:
         self.total -= steps
 
 
-def run(args: argparse.Namespace, systems: Sequence[System], parent: Path, on: servers.Servers) -> list[Row]:
+def run(
+    args: argparse.Namespace,
+    systems: Sequence[System],
+    parent: Path,
+    on: servers.Servers,
+    measured: dict[str, float],
+) -> tuple[list[Row], list[dict[str, float]]]:
+    """Measure every system ``args.rounds`` times, a round at a time; return the rows and each round's floors.
+
+    With one round these are the measurements themselves. With more, each row holds its
+    rounds (``Row.rounds``) and the medians of their cells; the header's floors are the
+    first round's, and each later round measures its own at its start.
+    """
     rows = [Row(s, fsync, _n_for(s, args)) for s in systems for fsync in args.fsync]
     deep = {r.system.name: _depths_for(r.system, args.depths) for r in rows}
-    steps = len(rows) * 2 + sum(len(deep[r.system.name]) for r in rows)
-    progress = Progress(steps)
+    progress = Progress((len(rows) * 2 + sum(len(deep[r.system.name]) for r in rows)) * args.rounds)
     folders = iter(range(1_000_000))
 
     def fresh() -> Path:
@@ -856,20 +877,80 @@ def run(args: argparse.Namespace, systems: Sequence[System], parent: Path, on: s
         folder.mkdir()
         return folder
 
+    floors_of = [measured]
+    for number in range(args.rounds):
+        if number:
+            floors_of.append(floors.measure(parent))
+            print(f"round {number + 1} of {args.rounds}: {floors.line(floors_of[-1])}", file=sys.stderr)
+        this = [Row(r.system, r.fsync, r.n) for r in rows]
+        for row in this:
+            _measure_or_skip(row, args, deep[row.system.name], fresh, on, progress, say_skip=not number)
+            for folder in parent.iterdir():
+                shutil.rmtree(folder, ignore_errors=True)
+        if args.rounds == 1:
+            return this, floors_of
+        add_ratios(this)
+        for row, done in zip(rows, this, strict=True):
+            row.rounds.append(done)
     for row in rows:
-        why = "" if row.system.server is None else on.why_not(row.system.name, row.fsync)
-        if why:
-            row.single.note = f"skipped: {why}"
-            progress.skip(2 + len(deep[row.system.name]))
+        _combine(row)
+    return rows, floors_of
+
+
+def _measure_or_skip(
+    row: Row,
+    args: argparse.Namespace,
+    depths: Sequence[int],
+    fresh: Any,
+    on: servers.Servers,
+    progress: Progress,
+    *,
+    say_skip: bool,
+) -> None:
+    why = "" if row.system.server is None else on.why_not(row.system.name, row.fsync)
+    if why:
+        row.single.note = f"skipped: {why}"
+        progress.skip(2 + len(depths))
+        if say_skip:
             print(f"skipped: {row.system.name} fsync={'on' if row.fsync else 'off'}: {why}", file=sys.stderr)
-            continue
-        place = (
-            fresh if row.system.server is None else lambda r=row: on.place(fresh(), r.system.name, r.fsync)
-        )
-        measure_row(row, args, deep[row.system.name], place, progress)
-        for folder in parent.iterdir():
-            shutil.rmtree(folder, ignore_errors=True)
-    return rows
+        return
+    place = fresh if row.system.server is None else lambda r=row: on.place(fresh(), r.system.name, r.fsync)
+    measure_row(row, args, depths, place, progress)
+
+
+def _median(values: Sequence[float]) -> float:
+    """The median of the values that are numbers (NaN: a failed or skipped measurement); NaN if none."""
+    numbers = sorted(v for v in values if not math.isnan(v))
+    if not numbers:
+        return math.nan
+    middle = len(numbers) // 2
+    return numbers[middle] if len(numbers) % 2 else (numbers[middle - 1] + numbers[middle]) / 2
+
+
+def _merge(cells: Sequence[Any]) -> Any:
+    """One cell of the rounds' cells: floats their median, counts their sum, notes each once."""
+    values: dict[str, Any] = {}
+    for f in dataclasses.fields(cells[0]):
+        column = [getattr(c, f.name) for c in cells]
+        if f.name == "n":
+            values[f.name] = column[0]
+        elif isinstance(column[0], bool):
+            values[f.name] = all(column)
+        elif isinstance(column[0], float):
+            values[f.name] = _median(column)
+        elif isinstance(column[0], int):
+            values[f.name] = sum(column)
+        else:
+            values[f.name] = "; ".join(dict.fromkeys(v for v in column if v))
+    return type(cells[0])(**values)
+
+
+def _combine(row: Row) -> None:
+    """Fill ``row`` from its rounds: each cell the merge of the rounds' (see ``_merge``)."""
+    row.single = _merge([r.single for r in row.rounds])
+    row.multi = _merge([r.multi for r in row.rounds])
+    for depth in row.rounds[0].depths:
+        row.depths[depth] = _merge([r.depths.get(depth, DepthCell()) for r in row.rounds])
 
 
 def measure_row(
@@ -1034,19 +1115,41 @@ def print_floors(rows: Sequence[Row], measured: dict[str, float]) -> None:
     )
     print("socket = the bare socket round trip (broker); direct with fsync off has no floor here")
     print(FLOORS_TITLE)
-    write, trip = measured["overwrite"], measured["socket"]
-    for r in (r for r in rows if r.system.is_djq and r.single.put_per_s > 0 and r.single.get_per_s > 0):
-        broker = r.system.broker
-        if not (broker or r.fsync):
-            continue
-        floor = (trip if broker else 0.0) + (write if r.fsync else 0.0)
-        what = "+".join(w for w, on in (("socket", broker), ("write", r.fsync)) if on)
-        put = 1e6 / r.single.put_per_s
-        get = 1e6 / r.single.get_per_s / (2 if r.system.consume == "get" else 1)
-        print(
-            f"{r.system.name:<26} {'on' if r.fsync else 'off':<5} {_num(put, 7)} {_num(get, 7)} "
-            f"{_num(floor, 7)} {_num(put / floor, 9, 2)} {_num(get / floor, 9, 2)}  {what}"
-        )
+    for r in rows:
+        if (against := _against_floor(r, measured)) is not None:
+            put, get, floor, what = against
+            print(
+                f"{r.system.name:<26} {'on' if r.fsync else 'off':<5} {_num(put, 7)} {_num(get, 7)} "
+                f"{_num(floor, 7)} {_num(put / floor, 9, 2)} {_num(get / floor, 9, 2)}  {what}"
+            )
+    print()
+
+
+def _against_floor(r: Row, measured: dict[str, float]) -> tuple[float, float, float, str] | None:
+    """(µs per put, µs per get call, the floor, what it is) of a djq row that has a floor; else None."""
+    if not (r.system.is_djq and r.single.put_per_s > 0 and r.single.get_per_s > 0):
+        return None
+    broker = r.system.broker
+    if not (broker or r.fsync):
+        return None
+    floor = (measured["socket"] if broker else 0.0) + (measured["overwrite"] if r.fsync else 0.0)
+    what = "+".join(w for w, on in (("socket", broker), ("write", r.fsync)) if on)
+    get_calls = 2 if r.system.consume == "get" else 1
+    return 1e6 / r.single.put_per_s, 1e6 / r.single.get_per_s / get_calls, floor, what
+
+
+def print_rounds(rows: Sequence[Row], floors_of: Sequence[dict[str, float]]) -> None:
+    """Each ratio of the main and floor tables, round by round (those tables show their medians)."""
+    print(f"the ratios of each round, measured side by side within it ({len(floors_of)} rounds):")
+    print(f"{'system':<26} {'fsync':<5} {'put:best':>20} {'get:best':>20} {'2P2C:dc':>20} {'put:floor':>20} "
+          f"{'get:floor':>20}")  # fmt: skip
+    for r in (r for r in rows if r.system.is_djq and r.system.server is None):
+        against = [_against_floor(done, floors) for done, floors in zip(r.rounds, floors_of, strict=True)]
+        columns = [[done.ratios.get(key, math.nan) for done in r.rounds] for key in ("put", "get", "mp")]
+        columns.append([math.nan if a is None else a[0] / a[2] for a in against])
+        columns.append([math.nan if a is None else a[1] / a[2] for a in against])
+        cells = (" ".join(_num(value, 6, 2) for value in column) for column in columns)
+        print(f"{r.system.name:<26} {'on' if r.fsync else 'off':<5} " + " ".join(f"{c:>20}" for c in cells))
     print()
 
 
@@ -1231,6 +1334,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_LIMIT,
         help=f"time limit of one phase of one system, seconds (default {DEFAULT_LIMIT:g})",
     )
+    add(
+        "--rounds",
+        type=positive,
+        default=1,
+        help="measure everything this many times, a round at a time, and show each cell's median "
+        "and every round's ratios (default 1)",
+    )
     add("--dir", help="existing folder for the temporary queues (default: the system temp; use a real disk)")
     add(
         "--quick",
@@ -1294,7 +1404,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         servers.Servers() as on,
         tempfile.TemporaryDirectory(prefix="djq-peers-", dir=parent) as folder,
     ):
-        rows = run(args, systems, Path(folder), on)
+        rows, floors_of = run(args, systems, Path(folder), on, measured)
+    measured = {key: _median([f[key] for f in floors_of]) for key in measured}  # one round: as measured
     add_ratios(rows)
     served = [r for r in rows if r.system.server is not None]
     files = len(served) < len(rows) or not served
@@ -1303,6 +1414,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.batch == 1:  # per call: with batches a call moves several items
             print_floors(rows, measured)
         print_cost(rows)
+        if args.rounds > 1:
+            print_rounds(rows, floors_of)
     if served:
         servers.print_table(served, on)
     print_depths(rows, args.depths)

@@ -180,6 +180,47 @@ def test_the_default_set_has_no_servers_and_servers_adds_them(monkeypatch):
     assert [s.name for s in chosen] == ["djq-postgres", "djq-postgres-for_update", "pg-floor"]
 
 
+def test_rounds_merge_into_medians_and_sums(monkeypatch):
+    """--rounds: a cell's rates are the rounds' median (NaN ignored), its counts their sum, notes once."""
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import peers as bench
+
+    nan = float("nan")
+    merged = bench._merge(
+        [
+            bench.Multi(n=100, items_per_s=300.0, lost=0, dup=1, note="slow", ran=True),
+            bench.Multi(n=100, items_per_s=100.0, lost=2, dup=0, note="slow", ran=True),
+            bench.Multi(n=100, items_per_s=nan, lost=0, dup=0, note="", ran=False),
+            bench.Multi(n=100, items_per_s=200.0, lost=0, dup=0, note="late", ran=True),
+        ]
+    )
+    assert (merged.n, merged.items_per_s, merged.lost, merged.dup) == (100, 200.0, 2, 1)
+    assert (merged.note, merged.ran) == ("slow; late", False)
+    assert bench._median([nan, 4.0, 1.0, 2.0, 3.0]) == 2.5
+    assert bench._median([nan]) != bench._median([nan])  # NaN: nothing was measured
+
+
+@pytest.mark.timeout(120)
+def test_rounds_print_every_rounds_ratios_beside_the_medians(tmp_path):
+    """Two rounds: nothing lost in either, and each of the five ratios is printed for each round."""
+    system = f"djq-{STORAGE}-flock-direct"
+    result = peers("--rounds", "2", "--systems", f"{system},diskcache", "--fsync", "on", tmp_path=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = result.stdout
+    [row] = [r for r in table(out) if r["system"] == system]
+    assert (row["lost"], row["dup"], row["left"], row["err"]) == ("0", "0", "0", "0"), out
+    lines = out.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("the ratios of each round"))
+    assert "(2 rounds)" in lines[start]
+    assert lines[start + 1].split()[2:] == ["put:best", "get:best", "2P2C:dc", "put:floor", "get:floor"]
+    cells = lines[start + 2].split()
+    assert cells[:2] == [system, "on"], out
+    ratios = [float(c) for c in cells[2:]]  # each column's rounds side by side
+    assert len(ratios) == 10, out
+    assert min(ratios) > 0, out
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.timeout(120)
 def test_the_coroutines_benchmark_prints_a_row_per_backend_and_work(tmp_path):
     """benchmarks/coroutines.py --quick on the file queue and the broker: every cell measured."""
