@@ -215,13 +215,34 @@ class Engine:
             raise
 
     def _leave(self, *, settle: bool = False) -> None:
-        """Release the queue's lock, then (``settle``: apply what a put deferred) the mutex."""
+        """Release the queue's lock, fdatasync the change, apply a put's lines (``settle``), free the mutex.
+
+        The fdatasync runs with the lock free (``Storage.sync``), so other processes append
+        while the disk flushes: a call still returns only once its change is durable.
+        """
         try:
-            self.lock.release()
+            try:
+                self.lock.release()
+            finally:
+                error = self.storage.sync()
+            if error is not None:
+                self._sync_failed(error)
             if settle:
                 self.storage.settle()
         finally:
             self.mutex.release()
+
+    def _sync_failed(self, error: OSError) -> None:
+        """Take the lock again to undo or keep a change whose fdatasync failed (``Storage.sync_failed``).
+
+        Raises:
+            StorageError: the change is undone.
+        """
+        self.lock.acquire(timeout=self.config.lock_timeout, op="sync")
+        try:
+            self.storage.sync_failed(error)
+        finally:
+            self.lock.release()
 
     def _check_lock_kind(self) -> None:
         """Refuse a queue recorded with a lock kind ours does not exclude (once per engine).

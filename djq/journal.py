@@ -29,11 +29,16 @@ skipped; so is a complete line that does not decode to a valid operation this dj
 ``lines``; ``replay`` applies them. Imports from djq: ``errors``, ``files``, ``lines``,
 ``model``, ``ops``, ``replay``, ``snapshot``, ``state``, ``storage``.
 
-A change is committed when its lines are appended (and fdatasynced, with ``fsync``), or,
-when it is folded, when the new snapshot is in place. ``save`` raises ``StorageError``
-only before that; a compaction after the append, or starting the new journal after a
-fold, is housekeeping whose failure is logged and retried at a later write
-(tests/test_faults.py fails every I/O call in turn to hold it to that).
+A change is committed when its lines are appended, or, when it is folded, when the new
+snapshot is in place. ``save`` raises ``StorageError`` only before that; a compaction
+after the append, or starting the new journal after a fold, is housekeeping whose
+failure is logged and retried at a later write (tests/test_faults.py fails every I/O
+call in turn to hold it to that). With ``fsync`` the append's ``fdatasync`` runs once
+the lock is free (``sync``), so other processes append while the disk flushes; each
+fdatasyncs before it answers, which flushes the lines before its own too. If the
+fdatasync fails, ``sync_failed`` (under the lock again) cuts the change off and raises,
+unless another process has appended after it (then it stands, folded into a fresh
+snapshot).
 """
 
 from __future__ import annotations
@@ -106,6 +111,10 @@ class JournalFile:
         self._last: tuple[int, bytes] | None = None  # where the last line we applied starts, its checksum
         self._last_ours = False  # whether that line is one this process appended (committed, then)
         self._fold_due = False  # an append's durability is unknown: fold at the next save
+        # Our last append, written under the lock and fdatasynced once it is free (``sync``):
+        # the file it went to (kept open if the journal is closed meanwhile), where it starts, ends.
+        self._unsynced: tuple[int, int, int] | None = None
+        self._failed_sync: tuple[int, int, int] | None = None  # an append whose fdatasync failed
         # Journal lines past _base.state's, to apply in order (put_deferred): where each starts,
         # and its bytes (others' lines, not decoded yet; op None) or our put and its now.
         self._deferred: list[tuple[int, bytes, ops.Op[Any] | None, float]] = []
@@ -123,7 +132,11 @@ class JournalFile:
 
     def close(self) -> None:
         """Forget the cached state and close the held files."""
+        stale = self._pending_fds() - {self._fd}
+        self._unsynced = self._failed_sync = None
         self.invalidate()
+        for fd in stale:
+            os.close(fd)
 
     def invalidate(self) -> None:
         """Forget the cached state: the next ``load`` reads the snapshot and the journal."""
@@ -132,7 +145,7 @@ class JournalFile:
         self._close_journal()
 
     def _close_journal(self) -> None:
-        if self._fd is not None:
+        if self._fd is not None and self._fd not in self._pending_fds():
             os.close(self._fd)
         self._fd, self._ino, self._stale, self._last = None, -1, False, None
         self._offset = self._size = self._capacity = self._zeros_to = self._ahead = 0
@@ -409,38 +422,106 @@ class JournalFile:
                 logger.warning("%s: compaction failed, tried again at a later write: %s", self.path, exc)
 
     def _append_lines(self, data: bytes, generation: int) -> None:
-        """Append ``data`` with one write (and fdatasync it with ``fsync``).
+        """Append ``data`` with one write (with ``fsync``, ``sync`` fdatasyncs it once the lock is free).
 
         Raises:
             StorageError: nothing of ``data`` is in the journal; the cache is dropped.
         """
-        appended = False
         try:
             if self.fsync:
                 files.sync_pending(self.journal)  # a folder fsync that failed after a replace
             self._ready_to_append(generation)
             self._write(data)
-            appended = True
-            if self.fsync:
-                os.fdatasync(self._fd)  # type: ignore[arg-type]
         except OSError as exc:
-            undone = self._undo()  # never leave half of our own append
-            if undone or not appended:
-                self.invalidate()
-                if isinstance(exc, StorageError):
-                    raise
-                raise files.error("cannot append to", self.journal, exc) from exc
-            # The fdatasync failed and so did cutting the lines off again: they are in the
-            # journal, and every process applies them. Raising would report a change that
-            # happened as failed; but its durability is unknown (a retried fdatasync may
-            # succeed with the pages lost), so the next change folds everything into a new
-            # snapshot, written and fsynced afresh.
+            self._undo()  # never leave half of our own append
+            self.invalidate()
+            if isinstance(exc, StorageError):
+                raise
+            raise files.error("cannot append to", self.journal, exc) from exc
+        if self.fsync:
+            self._forget_unsynced()  # a sync that never ran: this append's fdatasync covers it
+            self._unsynced = (self._fd, self._offset, self._offset + len(data))  # type: ignore[assignment]
+
+    def _pending_fds(self) -> set[int]:
+        """The journals an append still has to fdatasync (``sync``): kept open until then."""
+        return {pending[0] for pending in (self._unsynced, self._failed_sync) if pending is not None}
+
+    def _forget_unsynced(self) -> None:
+        """Forget the append to fdatasync (a snapshot fsynced since holds it); close its file if done with."""
+        pending, self._unsynced = self._unsynced, None
+        if pending is not None and pending[0] != self._fd and pending[0] not in self._pending_fds():
+            os.close(pending[0])
+
+    def sync(self) -> OSError | None:
+        """Fdatasync the last append, with the queue's lock free; return the error if that failed.
+
+        While it runs, other processes may append and act on its lines (a lease of a task
+        it put, say). Each of them fdatasyncs its own append before it answers, and that
+        flushes every line written before it, ours too. So an answered change is durable,
+        and so is everything before it in the journal; a crash can lose only changes not
+        answered yet, at the journal's end (where the zeros the journal grows by end it).
+        On an error, the caller takes the lock again and calls ``sync_failed``.
+        """
+        pending = self._unsynced
+        if pending is None:
+            return None
+        try:
+            os.fdatasync(pending[0])
+        except OSError as exc:
+            self._failed_sync = pending
+            self._fold_due = True  # until sync_failed decides: a change of unknown durability
+            return exc
+        finally:
+            self._unsynced = None
+        if pending[0] != self._fd and pending[0] not in self._pending_fds():
+            os.close(pending[0])
+        return None
+
+    def sync_failed(self, error: OSError) -> None:
+        """Under the lock again after ``sync`` failed: undo the change if no process acted on it.
+
+        - No line follows ours: ours are cut off, as a failed append's are (a lock-free
+          reader that applied them forgets them), and ``StorageError`` is raised.
+        - Lines follow ours: their writers acted on ours, so the change stands, and the
+          state is folded into a fresh snapshot (fsynced), which makes it durable.
+        - The journal was folded since: the snapshot that holds ours is durable already.
+
+        If cutting or folding fails too, the change stands, of unknown durability, and the
+        next change this process makes folds everything (logged as an error).
+
+        Raises:
+            StorageError: the change is cut off: not stored.
+        """
+        pending = self._failed_sync
+        if pending is None:
+            return
+        fd, start, end = pending
+        try:
+            outcome = self._after_failed_sync(fd, start, end)
+        except OSError as exc:  # StorageError and CorruptQueueError included
             self._fold_due = True
-            logger.error(
-                "%s: a change is stored but may not be durable (the next write folds it): %s",
-                self.journal,
-                exc,
-            )
+            outcome = f"the change stands but may not be durable (the next write folds it): {exc}"
+        finally:
+            self._failed_sync = None
+            if fd != self._fd:
+                os.close(fd)
+        if outcome is None:
+            raise files.error("cannot append to", self.journal, error) from error
+        logger.error("%s: an fdatasync failed (%s); %s", self.journal, error, outcome)
+
+    def _after_failed_sync(self, fd: int, start: int, end: int) -> str | None:
+        """``sync_failed``'s three cases; None when the change is cut off."""
+        st = self._stat()
+        if st is None or st.st_ino != os.fstat(fd).st_ino:
+            self._fold_due = False
+            return "its change was folded into a snapshot since"
+        if os.pread(fd, 1, end) in (b"", b"\0"):  # no line after ours
+            os.ftruncate(fd, start)
+            self._fold_due = False
+            self.invalidate()
+            return None
+        self.compact(self.load())
+        return "other processes had acted on its change: it stands, folded into a fresh snapshot"
 
     def _ready_to_append(self, generation: int) -> None:
         """Start the journal of ``generation`` if it has none to write to (a torn line: ``_write``)."""
@@ -528,6 +609,7 @@ class JournalFile:
         snapshot = Snapshot(current, "journal", generation)
         self.snapshot.save(snapshot)  # atomic: a crash leaves the old snapshot and journal
         self._fold_due = False
+        self._forget_unsynced()  # the snapshot holds the change (fsynced, with fsync)
         self._base = snapshot
         self.compactions += 1
         return snapshot

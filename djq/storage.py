@@ -71,6 +71,12 @@ class Storage(Protocol):
     def settle(self) -> None:
         """Apply what ``put_deferred`` deferred (with the lock free); never raises."""
 
+    def sync(self) -> OSError | None:
+        """Make the last save durable, with the lock free; the error if that failed (never raises)."""
+
+    def sync_failed(self, error: OSError) -> None:
+        """Under the lock again after ``sync`` failed: undo the change (raise StorageError) or keep it."""
+
     def has_changed(self) -> bool:
         """Whether the files differ from what this process last read or wrote."""
 
@@ -131,6 +137,12 @@ class QueueFile(SnapshotFile):
 
     def settle(self) -> None:
         """Nothing is ever deferred."""
+
+    def sync(self) -> None:
+        """Nothing to do: ``save`` replaced the file durably, under the lock."""
+
+    def sync_failed(self, error: OSError) -> None:
+        """Never called: ``sync`` never fails."""
 
     def save(self, state: QueueState, applied: Applied | None = None) -> None:  # type: ignore[override]
         """Replace the file with ``state`` (``applied`` is not needed: the file holds it all)."""

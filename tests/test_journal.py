@@ -564,6 +564,7 @@ class _JournalOs:
         self.short_write = False  #: write half, then report it: the disk filled part way
         self.after_write: Callable[[], object] | None = None  #: runs right after a write reached the file
         self.before_replace: Callable[[], object] | None = None  #: runs before the journal's replace
+        self.before_sync: Callable[[], object] | None = None  #: runs once, as the next fdatasync starts
 
     def __getattr__(self, name: str) -> Any:
         return getattr(os, name)
@@ -571,6 +572,9 @@ class _JournalOs:
     def fdatasync(self, fd: int) -> None:
         st = os.fstat(fd)
         self.synced.append((st.st_ino, st.st_size))
+        if self.before_sync is not None:
+            hook, self.before_sync = self.before_sync, None
+            hook()
         if self.sync_error is not None:
             raise self.sync_error
         os.fdatasync(fd)
@@ -983,6 +987,97 @@ def test_without_fsync_an_append_is_not_synced(
     q.put("x")
     assert fake.synced == []
     assert len(_lines(_journal_bytes(path))) == 2
+
+
+def test_with_fsync_the_fdatasync_runs_with_the_lock_free(
+    path: Path, open_queue: Callable[..., djq.Queue], monkeypatch: pytest.MonkeyPatch
+):
+    """Another process puts while a put's fdatasync runs; both calls return once their lines are synced.
+
+    Holding the lock through the fdatasync would make the second put wait for it (and time out).
+    """
+    q = _seeded_queue(path, open_queue, fsync=True)
+    other = open_queue(path, fsync=True, lock_timeout=1.0)
+    other.peek()
+    fake = _JournalOs()
+    _use_os(monkeypatch, fake)
+    fake.before_sync = lambda: other.put("during")
+    q.put("x")
+    journal = journal_path(path).stat()
+    assert fake.synced[-1] == (journal.st_ino, journal.st_size)  # the last sync was after both lines
+    assert len(fake.synced) == 2
+    assert [t.payload for t in open_queue(path).peek()][-2:] == ["x", "during"]
+    assert _view(q) == _view(other) == _view(open_queue(path))
+
+
+def _fail_sync_after(fake: _JournalOs, step: Callable[[], object]) -> None:
+    """Make the next fdatasync fail with EIO, after ``step`` (another queue's call, synced) ran."""
+
+    def then_fail() -> None:
+        step()
+        fake.sync_error = OSError(errno.EIO, os.strerror(errno.EIO))
+
+    fake.before_sync = then_fail
+
+
+@pytest.mark.parametrize("meanwhile", ["a-line-follows", "folded"])
+def test_a_failed_fdatasync_keeps_a_change_others_acted_on(
+    path: Path,
+    open_queue: Callable[..., djq.Queue],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    meanwhile: str,
+):
+    """The fdatasync fails after another process appended after the change (or folded the journal).
+
+    That process has acted on the change, so it stands and the call returns: with a line
+    after it, it is folded into a fresh snapshot (fsynced), and the failure is logged; a
+    journal folded meanwhile holds it in a snapshot already. Every view agrees.
+    """
+    q = _seeded_queue(path, open_queue, fsync=True)
+    other = open_queue(path, fsync=True)
+    generation = _generation(path)
+    fake = _JournalOs()
+    _use_os(monkeypatch, fake)
+
+    def act() -> None:
+        assert other.get() is not None  # leases {"n": 2}: acts on the state after q's put
+        if meanwhile == "folded":
+            assert other.compact()
+
+    _fail_sync_after(fake, act)
+    with caplog.at_level(logging.WARNING, logger="djq.journal"):
+        q.put("x")
+    fake.sync_error = None
+    assert _generation(path) == generation + 1  # folded: by q after the failure, or by other before it
+    expected = "acted on its change" if meanwhile == "a-line-follows" else "folded into a snapshot since"
+    assert expected in caplog.text
+    fresh = open_queue(path)
+    assert fresh.check() == []
+    assert [t.payload for t in fresh.peek()] == ["three", "x"]
+    assert _view(q) == _view(other) == _view(fresh)
+    q.put("after")
+    assert [t.payload for t in open_queue(path).peek()] == ["three", "x", "after"]
+
+
+def test_a_failed_fdatasync_with_no_line_after_it_is_cut_off_even_if_another_process_read_it(
+    path: Path, open_queue: Callable[..., djq.Queue], monkeypatch: pytest.MonkeyPatch
+):
+    """Another process read the change (and wrote nothing) while its fdatasync ran, then the sync failed.
+
+    The change is cut off and the call raises; the reader forgets it at its next look.
+    """
+    q = _seeded_queue(path, open_queue, fsync=True)
+    reader = open_queue(path, fsync=True)
+    view = _view(reader)
+    fake = _JournalOs()
+    _use_os(monkeypatch, fake)
+    glimpses: list[list[Any]] = []
+    _fail_sync_after(fake, lambda: glimpses.append([t.payload for t in reader.peek()]))
+    _journal_error(q, path, errno.EIO, lambda q: q.put("x"))
+    fake.sync_error = None
+    assert glimpses == [[{"n": 2}, "three", "x"]]
+    assert _view(reader) == _view(q) == _view(open_queue(path)) == view
 
 
 def _journal_error(q: djq.Queue, path: Path, code: int, call: Callable[[djq.Queue], object]) -> None:
