@@ -401,10 +401,10 @@ class Broker:
         m.largest_batch = max(m.largest_batch, size)
         rows = self._recorder.rows()
         self._recorder.clear()
-        requested, acquired, released = rows[-1][1:] if rows else (start, start, end)
+        requested, acquired, released = rows[0][1:] if rows else (start, start, end)  # 0: the batch's
         applied_at = marks[-1] if len(marks) == 2 else end
         apply_ns = applied_at - marks[0] if len(marks) == 2 else 0
-        write_ns = max(released - applied_at, 0) if wrote else 0
+        write_ns = max(end - applied_at, 0) if wrote else 0  # the append, and its fdatasync after release
         m.batches.append((requested, acquired, released, size, apply_ns, write_ns, wrote))
         return applied_at
 

@@ -17,7 +17,8 @@ Frames:
   released_s, wait_s, hold_s, handoff_s (this acquire - the previous release, by anyone),
   contended (the lock was held when this one asked).
 * ``batches``: one row per batch the broker applied (broker mode only): requested_s,
-  acquired_s, released_s (its file lock), events, wait_s, hold_s, apply_s, write_s, wrote.
+  acquired_s, released_s (its file lock), events, wait_s, hold_s, apply_s, write_s (the
+  append and, with fsync, its fdatasync, which runs once the lock is released), wrote.
 * ``depth``: the queue file sampled over time by the runner: time_s, ready, delayed,
   leased, depth (all tasks in the file).
 * ``server``: the server's own view, sampled by the runner (``djq.probes``; empty for a
