@@ -2,7 +2,7 @@
 
 An ``AsyncQueue`` is ``aio.AsyncBaseQueue`` over a ``djq.Queue`` (the engine, its lock,
 its files). What may block runs in one worker thread of its own: each attempt at an
-operation (take the lock, read what changed, apply, append and fsync, release) is one
+operation (take the lock, read what changed, apply, append, release, fdatasync) is one
 hop there, so a contended ``flock`` or a slow fsync never holds up the loop, and one hop
 costs one thread switch, not one per file call. ``aiofiles`` would put each read and
 write in a thread pool separately; it cannot help with ``flock``, and a write under a

@@ -30,7 +30,7 @@ import workers
 from conftest import BrokerThread, run_djq
 
 import djq
-from djq import ops, wire
+from djq import journal, ops, wire
 from djq.broker import Broker
 from djq.model import QueueConfig
 
@@ -493,6 +493,44 @@ def test_a_broker_serves_every_call_whether_it_spins_before_sleeping_or_not(queu
         broker.shutdown()
         thread.join(10)
     assert not thread.is_alive()
+
+
+def test_a_batchs_write_time_covers_its_fdatasync_after_the_lock_is_released(
+    queue_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """With fsync the append is fdatasynced once the lock is free: ``write_ns`` still counts the flush.
+
+    The disk is made slow (each fdatasync takes at least 20 ms), so every batch that wrote
+    must report at least that, and its lock must have been released before the flush began.
+    """
+    flushes: list[int] = []
+    fdatasync = os.fdatasync
+
+    def slow_fdatasync(fd: int) -> None:
+        flushes.append(time.perf_counter_ns())
+        time.sleep(0.02)  # a slow disk, not a wait for timing: the assertion needs no race
+        fdatasync(fd)
+
+    with djq.Queue(queue_path, fsync=True) as q:
+        q.put("the journal's first line: it is started, with its header, and fsynced")
+    monkeypatch.setattr(journal.os, "fdatasync", slow_fdatasync)
+    broker = Broker(queue_path, config=QueueConfig(path=queue_path, fsync=True))
+    thread = threading.Thread(target=broker.serve, daemon=True)
+    thread.start()
+    try:
+        assert broker.ready.wait(10)
+        with djq.connect(queue_path) as q:
+            for i in range(3):
+                q.put(i)
+    finally:
+        broker.shutdown()
+        thread.join(10)
+    assert not thread.is_alive()
+    written = [row for row in broker.metrics.batches if row[-1]]
+    assert len(written) == len(flushes) == 3
+    for (_, _, released, _, _, write_ns, _), flushed in zip(written, flushes, strict=True):
+        assert released <= flushed
+        assert write_ns >= 20_000_000
 
 
 def test_a_broker_stopped_in_a_thread_leaves_no_accept_thread_behind(queue_path: Path):
