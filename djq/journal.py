@@ -449,8 +449,8 @@ class JournalFile:
     def _forget_unsynced(self) -> None:
         """Forget the append to fdatasync (a snapshot fsynced since holds it); close its file if done with."""
         pending, self._unsynced = self._unsynced, None
-        if pending is not None and pending[0] != self._fd and pending[0] not in self._pending_fds():
-            os.close(pending[0])
+        if pending is not None:
+            self._close_stale(pending[0])
 
     def sync(self) -> OSError | None:
         """Fdatasync the last append, with the queue's lock free; return the error if that failed.
@@ -473,9 +473,13 @@ class JournalFile:
             return exc
         finally:
             self._unsynced = None
-        if pending[0] != self._fd and pending[0] not in self._pending_fds():
-            os.close(pending[0])
+        self._close_stale(pending[0])
         return None
+
+    def _close_stale(self, fd: int) -> None:
+        """Close ``fd`` if it is neither the journal in use nor one still to flush."""
+        if fd != self._fd and fd not in self._pending_fds():
+            os.close(fd)
 
     def sync_failed(self, error: OSError) -> None:
         """Under the lock again after ``sync`` failed: undo the change if no process acted on it.
@@ -503,8 +507,7 @@ class JournalFile:
             outcome = f"the change stands but may not be durable (the next write folds it): {exc}"
         finally:
             self._failed_sync = None
-            if fd != self._fd:
-                os.close(fd)
+            self._close_stale(fd)
         if outcome is None:
             raise files.error("cannot append to", self.journal, error) from error
         logger.error("%s: an fdatasync failed (%s); %s", self.journal, error, outcome)
