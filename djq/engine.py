@@ -237,6 +237,8 @@ class Engine:
 
         Raises:
             StorageError: the change is undone.
+            LockTimeout: the lock did not come in time: the change stands, of unknown
+                durability, and this process's next write folds the queue into a fresh snapshot.
         """
         self.lock.acquire(timeout=self.config.lock_timeout, op="sync")
         try:

@@ -462,6 +462,9 @@ class JournalFile:
         answered yet, at the journal's end (where the zeros the journal grows by end it).
         On an error, the caller takes the lock again and calls ``sync_failed``.
         """
+        if self._failed_sync is not None:  # its sync_failed never ran (no lock): the fold is due
+            failed, self._failed_sync = self._failed_sync, None
+            self._close_stale(failed[0])
         pending = self._unsynced
         if pending is None:
             return None

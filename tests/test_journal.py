@@ -1080,6 +1080,36 @@ def test_a_failed_fdatasync_with_no_line_after_it_is_cut_off_even_if_another_pro
     assert _view(reader) == _view(q) == _view(open_queue(path)) == view
 
 
+def test_a_failed_fdatasync_whose_lock_does_not_come_back_in_time_leaves_the_change_to_the_next_fold(
+    path: Path, open_queue: Callable[..., djq.Queue], monkeypatch: pytest.MonkeyPatch
+):
+    """Another process takes the lock during the fdatasync, which fails, and keeps it past ``lock_timeout``.
+
+    The call raises ``LockTimeout``; its change stands (nothing could be decided), and the
+    process's next write folds the queue into a fresh snapshot, so it is durable from then.
+    """
+    q = _seeded_queue(path, open_queue, fsync=True, lock_timeout=0.05)
+    generation = _generation(path)
+    fake = _JournalOs()
+    _use_os(monkeypatch, fake)
+    holder = os.open(path.with_name(path.name + ".lock"), os.O_RDWR)
+    try:
+        _fail_sync_after(fake, lambda: fcntl.flock(holder, fcntl.LOCK_EX | fcntl.LOCK_NB))
+        with pytest.raises(djq.LockTimeout):
+            q.put("x")
+    finally:
+        os.close(holder)  # lets go of the lock
+    fake.sync_error = None
+    assert [t.payload for t in open_queue(path).peek()] == [{"n": 2}, "three", "x"]
+    assert _generation(path) == generation
+    q.put("after")
+    assert _generation(path) == generation + 1
+    fresh = open_queue(path)
+    assert fresh.check() == []
+    assert [t.payload for t in fresh.peek()] == [{"n": 2}, "three", "x", "after"]
+    assert _view(q) == _view(fresh)
+
+
 def _journal_error(q: djq.Queue, path: Path, code: int, call: Callable[[djq.Queue], object]) -> None:
     with pytest.raises(djq.StorageError) as info:
         call(q)
