@@ -39,7 +39,7 @@ from djq import ops
 from djq.engine import Transaction
 from djq.files import temp_files
 from djq.journal import decode_line, encode_line, journal_path
-from djq.model import Task
+from djq.model import Lease, Task
 from djq.snapshot import decode
 
 TORN = "torn last line"
@@ -1108,6 +1108,86 @@ def test_a_failed_fdatasync_whose_lock_does_not_come_back_in_time_leaves_the_cha
     assert fresh.check() == []
     assert [t.payload for t in fresh.peek()] == [{"n": 2}, "three", "x", "after"]
     assert _view(q) == _view(fresh)
+
+
+class _PowerLoss(_JournalOs):
+    """Also keeps what a power loss would leave of the journal: its bytes when the newest flush began.
+
+    A flush covers what was written before it began, not what another process wrote while
+    it ran: so of the flushes that returned, the one that began last decides.
+    """
+
+    def __init__(self, journal: Path) -> None:
+        super().__init__()
+        self.journal = journal
+        self.began = 0
+        self.durable = (0, journal.read_bytes())  # (when its flush began, the bytes); all flushed so far
+
+    def fdatasync(self, fd: int) -> None:
+        self.began += 1
+        began, data = self.began, os.pread(fd, os.fstat(fd).st_size, 0)
+        super().fdatasync(fd)
+        assert os.fstat(fd).st_ino == os.stat(self.journal).st_ino  # the journal was never replaced
+        self.durable = max(self.durable, (began, data))
+
+    def crash(self, snapshot: Path, into: Path) -> Path:
+        """A copy of the queue as the disk holds it now: the snapshot (fsynced) and the durable journal."""
+        into.mkdir(mode=0o700)
+        for copy, data in (
+            (into / snapshot.name, snapshot.read_bytes()),
+            (journal_path(into / snapshot.name), self.durable[1]),
+        ):
+            copy.write_bytes(data)
+            copy.chmod(0o600)
+        return into / snapshot.name
+
+
+def test_after_a_power_loss_every_answered_call_is_there_though_flushes_ran_with_the_lock_free(
+    path: Path, open_queue: Callable[..., djq.Queue], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+):
+    """A producer's flush runs while a consumer leases the task it just put, and acks another.
+
+    The consumer's calls are answered first, on a line the producer has not flushed yet:
+    its own flush covers that line. The disk is copied as a power loss would leave it
+    (the journal as of the newest flush that began and returned) after every step, and,
+    once, in the middle of a flush; every answered put, lease and ack must be there.
+    """
+    producer = _seeded_queue(path, open_queue, fsync=True, compact_bytes=10**8, lease=3600.0)
+    consumer = open_queue(path, fsync=True, compact_bytes=10**8, lease=3600.0, lock_timeout=1.0)
+    fake = _PowerLoss(journal_path(path))
+    _use_os(monkeypatch, fake)
+    puts: list[str] = []
+    leases: dict[str, str] = {}  # task id: token, answered and not acked
+    acked: list[str] = []
+
+    def consume() -> None:
+        task = consumer.get()
+        assert task is not None
+        if leases:
+            done = sorted(leases)[0]
+            consumer.ack(Lease(id=done, token=leases.pop(done)))
+            acked.append(done)
+        leases[task.id] = task.token  # type: ignore[assignment]
+
+    def holds(image: Path) -> None:
+        fresh = djq.Queue(image, storage="journal", fsync=False)
+        try:
+            assert fresh.check() == []
+            tasks = {record.id: record.snapshot() for record in fresh.file.load().tasks.values()}
+            assert set(puts) <= set(tasks) | set(acked)
+            assert not set(acked) & set(tasks)
+            for task_id, token in leases.items():
+                assert (tasks[task_id].state, tasks[task_id].token) == ("leased", token)
+        finally:
+            fresh.close()
+
+    for step in range(6):
+        fake.before_sync = consume
+        puts.append(producer.put({"step": step}))
+        holds(fake.crash(path, tmp_path / f"after-{step}"))
+    fake.before_sync = lambda: (consume(), holds(fake.crash(path, tmp_path / "mid-flush")))
+    puts.append(producer.put("last"))
+    assert len(acked) >= 5
 
 
 def _journal_error(q: djq.Queue, path: Path, code: int, call: Callable[[djq.Queue], object]) -> None:
