@@ -43,6 +43,7 @@ snapshot).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
@@ -480,9 +481,10 @@ class JournalFile:
         return None
 
     def _close_stale(self, fd: int) -> None:
-        """Close ``fd`` if it is neither the journal in use nor one still to flush."""
+        """Close ``fd`` if it is neither the journal in use nor one still to flush (never raises)."""
         if fd != self._fd and fd not in self._pending_fds():
-            os.close(fd)
+            with contextlib.suppress(OSError):  # its data was flushed, or folded: nothing is lost
+                os.close(fd)
 
     def sync_failed(self, error: OSError) -> None:
         """Under the lock again after ``sync`` failed: undo the change if no process acted on it.
