@@ -461,7 +461,10 @@ class JournalFile:
         flushes every line written before it, ours too. So an answered change is durable,
         and so is everything before it in the journal; a crash can lose only changes not
         answered yet, at the journal's end (where the zeros the journal grows by end it).
-        On an error, the caller takes the lock again and calls ``sync_failed``.
+        On an error, the caller takes the lock again and calls ``sync_failed``. Linux (4.13
+        and newer) reports a failed writeback to every open file of the journal at its next
+        fdatasync, so a process whose line follows a lost page fails its own flush too
+        instead of answering; one that opened the journal after the failure would not.
         """
         if self._failed_sync is not None:  # its sync_failed never ran (no lock): the fold is due
             failed, self._failed_sync = self._failed_sync, None
