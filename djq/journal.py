@@ -133,11 +133,11 @@ class JournalFile:
 
     def close(self) -> None:
         """Forget the cached state and close the held files."""
-        stale = self._pending_fds() - {self._fd}
+        stale = self._pending_fds() - {self._fd}  # the journal in use is closed by invalidate
         self._unsynced = self._failed_sync = None
         self.invalidate()
         for fd in stale:
-            os.close(fd)
+            self._close_stale(fd)
 
     def invalidate(self) -> None:
         """Forget the cached state: the next ``load`` reads the snapshot and the journal."""
