@@ -238,3 +238,40 @@ def test_the_coroutines_benchmark_prints_a_row_per_backend_and_work(tmp_path):
         ("broker", "1ms"),
     ]
     assert all(len(r) == 7 and float(r[2]) > 0 for r in rows), result.stdout
+
+
+@pytest.mark.timeout(60)
+def test_the_wakeups_benchmark_prints_every_row_and_leaves_no_file(tmp_path):
+    """benchmarks/wakeups.py: the six rows, each with a wall and a CPU time; its files removed."""
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "wakeups.py"), "--ops", "20", "--rounds", "1",
+         "--dir", str(tmp_path)],
+        cwd=ROOT, capture_output=True, text=True, timeout=50, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = {line[:48].strip(): line[48:].split() for line in result.stdout.splitlines()[2:]}
+    assert list(rows) == [
+        "sleep 100 us",
+        "flush",
+        "djq put, flush real",
+        "djq put, flush replaced by nothing",
+        "djq put, flush replaced by a busy wait as long",
+        "djq put, flush replaced by a sleep as long",
+    ], result.stdout
+    assert all(float(cells[0].replace(",", "")) > 0 for cells in rows.values()), result.stdout
+    assert rows["djq put, flush replaced by nothing"][2] == "0", result.stdout
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_wakeups_stand_in_is_the_flush_djq_calls(tmp_path, monkeypatch):
+    """Every measured put calls the stand-in once (the rows measure what they say); the real one returns."""
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import wakeups
+
+    real, flushed = os.fdatasync, []
+    wall, cpu = wakeups.puts(tmp_path, 5, flushed.append)
+    assert len(flushed) == 5
+    assert all(type(fd) is int for fd in flushed)
+    assert os.fdatasync is real
+    assert wall > 0
+    assert cpu >= 0
