@@ -10,6 +10,9 @@
 - ``flock``: one acquisition of an ``flock`` that two processes take in turn as fast as they
   can (each lock, then unlock, over and over); a call under a contended file lock costs
   at least this.
+- ``wakeup``: the CPU (not the wall time) of one ``time.sleep`` of 100 us: what a process
+  pays of its own CPU each time it blocks and is woken (in a flush, a lock, a socket read),
+  before the slower code after the wake-up (``benchmarks/wakeups.py`` measures that too).
 
 Each is the median of a few rounds, in microseconds. ``python3 benchmarks/floors.py
 [--dir DIR]`` prints them; peers.py prints them above its tables.
@@ -99,13 +102,27 @@ def flock_us(folder: Path, ops: int = 20000) -> float:
     return statistics.median(rounds)
 
 
+def sleep_us(ops: int, seconds: float = 100e-6) -> tuple[float, float]:
+    """Microseconds of wall time and of this process's CPU per ``time.sleep(seconds)``."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    for _ in range(ops):
+        time.sleep(seconds)
+    return (time.perf_counter() - wall) / ops * 1e6, (time.process_time() - cpu) / ops * 1e6
+
+
+def wakeup_us(ops: int = 1000) -> float:
+    """Microseconds of CPU one sleep of 100 us and its wake-up cost the sleeper (median of rounds)."""
+    return statistics.median(sleep_us(ops // ROUNDS)[1] for _ in range(ROUNDS))
+
+
 def measure(folder: Path) -> dict[str, float]:
-    """Every floor, in microseconds: ``fdatasync``, ``overwrite``, ``socket``, ``flock``."""
+    """Every floor, in microseconds: ``fdatasync``, ``overwrite``, ``socket``, ``flock``, ``wakeup``."""
     return {
         "fdatasync": fdatasync_us(folder),
         "overwrite": fdatasync_us(folder, over_zeros=True),
         "socket": socket_us(),
         "flock": flock_us(folder),
+        "wakeup": wakeup_us(),
     }
 
 
@@ -115,7 +132,8 @@ def line(floors: dict[str, float]) -> str:
         f"floors:    append+fdatasync {floors['fdatasync']:,.0f} us, write over zeros+fdatasync "
         f"{floors['overwrite']:,.0f} us; Unix-socket round trip between two "
         f"processes {floors['socket']:,.0f} us; flock contended by two processes "
-        f"{floors['flock']:,.1f} us per acquisition"
+        f"{floors['flock']:,.1f} us per acquisition; a sleep and wake-up costs the sleeper "
+        f"{floors['wakeup']:,.0f} us of CPU"
     )
 
 

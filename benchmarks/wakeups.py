@@ -28,6 +28,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import floors
+
 import djq
 
 SLEEP = 100e-6  #: seconds one ``sleep`` row sleeps
@@ -40,11 +42,6 @@ def _timed(run: Callable[[], None], ops: int) -> tuple[float, float]:
     for _ in range(ops):
         run()
     return (time.perf_counter() - wall) / ops * 1e6, (time.process_time() - cpu) / ops * 1e6
-
-
-def sleeps(ops: int) -> tuple[float, float]:
-    """A sleep of ``SLEEP`` seconds, alone."""
-    return _timed(lambda: time.sleep(SLEEP), ops)
 
 
 def flushes(folder: Path, ops: int) -> tuple[float, float]:
@@ -96,7 +93,7 @@ def measure(folder: Path, ops: int, rounds: int) -> dict[str, tuple[float, float
         flush = flushes(folder, ops)
         seconds = flush[0] / 1e6
         row = {
-            "sleep 100 us": sleeps(ops),
+            "sleep 100 us": floors.sleep_us(ops, SLEEP),
             "flush": flush,
             "djq put, flush real": puts(folder, ops, None),
             "djq put, flush replaced by nothing": puts(folder, ops, lambda fd: None),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -53,6 +54,8 @@ def test_a_quick_djq_run_prints_the_table_and_loses_nothing(tmp_path):
     out = result.stdout
     for needed in ("versions:  djq ", "CPUs", "load:", "folders:", "durability", "wall time:"):
         assert needed in out, needed
+    [floors] = [line for line in out.splitlines() if line.startswith("floors:")]
+    assert re.search(r"a sleep and wake-up costs the sleeper \d+ us of CPU$", floors), floors
     rows = table(out)
     assert sorted((r["system"], r["fsync"]) for r in rows) == sorted(
         (s, f) for s in SYSTEMS for f in ("on", "off")
