@@ -28,6 +28,7 @@ import socket
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from djq import floors
@@ -102,12 +103,17 @@ def flock_us(folder: Path, ops: int = 20000) -> float:
     return statistics.median(rounds)
 
 
-def sleep_us(ops: int, seconds: float = 100e-6) -> tuple[float, float]:
-    """Microseconds of wall time and of this process's CPU per ``time.sleep(seconds)``."""
+def timed_us(run: Callable[[], object], ops: int) -> tuple[float, float]:
+    """Microseconds of wall time and of this process's CPU per call of ``run``, over ``ops`` calls."""
     wall, cpu = time.perf_counter(), time.process_time()
     for _ in range(ops):
-        time.sleep(seconds)
+        run()
     return (time.perf_counter() - wall) / ops * 1e6, (time.process_time() - cpu) / ops * 1e6
+
+
+def sleep_us(ops: int, seconds: float = 100e-6) -> tuple[float, float]:
+    """Microseconds of wall time and of this process's CPU per ``time.sleep(seconds)``."""
+    return timed_us(lambda: time.sleep(seconds), ops)
 
 
 def wakeup_us(ops: int = 1000) -> float:

@@ -31,31 +31,22 @@ from pathlib import Path
 import floors
 
 import djq
+import djq.floors
 
 SLEEP = 100e-6  #: seconds one ``sleep`` row sleeps
 PAYLOAD = {"p": 0, "n": 0, "pad": "x" * 160}  #: about peers.py's 200 bytes a task
 
 
-def _timed(run: Callable[[], None], ops: int) -> tuple[float, float]:
-    """Microseconds of wall time and of this process's CPU per op."""
-    wall, cpu = time.perf_counter(), time.process_time()
-    for _ in range(ops):
-        run()
-    return (time.perf_counter() - wall) / ops * 1e6, (time.process_time() - cpu) / ops * 1e6
-
-
 def flushes(folder: Path, ops: int) -> tuple[float, float]:
-    """A write of 200 bytes over zeros synced beforehand, then ``fdatasync``."""
-    path = folder / "flush"
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        os.write(fd, bytes(200 * ops))
-        os.fsync(fd)
-        at = iter(range(0, 200 * ops, 200))
-        return _timed(lambda: (os.pwrite(fd, b"x" * 199 + b"\n", next(at)), os.fdatasync(fd)), ops)
-    finally:
-        os.close(fd)
-        path.unlink()
+    """A write of 200 bytes over zeros synced beforehand, then ``fdatasync`` (``djq.floors.Floor``).
+
+    The CPU includes writing and syncing those zeros once (the wall time does not): one
+    flush's CPU spread over the ``ops``.
+    """
+    with djq.floors.Floor(folder, over_zeros=True) as floor:
+        cpu = time.process_time()
+        wall = floor.measure(ops) * 1e6
+        return wall, (time.process_time() - cpu) / ops * 1e6
 
 
 def puts(folder: Path, ops: int, flush: Callable[[int], None] | None) -> tuple[float, float]:
@@ -67,7 +58,7 @@ def puts(folder: Path, ops: int, flush: Callable[[int], None] | None) -> tuple[f
             queue.put(PAYLOAD)  # the journal exists: every measured put is the steady state
             if flush is not None:
                 os.fdatasync = flush
-            return _timed(lambda: queue.put(PAYLOAD), ops)
+            return floors.timed_us(lambda: queue.put(PAYLOAD), ops)
         finally:
             os.fdatasync = real
             queue.close()
