@@ -43,28 +43,74 @@ _TIMED_OUT: Final = (errno.EAGAIN, errno.EWOULDBLOCK, errno.ETIMEDOUT)
 _MAX_SOCKET_TIMEOUT: Final = _POLL_CHUNK * 24  #: seconds; the longest socket timeout set (longer: inf)
 _FIRST_READ: Final = 1 << 16  #: bytes asked of a reply's first read (most replies are far shorter)
 _READ_CHUNK: Final = 1 << 20  #: bytes asked of each further read
+SPIN: Final = 100e-6  #: seconds a call polls for its reply before it blocks (``connect(spin=)``)
 
 
 def connect(
-    path: str | os.PathLike[str] = DEFAULT_QUEUE_PATH, *, timeout: float = DEFAULT_REPLY_TIMEOUT
+    path: str | os.PathLike[str] = DEFAULT_QUEUE_PATH,
+    *,
+    timeout: float = DEFAULT_REPLY_TIMEOUT,
+    spin: float = SPIN,
 ) -> BrokerClient:
     """Connect to the broker serving ``path``; return a client with ``Queue``'s methods.
 
     ``timeout`` bounds the connection (connect, authkey handshake, hello) and then each
-    call's wait for its reply.
+    call's wait for its reply. ``spin``: seconds a call polls for its reply before it
+    blocks, while replies come that fast (``BrokerClient``; 0: never).
 
     Raises:
         BrokerUnavailable: no broker serves this file (start one: ``djq broker start``), or
             it did not complete the handshake within ``timeout``.
         BrokerProtocolError: the broker runs another version of djq's wire protocol.
     """
-    client = BrokerClient(path, timeout=timeout)
+    client = BrokerClient(path, timeout=timeout, spin=spin)
     client.ping()
     return client
 
 
 class _Timeout(Exception):
     """The broker did not answer in time (the caller words the error)."""
+
+
+class _Spinner:
+    """Whether a call polls for its reply before it blocks, from how long replies have taken.
+
+    A process blocked in ``read`` is woken by the broker's reply, and on this VM the wake-up
+    is most of a bare socket round trip. Polling for up to ``spin`` seconds first saves it
+    when the reply comes that soon: a lone client, with a core to itself, as the broker
+    has. When replies take longer (clients and the broker share too few cores, a ``get``
+    waits for a task), polling only takes CPU the broker needs. So a call polls only while
+    the round trip, smoothed over the last calls and measured whether it polled or not,
+    is within 1.5 times ``spin``; a few fast replies in a row start it again. (1.5: on
+    this VM a lone client's replies take about 110 to 125 us polled, 145 blocking; two
+    clients' 170 to 350, where polling gained nothing and took the broker's CPU:
+    ``benchmarks/broker.py``.)
+    The async client never polls: it would hold up its event loop.
+    """
+
+    __slots__ = ("rtt", "spin")
+
+    def __init__(self, spin: float) -> None:
+        self.spin = spin
+        self.rtt = 0.0  #: seconds, smoothed (1/8 of each new round trip): what the last calls took
+
+    def wanted(self) -> bool:
+        """Whether the next call should poll before it blocks."""
+        return self.rtt <= 1.5 * self.spin and self.spin > 0.0
+
+    def took(self, seconds: float) -> None:
+        """Count one call's round trip: from its request sent to its reply read."""
+        self.rtt += (seconds - self.rtt) / 8
+
+    def poll(self, fd: int, since: float) -> bool:
+        """Poll ``fd`` until it has something to read (True) or ``spin`` seconds from ``since`` pass."""
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+        until = since + self.spin
+        while not poller.poll(0):
+            if time.perf_counter() >= until:
+                return False
+        return True
 
 
 class BrokerClient(BaseQueue):
@@ -80,13 +126,26 @@ class BrokerClient(BaseQueue):
         timeout: seconds to wait for a reply before giving up on the broker
             (``BrokerUnavailable``); a waiting ``get`` adds its own timeout to this. It also
             bounds connecting (and the authkey handshake).
+        spin: seconds a call polls for its reply before it blocks (0: never). It polls
+            only while replies come within 1.5 times that, smoothed over the last calls (a
+            lone client: about 60 us less per call on this VM, ``benchmarks/broker.py``);
+            when clients and the broker share too few cores, replies are slower and no
+            call polls.
     """
 
     def __init__(
-        self, path: str | os.PathLike[str] = DEFAULT_QUEUE_PATH, *, timeout: float = DEFAULT_REPLY_TIMEOUT
+        self,
+        path: str | os.PathLike[str] = DEFAULT_QUEUE_PATH,
+        *,
+        timeout: float = DEFAULT_REPLY_TIMEOUT,
+        spin: float = SPIN,
     ) -> None:
         """Describe the client; it connects at the first call."""
         self._timeout = reply_timeout(timeout)
+        if spin is None:
+            raise ConfigError("spin must be a number of seconds (0: never poll), not None", field="spin")
+        check_seconds("spin", spin, low=0.0, high=1.0)
+        self._spinner = _Spinner(float(spin))
         self._paths = wire.broker_paths(path)
         self._mutex = threading.Lock()  # guards the idle list only: never held while talking to the broker
         self._idle: list[mpc.Connection] = []
@@ -152,11 +211,16 @@ class BrokerClient(BaseQueue):
         forever = wait is None or math.isinf(wait) or math.isinf(self._timeout)
         limit = None if forever else wait + self._timeout  # type: ignore[operator]  # not None here
         conn, generation = self._borrow()
+        spinner = self._spinner
         try:
             _send(conn.fileno(), data, "the request")
+            sent = time.perf_counter()
             # a call that does not wait is bounded by the socket's own timeout: no poll needed
             poll = wait != 0.0 or self._timeout > _MAX_SOCKET_TIMEOUT
+            if spinner.wanted() and spinner.poll(conn.fileno(), sent):
+                poll = False  # the reply is here: read it
             reply = self._receive(conn.fileno(), limit, "the reply", poll=poll)
+            spinner.took(time.perf_counter() - sent)
         except _Timeout as exc:
             conn.close()  # a late reply must never answer the next call
             raise late(self._paths, self._timeout, limit, request=str(exc) == "the request") from None

@@ -23,6 +23,7 @@ import contextlib
 import errno
 import fcntl
 import logging
+import math
 import os
 import random
 import resource
@@ -46,7 +47,7 @@ from conftest import BrokerThread
 
 import djq
 from djq import broker as broker_module
-from djq import engine, files, ops, wire
+from djq import engine, files, ops, remote, wire
 from djq.broker import MAX_BUFFERED_BYTES, MAX_OUTGOING_BYTES, MAX_PENDING_REPLIES, Broker
 from djq.model import QueueConfig
 
@@ -591,6 +592,57 @@ def test_a_forked_child_uses_its_own_connection(manager: djq.BrokerManager):
         assert {t.payload for t in client.peek()} == {"parent", "child", "parent again"}
     finally:
         client.close()
+
+
+def test_a_client_polls_for_its_reply_only_while_replies_come_fast():
+    """Polling before blocking pays only while replies come within 1.5 times the spin; 0 never polls."""
+    spinner = remote._Spinner(100e-6)
+    assert spinner.wanted()  # nothing measured yet: a lone client's first call polls
+    spinner.took(0.05)  # a get that waited for a task, or a broker sharing a busy core
+    assert not spinner.wanted()
+    for _ in range(40):
+        spinner.took(50e-6)
+    assert spinner.wanted()
+    spinner.took(0.05)
+    assert not spinner.wanted()
+    idle = remote._Spinner(0.0)
+    idle.took(1e-6)
+    assert not idle.wanted()
+
+
+def test_polling_finds_a_reply_that_is_there_and_gives_up_on_one_that_is_not():
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        spinner = remote._Spinner(1e-3)
+        assert not spinner.poll(ours.fileno(), time.perf_counter())
+        theirs.send(b"x")
+        assert spinner.poll(ours.fileno(), time.perf_counter())
+        assert ours.recv(1) == b"x"  # polling read nothing itself
+
+
+@pytest.mark.parametrize("spin", [-1e-6, 2.0, math.nan, math.inf, None, "fast", True])
+def test_a_bad_spin_is_refused_naming_it(queue_path: Path, spin: Any):
+    with pytest.raises(djq.ConfigError, match="spin") as caught:
+        djq.BrokerClient(queue_path, spin=spin)
+    assert caught.value.field == "spin"
+
+
+@pytest.mark.timeout(60)
+def test_clients_that_poll_and_clients_that_block_share_one_queue(manager: djq.BrokerManager):
+    """Polling changes when a reply is read, never which: every call gets its own answer."""
+    path = manager.paths.queue
+    with (
+        djq.connect(path, timeout=BOUND, spin=0.0) as blocking,
+        djq.connect(path, timeout=BOUND, spin=0.5) as polling,
+    ):
+        put = [client.put({"n": n}) for n in range(20) for client in (blocking, polling)]
+        got = [client.get() for _ in range(20) for client in (polling, blocking)]
+        assert [t.id for t in got] == put  # FIFO, each call answered with its own reply
+        for n, task in enumerate(got):
+            (blocking if n % 2 else polling).ack(task)  # by the client that got it
+        assert polling.stats().acked_total == 40
+        assert polling.get() is None
+        assert blocking.get() is None
 
 
 def test_a_call_that_fails_after_sending_never_leaves_its_reply_for_the_next_call(
