@@ -192,12 +192,18 @@ class Engine:
         finally:
             self._leave()
 
-    def _enter(self, name: str) -> None:
-        """Take the mutex, then the queue's lock (``holding`` without a generator: the hot path)."""
+    def _enter(self, name: str, *, settle: bool = True) -> None:
+        """Take the mutex, then the queue's lock (``holding`` without a generator: the hot path).
+
+        With ``settle``, the lines earlier puts deferred are applied first, with the lock
+        free, so the call that loads the state under the lock holds it for none of them.
+        """
         self.check_process()
         self.mutex.acquire()
         try:
             self._check_lock_kind()  # before the lock: a soft lock's marker is a write too
+            if settle:
+                self.storage.settle(everything=True)
             if not self._prepared:
                 self.storage.make_folder()  # the lock file lives there too
             self.lock.acquire(timeout=self.config.lock_timeout, op=name)
@@ -215,7 +221,7 @@ class Engine:
             raise
 
     def _leave(self, *, settle: bool = False) -> None:
-        """Release the queue's lock, fdatasync the change, apply a put's lines (``settle``), free the mutex.
+        """Release the queue's lock, fdatasync the change, ``settle`` a put's lines, free the mutex.
 
         The fdatasync runs with the lock free (``Storage.sync``), so other processes append
         while the disk flushes: a call still returns only once its change is durable.
@@ -323,9 +329,10 @@ class Engine:
         """Store a put under the lock, and apply it once the lock is free (``Storage.put_deferred``).
 
         A put needs only a count of the tasks before it; the lines it passed over and its
-        own are applied with the lock free, so other processes wait on none of that work.
+        own are applied with the lock free, when this process next looks at the state
+        (``Storage.settle``), so other processes wait on none of that work.
         """
-        self._enter("put")
+        self._enter("put", settle=False)
         ids = None
         try:
             ids = self.storage.put_deferred(op, self.clock())

@@ -6,8 +6,11 @@ storage a call appends one line per event to ``Queue.json.journal`` instead (one
 lines it has not seen yet, with the same pure transitions (``state.apply``): the events
 are deterministic given the state and their ``now``, so every process rebuilds the
 same state. A put needs only how many tasks there have been (ids are sequence numbers):
-under the lock it counts what the new lines add and appends its own, and applies them
-all once the lock is free (``put_deferred``, ``settle``). When the journal outgrows the
+under the lock it counts what the new lines add and appends its own, and leaves applying
+them to the next time its process looks at the state, or until they hold more than
+``compact_bytes`` (``put_deferred``, ``settle``), with the lock free either way. A
+process that only puts mostly never applies them: when the journal is folded its next
+call reads the new snapshot instead. When the journal outgrows the
 snapshot (and at least ``compact_bytes``), it is folded into a fresh ``Queue.json``
 (atomic replace) with the next ``generation``, and the journal is replaced by an empty
 one of that generation. The journal's first line names its generation, so a reader
@@ -120,6 +123,8 @@ class JournalFile:
         # and its bytes (others' lines, not decoded yet; op None) or our put and its now.
         self._deferred: list[tuple[int, bytes, ops.Op[Any] | None, float]] = []
         self._ahead = 0  # the tasks the deferred lines add
+        # The journal bytes the deferred lines hold: ``settle`` applies them past compact_bytes.
+        self._deferred_bytes = 0
 
     @property
     def reads(self) -> int:
@@ -149,7 +154,7 @@ class JournalFile:
         if self._fd is not None and self._fd not in self._pending_fds():
             os.close(self._fd)
         self._fd, self._ino, self._stale, self._last = None, -1, False, None
-        self._offset = self._size = self._capacity = self._zeros_to = self._ahead = 0
+        self._offset = self._size = self._capacity = self._zeros_to = self._ahead = self._deferred_bytes = 0
         self._deferred = []
 
     def cached(self) -> QueueState | None:
@@ -307,6 +312,7 @@ class JournalFile:
         size, tasks, last = counted
         if size:
             self._deferred.append((self._offset + start, data[start : start + size], None, 0.0))
+            self._deferred_bytes += size
             self._ahead += tasks
             self._last, self._last_ours = (self._offset + last, data[last : last + 8]), False
             self._offset += start + size
@@ -314,25 +320,35 @@ class JournalFile:
 
     def _apply_deferred(self, current: QueueState) -> None:
         """Apply the deferred lines to ``current``, in journal order."""
-        deferred, self._deferred, self._ahead = self._deferred, [], 0
+        deferred, self._deferred, self._ahead, self._deferred_bytes = self._deferred, [], 0, 0
         for at, data, op, now in deferred:
             if op is None:
                 replay(current, data, 0, path=self.journal, at=at)
             else:
                 apply_line(current, op, now, path=self.journal, at=at)
 
-    def settle(self) -> None:
-        """Apply the deferred lines now, with the queue's lock free (they are in memory); never raises.
+    def settle(self, *, everything: bool = False) -> None:
+        """Apply the deferred lines, with the lock free, if they hold over ``compact_bytes``; never raises.
 
-        A line that does not apply (a checksum-valid line no djq writes) drops the cache: the
-        next ``load`` reads the files afresh and raises ``CorruptQueueError`` naming it.
+        After a put, below that they wait: a process that only puts skips the work when the
+        journal is folded first (it reads the new snapshot then, as it would anyway); above
+        it, memory stays bounded whatever the snapshot's size lets the journal grow to.
+        With ``everything`` (before a call that will load the state under the lock) all of
+        them are applied, so that call holds the lock for none of it. A line that does not
+        apply (a checksum-valid line no djq writes) drops the cache: the next ``load``
+        reads the files afresh and raises ``CorruptQueueError`` naming it.
         """
-        if self._deferred and self._base is not None:
+        if not self._deferred or self._base is None:
+            return
+        if everything or self._deferred_bytes > self.compact_bytes:
             try:
                 self._apply_deferred(self._base.state)
             except Exception as exc:
                 logger.warning("%s: %s", self.journal, exc)
                 self.invalidate()
+            except BaseException:  # interrupted halfway: never keep a state with some of the lines
+                self.invalidate()
+                raise
 
     def _replay(self, current: QueueState, data: bytes, start: int) -> int:
         """Apply every complete line of ``data`` from ``start``; return the bytes applied."""
@@ -350,7 +366,7 @@ class JournalFile:
         the next sequence numbers). So under the lock it only counts the tasks that
         others' new lines add (checksum and JSON, about 1 us a line, where applying one
         costs 10 or more) and appends its own line, as ``save`` would; both are kept, in
-        order, for ``settle`` to apply once the lock is free (or the next ``load``). A
+        order, for the next ``load`` to apply (or ``settle``, once they are many). A
         line that only the rules refuse is found then, after this put is stored. None
         when the put must go the whole way (``load``, apply, ``save``): a snapshot it has
         not read, a fold due, a line that is not plainly an operation (a torn one, say),
@@ -374,6 +390,7 @@ class JournalFile:
             return None
         self._append_lines(data, base.generation)
         self._deferred.append((self._offset, b"", op, now))
+        self._deferred_bytes += len(data)
         self._ahead += len(op.payloads)
         self._committed(data)
         if self._compaction_due():

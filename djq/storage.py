@@ -68,8 +68,8 @@ class Storage(Protocol):
     def put_deferred(self, op: PutMany, now: float) -> list[str] | None:
         """Store a put, not yet applied to the state (under the lock); None: ``load``, apply, ``save`` it."""
 
-    def settle(self) -> None:
-        """Apply what ``put_deferred`` deferred (with the lock free); never raises."""
+    def settle(self, *, everything: bool = False) -> None:
+        """Apply what ``put_deferred`` deferred, lock free: all of it, or only if it is much."""
 
     def sync(self) -> OSError | None:
         """Make the last save durable, with the lock free; the error if that failed (never raises)."""
@@ -135,7 +135,7 @@ class QueueFile(SnapshotFile):
         """None: the file holds the whole state, so every put is applied to it."""
         return None
 
-    def settle(self) -> None:
+    def settle(self, *, everything: bool = False) -> None:
         """Nothing is ever deferred."""
 
     def sync(self) -> None:
