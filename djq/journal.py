@@ -333,14 +333,16 @@ class JournalFile:
         After a put, below that they wait: a process that only puts skips the work when the
         journal is folded first (it reads the new snapshot then, as it would anyway); above
         it, memory stays bounded whatever the snapshot's size lets the journal grow to.
-        With ``everything`` (before a call that will load the state under the lock) all of
-        them are applied, so that call holds the lock for none of it. A line that does not
+        They are applied too once the journal is due for compaction, so the write that
+        folds it holds the lock for almost none of them. With ``everything`` (before a call
+        that will load the state under the lock) all of them are applied, so that call
+        holds the lock for none of it. A line that does not
         apply (a checksum-valid line no djq writes) drops the cache: the next ``load``
         reads the files afresh and raises ``CorruptQueueError`` naming it.
         """
         if not self._deferred or self._base is None:
             return
-        if everything or self._deferred_bytes > self.compact_bytes:
+        if everything or self._deferred_bytes > self.compact_bytes or self._compaction_due():
             try:
                 self._apply_deferred(self._base.state)
             except Exception as exc:
@@ -369,14 +371,18 @@ class JournalFile:
         order, for the next ``load`` to apply (or ``settle``, once they are many). A
         line that only the rules refuse is found then, after this put is stored. None
         when the put must go the whole way (``load``, apply, ``save``): a snapshot it has
-        not read, a fold due, a line that is not plainly an operation (a torn one, say),
-        or a journal that would outgrow its limit.
+        not read, a fold due, a journal due for compaction (``save`` folds it, and
+        ``settle`` applied the deferred lines after the put that made it due, with the
+        lock free), a line that is not plainly an operation (a torn one, say), or a
+        journal that would outgrow its limit.
 
         Raises:
             StorageError: the put is not stored; the files are as before, the cache dropped.
         """
         base = self._base
         if base is None or base.storage != "journal" or self._fold_due or self._stale or self._offset == 0:
+            return None
+        if self._compaction_due():
             return None
         try:
             if self.snapshot.load() is not base or not self._catch_up(base, count=True):
@@ -393,11 +399,6 @@ class JournalFile:
         self._deferred_bytes += len(data)
         self._ahead += len(op.payloads)
         self._committed(data)
-        if self._compaction_due():
-            try:
-                self.compact(self.load())
-            except Exception as exc:  # housekeeping: the put is in the journal already
-                logger.warning("%s: compaction failed, tried again at a later write: %s", self.path, exc)
         return [str(first + i) for i in range(len(op.payloads))]
 
     def _compaction_due(self) -> bool:

@@ -659,13 +659,14 @@ def test_two_queues_see_each_others_changes_across_frequent_compactions(
 ):
     """Two queues (two processes' caches) take turns; one compacts while the other holds its cached state.
 
-    With ``compact_bytes=1`` a write compacts whenever the journal outgrows the snapshot.
-    After every call both queues, and a fresh one, see the same state.
+    With ``compact_bytes=1`` a write compacts whenever the journal outgrows the snapshot
+    (a put leaves it to the next write, which may be the other queue's). After every call
+    both queues, and a fresh one, see the same state.
     """
     a = open_queue(path, compact_bytes=1)
     b = open_queue(path, compact_bytes=1)
     held: list[Task] = []
-    for i in range(60):
+    for i in range(120):
         writer, other = (a, b) if i % 2 else (b, a)
         cached = _view(other)
         if i % 3 == 0:
@@ -919,6 +920,23 @@ def test_a_process_that_only_puts_applies_what_it_deferred_once_it_passes_compac
     assert _view(producer) == _view(other) == _view(open_queue(path))
 
 
+def test_a_process_that_only_puts_folds_the_journal_with_none_of_its_deferred_lines_under_the_lock(
+    path: Path, open_queue: Callable[..., djq.Queue], clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+):
+    """The put that makes a fold due lets its lines settle once the lock is free; the next write folds."""
+    producer = open_queue(path, lock="flock", compact_bytes=2_000)
+    producer.put("start")
+    applied = _spy_on_applying(path, monkeypatch)
+    for n in range(60):
+        producer.put({"n": n, "pad": "y" * 100})
+    assert producer.file.compactions >= 2
+    assert applied, "its lines were applied"
+    assert all(applied), "never with the lock held, not even by the write that folds"
+    monkeypatch.undo()
+    assert _view(producer) == _view(open_queue(path))
+    assert [t.payload for t in producer.peek(100)][:2] == ["start", {"n": 0, "pad": "y" * 100}]
+
+
 def test_a_queue_that_only_puts_gives_the_ids_and_state_of_one_that_applies_every_line(
     path: Path, open_queue: Callable[..., djq.Queue], clock: FakeClock
 ):
@@ -933,7 +951,7 @@ def test_a_queue_that_only_puts_gives_the_ids_and_state_of_one_that_applies_ever
     producer.put("seed")
     held: list[Task] = []
     expected_id = 2
-    for step in range(300):
+    for step in range(450):
         roll = rng.random()
         if roll < 0.4:
             count = rng.randrange(1, 4)
